@@ -1,0 +1,1 @@
+//! Node configuration (to be written).

@@ -1,0 +1,1 @@
+//! Server wiring (to be written).
