@@ -1,1 +1,280 @@
-//! Node configuration (to be written).
+//! Node configuration: defaults, an optional TOML file, then command-line flags and
+//! environment variables (flags win over the file, the file over the defaults).
+//!
+//! `sessiond serve` with no flags and no file runs a single-node cluster on `./data`,
+//! listening on 127.0.0.1:50051. Every duration is in milliseconds.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::Error;
+
+/// Everything a node needs to run.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's Raft id (never reused within a cluster).
+    pub node_id: u64,
+    /// Address the gRPC server binds.
+    pub listen_addr: SocketAddr,
+    /// Address other nodes and clients use to reach this node (default: the bound address).
+    pub advertise_addr: Option<String>,
+    /// Directory holding the sled database and snapshots.
+    pub data_dir: PathBuf,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// Session lifetimes and limits.
+    pub sessions: SessionPolicy,
+    /// Per-tenant overrides, keyed by tenant name.
+    pub tenants: BTreeMap<String, TenantPolicy>,
+    /// Garbage collection of expired records.
+    pub gc: GcConfig,
+    /// Raft timing and log compaction.
+    pub raft: RaftConfig,
+    /// Largest gRPC message accepted or sent, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: 1,
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            advertise_addr: None,
+            data_dir: PathBuf::from("data"),
+            log_format: LogFormat::Human,
+            sessions: SessionPolicy::default(),
+            tenants: BTreeMap::new(),
+            gc: GcConfig::default(),
+            raft: RaftConfig::default(),
+            max_message_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Lifetimes, windows and limits applied when a request leaves a value at 0 (default).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionPolicy {
+    /// Absolute session lifetime when the request gives none.
+    pub default_ttl_ms: i64,
+    /// Longest absolute lifetime a request may ask for.
+    pub max_ttl_ms: i64,
+    /// Idle timeout when the request gives none (0 = no idle timeout).
+    pub default_idle_timeout_ms: i64,
+    /// Access-token lifetime when the request gives none.
+    pub access_token_ttl_ms: i64,
+    /// Longest access-token lifetime a request may ask for.
+    pub max_access_token_ttl_ms: i64,
+    /// Reuse grace window: a rotated token presented again within it gets the same
+    /// successor (0 disables).
+    pub reuse_grace_ms: i64,
+    /// Renewal lease lifetime when the request gives none.
+    pub lease_ttl_ms: i64,
+    /// Longest renewal lease a request may ask for.
+    pub max_lease_ttl_ms: i64,
+    /// Per-user session limit for tenants without their own (0 = unlimited).
+    pub max_sessions_per_user: u32,
+    /// How long idempotency keys are remembered.
+    pub dedup_retention_ms: i64,
+}
+
+impl Default for SessionPolicy {
+    fn default() -> Self {
+        const MINUTE: i64 = 60_000;
+        const DAY: i64 = 24 * 60 * MINUTE;
+        SessionPolicy {
+            default_ttl_ms: 30 * DAY,
+            max_ttl_ms: 365 * DAY,
+            default_idle_timeout_ms: 0,
+            access_token_ttl_ms: 15 * MINUTE,
+            max_access_token_ttl_ms: DAY,
+            reuse_grace_ms: 10_000,
+            lease_ttl_ms: 10_000,
+            max_lease_ttl_ms: 5 * MINUTE,
+            max_sessions_per_user: 0,
+            dedup_retention_ms: 10 * MINUTE,
+        }
+    }
+}
+
+/// Settings that differ per tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantPolicy {
+    /// Per-user session limit in this tenant (0 = unlimited); creating one more session
+    /// revokes the user's oldest.
+    pub max_sessions_per_user: Option<u32>,
+}
+
+/// Periodic removal of expired sessions, access tokens and idempotency records.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcConfig {
+    /// How often the leader proposes a collection.
+    pub interval_ms: u64,
+    /// Most records one collection command removes.
+    pub batch_limit: u32,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval_ms: 30_000,
+            batch_limit: 5_000,
+        }
+    }
+}
+
+/// Raft timing and compaction.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftConfig {
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind the snapshot (for slow followers).
+    pub max_in_snapshot_log_to_keep: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_logs_since_last: 20_000,
+            max_in_snapshot_log_to_keep: 1_000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; fields it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::invalid("config", format!("cannot read {}: {e}", path.display()))
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Parses TOML text; fields it leaves out keep their defaults.
+    pub fn from_toml(text: &str) -> Result<Self, Error> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| Error::invalid("config", e.to_string()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The per-user session limit that applies to `tenant` (0 = unlimited).
+    pub fn max_sessions_per_user(&self, tenant: &str) -> u32 {
+        self.tenants
+            .get(tenant)
+            .and_then(|t| t.max_sessions_per_user)
+            .unwrap_or(self.sessions.max_sessions_per_user)
+    }
+
+    /// Rejects settings that contradict each other.
+    pub fn check(&self) -> Result<(), Error> {
+        let s = &self.sessions;
+        let positive = [
+            ("sessions.default_ttl_ms", s.default_ttl_ms),
+            ("sessions.max_ttl_ms", s.max_ttl_ms),
+            ("sessions.access_token_ttl_ms", s.access_token_ttl_ms),
+            (
+                "sessions.max_access_token_ttl_ms",
+                s.max_access_token_ttl_ms,
+            ),
+            ("sessions.lease_ttl_ms", s.lease_ttl_ms),
+            ("sessions.max_lease_ttl_ms", s.max_lease_ttl_ms),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v <= 0) {
+            return Err(Error::invalid("config", format!("{name} must be positive")));
+        }
+        if s.default_ttl_ms > s.max_ttl_ms
+            || s.access_token_ttl_ms > s.max_access_token_ttl_ms
+            || s.lease_ttl_ms > s.max_lease_ttl_ms
+        {
+            return Err(Error::invalid("config", "a default exceeds its maximum"));
+        }
+        if s.reuse_grace_ms < 0 || s.default_idle_timeout_ms < 0 || s.dedup_retention_ms < 0 {
+            return Err(Error::invalid("config", "durations must not be negative"));
+        }
+        let r = &self.raft;
+        if r.election_timeout_min_ms <= r.heartbeat_ms
+            || r.election_timeout_max_ms <= r.election_timeout_min_ms
+        {
+            return Err(Error::invalid(
+                "config",
+                "raft timeouts must satisfy heartbeat < election min < election max",
+            ));
+        }
+        if self.node_id == 0 {
+            return Err(Error::invalid("config", "node_id must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run_a_local_single_node() {
+        let c = Config::default();
+        c.check().unwrap();
+        assert_eq!(c.listen_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.data_dir, PathBuf::from("data"));
+        assert_eq!(c.sessions.reuse_grace_ms, 10_000);
+        assert_eq!(c.sessions.access_token_ttl_ms, 15 * 60_000);
+    }
+
+    #[test]
+    fn toml_overrides_only_what_it_names() {
+        let c = Config::from_toml(
+            r#"
+            node_id = 3
+            [sessions]
+            reuse_grace_ms = 0
+            [tenants.acme]
+            max_sessions_per_user = 2
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.node_id, 3);
+        assert_eq!(c.sessions.reuse_grace_ms, 0);
+        assert_eq!(
+            c.sessions.default_ttl_ms,
+            SessionPolicy::default().default_ttl_ms
+        );
+        assert_eq!(c.max_sessions_per_user("acme"), 2);
+        assert_eq!(c.max_sessions_per_user("other"), 0);
+    }
+
+    #[test]
+    fn unknown_and_contradictory_settings_are_rejected() {
+        assert!(Config::from_toml("nodeid = 1").is_err());
+        assert!(Config::from_toml("[sessions]\ndefault_ttl_ms = 10\nmax_ttl_ms = 5").is_err());
+        assert!(Config::from_toml("[raft]\nheartbeat_ms = 900").is_err());
+        assert!(Config::from_toml("node_id = 0").is_err());
+    }
+}

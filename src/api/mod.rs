@@ -1,1 +1,25 @@
-//! api (to be written).
+//! The client-facing gRPC API.
+//!
+//! Every handler reads top to bottom: validate the request (INVALID_ARGUMENT naming the
+//! field, nothing written) → build one Raft command carrying the proposer's clock and freshly
+//! minted ids and token hashes → propose it → map the applied outcome to the response.
+//! Reads check the requested consistency (a read-index round through the leader for
+//! LINEARIZABLE) and then query this node's applied state. There is no other path that
+//! mutates state.
+//!
+//! One file per operation: [`create`], [`rotate`], [`lease`], [`touch`], [`revoke`], and the
+//! read-only [`reads`]; [`service`] binds them to the generated tonic trait.
+
+pub mod convert;
+pub mod create;
+pub mod lease;
+pub mod reads;
+pub mod redact;
+pub mod revoke;
+pub mod rotate;
+pub mod service;
+pub mod status;
+pub mod touch;
+pub mod validate;
+
+pub use service::Authority;

@@ -1,1 +1,43 @@
-//! cli (to be written).
+//! The `sessiond` command line: `serve` runs a node; `session …` talks to a running node for
+//! operators debugging a user's sessions.
+
+pub mod serve;
+pub mod session;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::DEFAULT_ENDPOINT;
+
+/// sessiond: a Raft-replicated session authority.
+#[derive(Debug, Parser)]
+#[command(name = "sessiond", version, about)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node (with no flags: a single-node cluster on ./data at 127.0.0.1:50051).
+    Serve(serve::ServeArgs),
+    /// Create, rotate, look up, list and revoke sessions on a running node.
+    Session {
+        /// The node to talk to.
+        #[arg(long, env = "SESSIOND_ENDPOINT", default_value = DEFAULT_ENDPOINT, global = true)]
+        endpoint: String,
+        /// What to do.
+        #[command(subcommand)]
+        command: session::SessionCommand,
+    },
+}
+
+/// Parses the command line and runs it; the process exit code follows the result.
+pub async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Session { endpoint, command } => session::run(&endpoint, command).await,
+    }
+}

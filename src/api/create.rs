@@ -1,0 +1,140 @@
+//! CreateSession: validate, mint the session id, family id and raw tokens, propose, answer.
+//!
+//! With a request id, the raw tokens are sealed under it and kept with the dedup record, so
+//! a retry after a lost response gets the very same tokens back (and nothing is created
+//! twice).
+
+use super::service::{now_ms, Authority};
+use super::{convert, validate};
+use crate::proto::internal::{command, command_result, CommandResult, CreateSession};
+use crate::proto::v1::{CreateSessionOutcome, CreateSessionRequest, CreateSessionResponse};
+use crate::proto::SCHEMA_VERSION;
+use crate::token::{self, IdKind, RawToken, TokenKind, TokenPair};
+use crate::Error;
+
+/// Handles one CreateSession request.
+pub async fn handle(
+    authority: &Authority,
+    request: CreateSessionRequest,
+) -> Result<CreateSessionResponse, Error> {
+    let policy = &authority.config().sessions;
+    validate::tenant("tenant", &request.tenant)?;
+    validate::name("user_id", &request.user_id)?;
+    validate::optional_id("family_id", IdKind::Family, &request.family_id)?;
+    let ttl_ms = validate::ttl(
+        "ttl_ms",
+        request.ttl_ms,
+        policy.default_ttl_ms,
+        policy.max_ttl_ms,
+    )?;
+    let idle_timeout_ms = match request.idle_timeout_ms {
+        0 => policy.default_idle_timeout_ms.min(ttl_ms),
+        v => validate::ttl("idle_timeout_ms", v, 0, ttl_ms)?,
+    };
+    let access_ttl_ms = validate::ttl(
+        "access_token_ttl_ms",
+        request.access_token_ttl_ms,
+        policy.access_token_ttl_ms,
+        policy.max_access_token_ttl_ms,
+    )?;
+    validate::device_key("device_public_key", &request.device_public_key)?;
+    validate::attributes("attributes", &request.attributes)?;
+    validate::request_id("request_id", &request.request_id)?;
+
+    let now = now_ms();
+    let tokens = TokenPair {
+        refresh: RawToken::mint(TokenKind::Refresh),
+        access: (!request.without_access_token).then(|| RawToken::mint(TokenKind::Access)),
+    };
+    let (request_key, sealed_tokens) = if request.request_id.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        (
+            token::hash_request_id(&request.request_id).to_vec(),
+            token::seal(&request.request_id, &tokens),
+        )
+    };
+    let join_family = !request.family_id.is_empty();
+    let command = CreateSession {
+        session_id: token::mint_id(IdKind::Session),
+        family_id: if join_family {
+            request.family_id.clone()
+        } else {
+            token::mint_id(IdKind::Family)
+        },
+        join_family,
+        tenant: request.tenant.clone(),
+        user_id: request.user_id.clone(),
+        expires_at_ms: now.saturating_add(ttl_ms),
+        idle_timeout_ms,
+        device_public_key: request.device_public_key,
+        attributes: request.attributes,
+        refresh_hash: tokens.refresh.hash().to_vec(),
+        access_hash: tokens
+            .access
+            .as_ref()
+            .map(|a| a.hash().to_vec())
+            .unwrap_or_default(),
+        access_expires_at_ms: if tokens.access.is_some() {
+            now.saturating_add(access_ttl_ms)
+        } else {
+            0
+        },
+        max_sessions_per_user: authority.config().max_sessions_per_user(&request.tenant),
+        sealed_tokens,
+    };
+    let applied = authority
+        .propose(now, request_key, command::Kind::CreateSession(command))
+        .await?;
+    let deduplicated = applied.result.deduplicated;
+    let result = expect_create(applied.result)?;
+    let outcome = CreateSessionOutcome::try_from(result.outcome).unwrap_or_default();
+    if outcome != CreateSessionOutcome::Created {
+        return Ok(CreateSessionResponse {
+            outcome: outcome as i32,
+            revision: applied.revision,
+            ..Default::default()
+        });
+    }
+    let tokens = if deduplicated {
+        token::unseal(&request.request_id, &result.sealed_tokens).ok_or_else(|| {
+            Error::Internal("sealed tokens of a deduplicated create do not open".into())
+        })?
+    } else {
+        tokens
+    };
+    Ok(CreateSessionResponse {
+        outcome: outcome as i32,
+        session: convert::optional_session(result.session.as_ref(), now),
+        refresh_token: tokens.refresh.expose().to_owned(),
+        access_token: tokens
+            .access
+            .as_ref()
+            .map(|a| a.expose().to_owned())
+            .unwrap_or_default(),
+        access_token_expires_at_ms: result.access_expires_at_ms,
+        evicted_session_ids: result.evicted_session_ids,
+        revision: applied.revision,
+    })
+}
+
+fn expect_create(
+    result: CommandResult,
+) -> Result<crate::proto::internal::CreateSessionResult, Error> {
+    match result.kind {
+        Some(command_result::Kind::CreateSession(r)) => Ok(r),
+        _ => Err(mismatched(result.deduplicated)),
+    }
+}
+
+/// The error for an applied result of the wrong kind: a request id reused for another kind
+/// of request (the first result is kept), or a bug.
+pub fn mismatched(deduplicated: bool) -> Error {
+    if deduplicated {
+        Error::invalid("request_id", "already used for a different request")
+    } else {
+        Error::Internal(format!(
+            "applied result does not match the command (schema {SCHEMA_VERSION})"
+        ))
+    }
+}

@@ -1,0 +1,89 @@
+//! Rotate: redeem a refresh token for its successor.
+//!
+//! The proposer mints a successor and seals it under the presented raw token. If the state
+//! machine finds the presented token already rotated within the grace window, it returns the
+//! successor sealed at the first rotation instead, which only this caller (holding the
+//! presented raw token) can open: the retry gets the same tokens, and the freshly minted ones
+//! are discarded unseen.
+
+use super::create::mismatched;
+use super::service::{now_ms, Authority};
+use super::{convert, validate};
+use crate::proto::internal::{command, command_result, Rotate};
+use crate::proto::v1::{RotateOutcome, RotateRequest, RotateResponse};
+use crate::token::{self, IdKind, RawToken, TokenKind, TokenPair};
+use crate::Error;
+
+/// Handles one Rotate request.
+pub async fn handle(
+    authority: &Authority,
+    request: RotateRequest,
+) -> Result<RotateResponse, Error> {
+    let policy = &authority.config().sessions;
+    let presented =
+        validate::raw_token("refresh_token", TokenKind::Refresh, &request.refresh_token)?;
+    validate::optional_id("lease_id", IdKind::Lease, &request.lease_id)?;
+    let access_ttl_ms = validate::ttl(
+        "access_token_ttl_ms",
+        request.access_token_ttl_ms,
+        policy.access_token_ttl_ms,
+        policy.max_access_token_ttl_ms,
+    )?;
+
+    let now = now_ms();
+    let successor = TokenPair {
+        refresh: RawToken::mint(TokenKind::Refresh),
+        access: (!request.without_access_token).then(|| RawToken::mint(TokenKind::Access)),
+    };
+    let command = Rotate {
+        presented_hash: presented.hash().to_vec(),
+        new_refresh_hash: successor.refresh.hash().to_vec(),
+        new_access_hash: successor
+            .access
+            .as_ref()
+            .map(|a| a.hash().to_vec())
+            .unwrap_or_default(),
+        access_expires_at_ms: if successor.access.is_some() {
+            now.saturating_add(access_ttl_ms)
+        } else {
+            0
+        },
+        sealed_successor: token::seal(presented.expose(), &successor),
+        grace_ms: policy.reuse_grace_ms,
+        lease_id: request.lease_id,
+    };
+    let applied = authority
+        .propose(now, Vec::new(), command::Kind::Rotate(command))
+        .await?;
+    let result = match applied.result.kind {
+        Some(command_result::Kind::Rotate(r)) => r,
+        _ => return Err(mismatched(applied.result.deduplicated)),
+    };
+    let outcome = RotateOutcome::try_from(result.outcome).unwrap_or_default();
+    let mut response = RotateResponse {
+        outcome: outcome as i32,
+        session: convert::optional_session(result.session.as_ref(), now),
+        retried: result.retried,
+        revoked_count: result.revoked_count,
+        lease_holder: result.lease_holder,
+        lease_expires_at_ms: result.lease_expires_at_ms,
+        revision: applied.revision,
+        ..Default::default()
+    };
+    if outcome == RotateOutcome::Rotated {
+        let tokens = if result.retried {
+            token::unseal(presented.expose(), &result.sealed_successor)
+                .ok_or_else(|| Error::Internal("sealed successor does not open".into()))?
+        } else {
+            successor
+        };
+        response.refresh_token = tokens.refresh.expose().to_owned();
+        response.access_token = tokens
+            .access
+            .as_ref()
+            .map(|a| a.expose().to_owned())
+            .unwrap_or_default();
+        response.access_token_expires_at_ms = result.access_expires_at_ms;
+    }
+    Ok(response)
+}

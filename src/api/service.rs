@@ -1,0 +1,151 @@
+//! [`Authority`]: the shared context of the handlers, and its binding to the generated
+//! `SessionAuthority` tonic service. Handlers never hold a lock across `.await`: the Raft
+//! node and the state reader are internally synchronized.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tonic::{Request, Response, Status};
+
+use crate::config::Config;
+use crate::proto::internal::{command, Command};
+use crate::proto::v1::session_authority_server::SessionAuthority;
+use crate::proto::v1::*;
+use crate::proto::SCHEMA_VERSION;
+use crate::raft::{Applied, RaftNode};
+use crate::Error;
+
+/// What every handler needs: the Raft node and the configuration (defaults and limits).
+#[derive(Clone)]
+pub struct Authority {
+    node: RaftNode,
+    config: Arc<Config>,
+}
+
+impl Authority {
+    /// A service over `node`, applying `config`'s defaults and limits.
+    pub fn new(node: RaftNode, config: Arc<Config>) -> Self {
+        Authority { node, config }
+    }
+
+    /// The Raft node this service proposes to and reads from.
+    pub fn node(&self) -> &RaftNode {
+        &self.node
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Proposes one command stamped with `now_ms`; `request_key` is the hashed idempotency
+    /// key or empty.
+    pub async fn propose(
+        &self,
+        now_ms: i64,
+        request_key: Vec<u8>,
+        kind: command::Kind,
+    ) -> Result<Applied, Error> {
+        let command = Command {
+            schema_version: SCHEMA_VERSION,
+            now_ms,
+            request_key,
+            kind: Some(kind),
+        };
+        self.node.propose(command).await
+    }
+
+    /// Waits until this node's applied state reflects every write acknowledged before the
+    /// call, when `consistency` asks for it.
+    pub async fn read_barrier(&self, consistency: Consistency) -> Result<(), Error> {
+        match consistency {
+            Consistency::Local => Ok(()),
+            _ => self.node.ensure_linearizable().await,
+        }
+    }
+}
+
+/// The proposer's clock, in ms since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn reply<T>(result: Result<T, Error>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl SessionAuthority for Authority {
+    async fn create_session(
+        &self,
+        request: Request<CreateSessionRequest>,
+    ) -> Result<Response<CreateSessionResponse>, Status> {
+        reply(super::create::handle(self, request.into_inner()).await)
+    }
+
+    async fn rotate(
+        &self,
+        request: Request<RotateRequest>,
+    ) -> Result<Response<RotateResponse>, Status> {
+        reply(super::rotate::handle(self, request.into_inner()).await)
+    }
+
+    async fn acquire_renewal_lease(
+        &self,
+        request: Request<AcquireRenewalLeaseRequest>,
+    ) -> Result<Response<AcquireRenewalLeaseResponse>, Status> {
+        reply(super::lease::handle(self, request.into_inner()).await)
+    }
+
+    async fn lookup(
+        &self,
+        request: Request<LookupRequest>,
+    ) -> Result<Response<LookupResponse>, Status> {
+        reply(super::reads::lookup(self, request.into_inner()).await)
+    }
+
+    async fn validate_access_token(
+        &self,
+        request: Request<ValidateAccessTokenRequest>,
+    ) -> Result<Response<ValidateAccessTokenResponse>, Status> {
+        reply(super::reads::validate_access_token(self, request.into_inner()).await)
+    }
+
+    async fn touch(
+        &self,
+        request: Request<TouchRequest>,
+    ) -> Result<Response<TouchResponse>, Status> {
+        reply(super::touch::handle(self, request.into_inner()).await)
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<RevokeRequest>,
+    ) -> Result<Response<RevokeResponse>, Status> {
+        reply(super::revoke::handle(self, request.into_inner()).await)
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<ListSessionsRequest>,
+    ) -> Result<Response<ListSessionsResponse>, Status> {
+        reply(super::reads::list_sessions(self, request.into_inner()).await)
+    }
+
+    async fn count_sessions(
+        &self,
+        request: Request<CountSessionsRequest>,
+    ) -> Result<Response<CountSessionsResponse>, Status> {
+        reply(super::reads::count_sessions(self, request.into_inner()).await)
+    }
+
+    async fn get_anomaly_counters(
+        &self,
+        request: Request<GetAnomalyCountersRequest>,
+    ) -> Result<Response<GetAnomalyCountersResponse>, Status> {
+        reply(super::reads::anomaly_counters(self, request.into_inner()).await)
+    }
+}

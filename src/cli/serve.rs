@@ -1,0 +1,110 @@
+//! `sessiond serve`: flags and environment variables over an optional TOML file over the
+//! defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::config::{Config, LogFormat};
+
+/// Flags of `sessiond serve`. Every flag also reads an environment variable.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (see cluster/ for examples).
+    #[arg(long, env = "SESSIOND_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's Raft id.
+    #[arg(long, env = "SESSIOND_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Address to bind the gRPC server to.
+    #[arg(long, env = "SESSIOND_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address other nodes and clients reach this node at.
+    #[arg(long, env = "SESSIOND_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Data directory (sled database and snapshots).
+    #[arg(long, env = "SESSIOND_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "SESSIOND_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Refresh-token reuse grace window in ms (0 disables).
+    #[arg(long, env = "SESSIOND_REUSE_GRACE_MS")]
+    pub reuse_grace_ms: Option<i64>,
+    /// Default absolute session lifetime in ms.
+    #[arg(long, env = "SESSIOND_DEFAULT_TTL_MS")]
+    pub default_ttl_ms: Option<i64>,
+    /// Default access-token lifetime in ms.
+    #[arg(long, env = "SESSIOND_ACCESS_TOKEN_TTL_MS")]
+    pub access_token_ttl_ms: Option<i64>,
+    /// Per-user session limit for tenants without their own (0 = unlimited).
+    #[arg(long, env = "SESSIOND_MAX_SESSIONS_PER_USER")]
+    pub max_sessions_per_user: Option<u32>,
+    /// Garbage collection interval in ms.
+    #[arg(long, env = "SESSIOND_GC_INTERVAL_MS")]
+    pub gc_interval_ms: Option<u64>,
+}
+
+impl ServeArgs {
+    /// The configuration these flags describe: the file (or defaults), then each flag given.
+    pub fn to_config(&self) -> Result<Config, crate::Error> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        let s = &mut config.sessions;
+        set(&mut config.node_id, self.node_id);
+        set(&mut config.listen_addr, self.listen);
+        set(&mut config.data_dir, self.data_dir.clone());
+        set(&mut config.log_format, self.log_format);
+        set(&mut s.reuse_grace_ms, self.reuse_grace_ms);
+        set(&mut s.default_ttl_ms, self.default_ttl_ms);
+        set(&mut s.access_token_ttl_ms, self.access_token_ttl_ms);
+        set(&mut s.max_sessions_per_user, self.max_sessions_per_user);
+        set(&mut config.gc.interval_ms, self.gc_interval_ms);
+        if self.advertise.is_some() {
+            config.advertise_addr = self.advertise.clone();
+        }
+        config.check()?;
+        Ok(config)
+    }
+}
+
+fn set<T>(target: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *target = v;
+    }
+}
+
+/// Runs `sessiond serve` until SIGINT/SIGTERM.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    crate::server::init_logging(config.log_format);
+    crate::server::run(config).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_flags_means_defaults() {
+        assert_eq!(ServeArgs::default().to_config().unwrap(), Config::default());
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let args = ServeArgs {
+            node_id: Some(7),
+            reuse_grace_ms: Some(0),
+            data_dir: Some(PathBuf::from("/tmp/x")),
+            ..Default::default()
+        };
+        let c = args.to_config().unwrap();
+        assert_eq!(c.node_id, 7);
+        assert_eq!(c.sessions.reuse_grace_ms, 0);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+    }
+}
