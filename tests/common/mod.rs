@@ -1,0 +1,184 @@
+//! Shared helpers for the integration tests: an in-process node on a free loopback port with
+//! a temporary data directory, and the real `sessiond` binary as a child process.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sessiond::client::Client;
+use sessiond::config::Config;
+use sessiond::proto::v1::*;
+use sessiond::server::{self, RunningNode};
+
+/// A config for a test node: loopback port 0 (the OS picks a free one) and `data_dir`.
+pub fn test_config(data_dir: &Path) -> Config {
+    Config {
+        listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: data_dir.to_path_buf(),
+        ..Config::default()
+    }
+}
+
+/// An in-process node and a client connected to it.
+pub struct TestNode {
+    pub node: RunningNode,
+    pub client: Client,
+}
+
+impl TestNode {
+    /// Starts a node with `config` and connects a client.
+    pub async fn start(config: Config) -> TestNode {
+        let node = server::start(config).await.expect("node starts");
+        let client = Client::connect(&format!("http://{}", node.addr()))
+            .await
+            .expect("client connects");
+        TestNode { node, client }
+    }
+
+    /// Stops the node gracefully.
+    pub async fn stop(self) {
+        self.node.stop().await.expect("node stops cleanly");
+    }
+}
+
+/// A create request for `user` in `tenant` with defaults otherwise.
+pub fn create_request(tenant: &str, user: &str) -> CreateSessionRequest {
+    CreateSessionRequest {
+        tenant: tenant.to_owned(),
+        user_id: user.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// A rotate request for `token`.
+pub fn rotate_request(token: &str) -> RotateRequest {
+    RotateRequest {
+        refresh_token: token.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// A linearizable lookup by session id.
+pub fn lookup_by_id(tenant: &str, session_id: &str) -> LookupRequest {
+    LookupRequest {
+        tenant: tenant.to_owned(),
+        key: Some(lookup_request::Key::SessionId(session_id.to_owned())),
+        consistency: Consistency::Linearizable as i32,
+    }
+}
+
+/// The real binary running `serve` as a child process.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log_path: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `sessiond serve` on a free loopback port over `data_dir`, logging JSON at
+    /// debug level into `log_path`, and waits until it serves.
+    pub fn spawn(data_dir: &Path, log_path: &Path, extra_args: &[&str]) -> ServerProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .expect("log file opens");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sessiond"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
+            .arg(data_dir)
+            .args(extra_args)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("sessiond starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log_copy = log_path.to_path_buf();
+        std::thread::spawn(move || {
+            let mut sink = std::fs::OpenOptions::new().append(true).open(log_copy).ok();
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(f) = sink.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{line}");
+                }
+                if !sent {
+                    if let Some(addr) = serving_addr(&line) {
+                        let _ = tx.send(addr);
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("sessiond logs its serving address within 60 s");
+        ServerProcess {
+            child,
+            addr,
+            log_path: log_path.to_path_buf(),
+        }
+    }
+
+    /// The endpoint URL of this server.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Kills the process with SIGKILL (no chance to flush anything) and reaps it.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL delivered");
+        self.child.wait().expect("child reaped");
+    }
+
+    /// Sends SIGTERM and waits up to 30 s for a graceful exit.
+    pub fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM runs");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.child.try_wait().expect("wait works").is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+        panic!("sessiond did not exit within 30 s of SIGTERM");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address in the "sessiond serving" JSON log line.
+fn serving_addr(line: &str) -> Option<SocketAddr> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    let fields = value.get("fields")?;
+    if fields.get("message")?.as_str()? != "sessiond serving" {
+        return None;
+    }
+    fields.get("addr")?.as_str()?.parse().ok()
+}
+
+/// Connects to `endpoint`, retrying for up to 30 s while the server starts.
+pub async fn connect(endpoint: &str) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Client::connect(endpoint).await {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > deadline => panic!("cannot connect: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
