@@ -18,7 +18,11 @@ async fn node_with(adjust: impl FnOnce(&mut Config)) -> (TestNode, tempfile::Tem
 }
 
 async fn create(t: &TestNode, tenant: &str, user: &str) -> CreateSessionResponse {
-    let r = t.client.create_session(create_request(tenant, user)).await.unwrap();
+    let r = t
+        .client
+        .create_session(create_request(tenant, user))
+        .await
+        .unwrap();
     assert_eq!(r.outcome(), CreateSessionOutcome::Created);
     r
 }
@@ -60,7 +64,11 @@ async fn create_lookup_rotate_and_validate() {
         }
     }
 
-    let rotated = t.client.rotate(rotate_request(&created.refresh_token)).await.unwrap();
+    let rotated = t
+        .client
+        .rotate(rotate_request(&created.refresh_token))
+        .await
+        .unwrap();
     assert_eq!(rotated.outcome(), RotateOutcome::Rotated);
     assert!(!rotated.retried);
     assert_ne!(rotated.refresh_token, created.refresh_token);
@@ -70,7 +78,9 @@ async fn create_lookup_rotate_and_validate() {
         .client
         .lookup(LookupRequest {
             tenant: "acme".into(),
-            key: Some(lookup_request::Key::RefreshToken(created.refresh_token.clone())),
+            key: Some(lookup_request::Key::RefreshToken(
+                created.refresh_token.clone(),
+            )),
             consistency: 0,
         })
         .await
@@ -104,13 +114,25 @@ async fn create_lookup_rotate_and_validate() {
 async fn retry_within_grace_returns_the_same_successor() {
     let (t, _dir) = node_with(|_| {}).await;
     let created = create(&t, "", "bob").await;
-    let first = t.client.rotate(rotate_request(&created.refresh_token)).await.unwrap();
-    let retry = t.client.rotate(rotate_request(&created.refresh_token)).await.unwrap();
+    let first = t
+        .client
+        .rotate(rotate_request(&created.refresh_token))
+        .await
+        .unwrap();
+    let retry = t
+        .client
+        .rotate(rotate_request(&created.refresh_token))
+        .await
+        .unwrap();
     assert_eq!(retry.outcome(), RotateOutcome::Rotated);
     assert!(retry.retried);
     assert_eq!(retry.refresh_token, first.refresh_token);
     assert_eq!(retry.access_token, first.access_token);
-    assert_eq!(retry.session.unwrap().generation, 1, "a retry is not a second redemption");
+    assert_eq!(
+        retry.session.unwrap().generation,
+        1,
+        "a retry is not a second redemption"
+    );
     t.stop().await;
 }
 
@@ -127,10 +149,18 @@ async fn replayed_token_revokes_the_whole_family() {
         .await
         .unwrap();
     assert_eq!(device.outcome(), CreateSessionOutcome::Created);
-    let rotated = t.client.rotate(rotate_request(&web.refresh_token)).await.unwrap();
+    let rotated = t
+        .client
+        .rotate(rotate_request(&web.refresh_token))
+        .await
+        .unwrap();
     assert_eq!(rotated.outcome(), RotateOutcome::Rotated);
 
-    let replay = t.client.rotate(rotate_request(&web.refresh_token)).await.unwrap();
+    let replay = t
+        .client
+        .rotate(rotate_request(&web.refresh_token))
+        .await
+        .unwrap();
     assert_eq!(replay.outcome(), RotateOutcome::ReplayDetected);
     assert_eq!(replay.revoked_count, 2);
     assert!(replay.refresh_token.is_empty());
@@ -141,7 +171,11 @@ async fn replayed_token_revokes_the_whole_family() {
         assert_eq!(s.status(), SessionStatus::Revoked);
         assert_eq!(s.revocation_reason(), RevocationReason::ReplayDetected);
     }
-    let after = t.client.rotate(rotate_request(&rotated.refresh_token)).await.unwrap();
+    let after = t
+        .client
+        .rotate(rotate_request(&rotated.refresh_token))
+        .await
+        .unwrap();
     assert_eq!(after.outcome(), RotateOutcome::Revoked);
     let join = t
         .client
@@ -203,19 +237,38 @@ async fn renewal_lease_excludes_other_holders() {
         holder: holder.into(),
         ttl_ms: 60_000,
     };
-    let mine = t.client.acquire_renewal_lease(acquire("svc-a")).await.unwrap();
+    let mine = t
+        .client
+        .acquire_renewal_lease(acquire("svc-a"))
+        .await
+        .unwrap();
     assert_eq!(mine.outcome(), LeaseOutcome::Acquired);
     let lease = mine.lease.unwrap();
     assert!(lease.lease_id.starts_with("lse_"));
-    let theirs = t.client.acquire_renewal_lease(acquire("svc-b")).await.unwrap();
+    let theirs = t
+        .client
+        .acquire_renewal_lease(acquire("svc-b"))
+        .await
+        .unwrap();
     assert_eq!(theirs.outcome(), LeaseOutcome::Held);
     assert_eq!(theirs.lease.as_ref().unwrap().holder, "svc-a");
-    assert!(theirs.lease.unwrap().lease_id.is_empty(), "another holder's lease id is not revealed");
-    let again = t.client.acquire_renewal_lease(acquire("svc-a")).await.unwrap();
+    assert!(
+        theirs.lease.unwrap().lease_id.is_empty(),
+        "another holder's lease id is not revealed"
+    );
+    let again = t
+        .client
+        .acquire_renewal_lease(acquire("svc-a"))
+        .await
+        .unwrap();
     assert_eq!(again.outcome(), LeaseOutcome::Acquired);
     assert_eq!(again.lease.unwrap().lease_id, lease.lease_id);
 
-    let blocked = t.client.rotate(rotate_request(&created.refresh_token)).await.unwrap();
+    let blocked = t
+        .client
+        .rotate(rotate_request(&created.refresh_token))
+        .await
+        .unwrap();
     assert_eq!(blocked.outcome(), RotateOutcome::LeaseUnavailable);
     assert_eq!(blocked.lease_holder, "svc-a");
     let allowed = t
@@ -227,8 +280,16 @@ async fn renewal_lease_excludes_other_holders() {
         .await
         .unwrap();
     assert_eq!(allowed.outcome(), RotateOutcome::Rotated);
-    let next = t.client.acquire_renewal_lease(acquire("svc-b")).await.unwrap();
-    assert_eq!(next.outcome(), LeaseOutcome::Acquired, "rotation consumed the lease");
+    let next = t
+        .client
+        .acquire_renewal_lease(acquire("svc-b"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next.outcome(),
+        LeaseOutcome::Acquired,
+        "rotation consumed the lease"
+    );
     t.stop().await;
 }
 
@@ -247,28 +308,76 @@ async fn revoke_scopes_count_and_isolate_tenants() {
         reason: RevocationReason::Logout as i32,
         request_id: String::new(),
     };
-    let wrong_tenant = t.client.revoke(revoke("b", RevokeScope::Session, &session_id(&a1))).await.unwrap();
+    let wrong_tenant = t
+        .client
+        .revoke(revoke("b", RevokeScope::Session, &session_id(&a1)))
+        .await
+        .unwrap();
     assert_eq!(wrong_tenant.revoked_count, 0);
-    let one = t.client.revoke(revoke("a", RevokeScope::Session, &session_id(&a1))).await.unwrap();
+    let one = t
+        .client
+        .revoke(revoke("a", RevokeScope::Session, &session_id(&a1)))
+        .await
+        .unwrap();
     assert_eq!(one.revoked_count, 1);
-    let again = t.client.revoke(revoke("a", RevokeScope::Session, &session_id(&a1))).await.unwrap();
+    let again = t
+        .client
+        .revoke(revoke("a", RevokeScope::Session, &session_id(&a1)))
+        .await
+        .unwrap();
     assert_eq!(again.revoked_count, 0, "already revoked is not counted");
-    let user = t.client.revoke(revoke("a", RevokeScope::User, "u1")).await.unwrap();
+    let user = t
+        .client
+        .revoke(revoke("a", RevokeScope::User, "u1"))
+        .await
+        .unwrap();
     assert_eq!(user.revoked_count, 1);
     let family = a3.session.as_ref().unwrap().family_id.clone();
-    let fam = t.client.revoke(revoke("a", RevokeScope::Family, &family)).await.unwrap();
+    let fam = t
+        .client
+        .revoke(revoke("a", RevokeScope::Family, &family))
+        .await
+        .unwrap();
     assert_eq!(fam.revoked_count, 1);
     assert!(fam.revision > user.revision);
 
-    let b = t.client.lookup(lookup_by_id("b", &session_id(&b1))).await.unwrap();
-    assert_eq!(b.session.unwrap().status(), SessionStatus::Active, "tenant b untouched");
-    let cross = t.client.lookup(lookup_by_id("b", &session_id(&a2))).await.unwrap();
-    assert_eq!(cross.outcome(), LookupOutcome::NotFound, "other tenant's session is not found");
+    let b = t
+        .client
+        .lookup(lookup_by_id("b", &session_id(&b1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.session.unwrap().status(),
+        SessionStatus::Active,
+        "tenant b untouched"
+    );
+    let cross = t
+        .client
+        .lookup(lookup_by_id("b", &session_id(&a2)))
+        .await
+        .unwrap();
+    assert_eq!(
+        cross.outcome(),
+        LookupOutcome::NotFound,
+        "other tenant's session is not found"
+    );
 
-    let tenant = t.client.revoke(revoke("b", RevokeScope::Tenant, "")).await.unwrap();
+    let tenant = t
+        .client
+        .revoke(revoke("b", RevokeScope::Tenant, ""))
+        .await
+        .unwrap();
     assert_eq!(tenant.revoked_count, 1);
-    let revoked = t.client.lookup(lookup_by_id("a", &session_id(&a2))).await.unwrap();
-    assert_eq!(revoked.outcome(), LookupOutcome::Found, "revoked is reported, not missing");
+    let revoked = t
+        .client
+        .lookup(lookup_by_id("a", &session_id(&a2)))
+        .await
+        .unwrap();
+    assert_eq!(
+        revoked.outcome(),
+        LookupOutcome::Found,
+        "revoked is reported, not missing"
+    );
     assert_eq!(revoked.session.unwrap().status(), SessionStatus::Revoked);
     t.stop().await;
 }
@@ -288,8 +397,15 @@ async fn list_count_touch_and_session_limit() {
     create(&t, "limited", "frank").await;
     let third = create(&t, "limited", "frank").await;
     assert_eq!(third.evicted_session_ids, vec![session_id(&first)]);
-    let evicted = t.client.lookup(lookup_by_id("limited", &session_id(&first))).await.unwrap();
-    assert_eq!(evicted.session.unwrap().revocation_reason(), RevocationReason::LimitEvicted);
+    let evicted = t
+        .client
+        .lookup(lookup_by_id("limited", &session_id(&first)))
+        .await
+        .unwrap();
+    assert_eq!(
+        evicted.session.unwrap().revocation_reason(),
+        RevocationReason::LimitEvicted
+    );
 
     let count = t
         .client
@@ -319,12 +435,28 @@ async fn list_count_touch_and_session_limit() {
         page_token,
         consistency: 0,
     };
-    let active = t.client.list_sessions(list(false, String::new())).await.unwrap();
+    let active = t
+        .client
+        .list_sessions(list(false, String::new()))
+        .await
+        .unwrap();
     assert_eq!(active.sessions.len(), 2);
-    let all_first = t.client.list_sessions(list(true, String::new())).await.unwrap();
-    assert_eq!(all_first.sessions[0].session_id, session_id(&first), "oldest first");
+    let all_first = t
+        .client
+        .list_sessions(list(true, String::new()))
+        .await
+        .unwrap();
+    assert_eq!(
+        all_first.sessions[0].session_id,
+        session_id(&first),
+        "oldest first"
+    );
     assert!(!all_first.next_page_token.is_empty());
-    let all_second = t.client.list_sessions(list(true, all_first.next_page_token)).await.unwrap();
+    let all_second = t
+        .client
+        .list_sessions(list(true, all_first.next_page_token))
+        .await
+        .unwrap();
     assert_eq!(all_second.sessions.len(), 1);
     assert!(all_second.next_page_token.is_empty());
 
@@ -369,7 +501,11 @@ async fn sessions_expire_and_are_collected() {
             LookupOutcome::Found => {
                 if r.session.unwrap().status() == SessionStatus::Expired {
                     saw_expired = true;
-                    let rot = t.client.rotate(rotate_request(&short.refresh_token)).await.unwrap();
+                    let rot = t
+                        .client
+                        .rotate(rotate_request(&short.refresh_token))
+                        .await
+                        .unwrap();
                     assert!(matches!(
                         rot.outcome(),
                         RotateOutcome::Expired | RotateOutcome::InvalidToken
@@ -417,30 +553,111 @@ async fn bad_input_is_rejected_naming_the_field_and_writes_nothing() {
     let (t, _dir) = node_with(|_| {}).await;
     let base = create_request("acme", "ivan");
     let creates = [
-        ("user_id", CreateSessionRequest { user_id: String::new(), ..base.clone() }),
-        ("user_id", CreateSessionRequest { user_id: "x".repeat(257), ..base.clone() }),
-        ("tenant", CreateSessionRequest { tenant: "t".repeat(129), ..base.clone() }),
-        ("family_id", CreateSessionRequest { family_id: "nope".into(), ..base.clone() }),
-        ("ttl_ms", CreateSessionRequest { ttl_ms: -5, ..base.clone() }),
-        ("ttl_ms", CreateSessionRequest { ttl_ms: i64::MAX, ..base.clone() }),
-        ("idle_timeout_ms", CreateSessionRequest { ttl_ms: 60_000, idle_timeout_ms: 120_000, ..base.clone() }),
-        ("access_token_ttl_ms", CreateSessionRequest { access_token_ttl_ms: 10, ..base.clone() }),
-        ("device_public_key", CreateSessionRequest { device_public_key: vec![0; 257], ..base.clone() }),
-        ("attributes", CreateSessionRequest { attributes: (0..33).map(|i| (i.to_string(), String::new())).collect(), ..base.clone() }),
-        ("request_id", CreateSessionRequest { request_id: "short".into(), ..base.clone() }),
+        (
+            "user_id",
+            CreateSessionRequest {
+                user_id: String::new(),
+                ..base.clone()
+            },
+        ),
+        (
+            "user_id",
+            CreateSessionRequest {
+                user_id: "x".repeat(257),
+                ..base.clone()
+            },
+        ),
+        (
+            "tenant",
+            CreateSessionRequest {
+                tenant: "t".repeat(129),
+                ..base.clone()
+            },
+        ),
+        (
+            "family_id",
+            CreateSessionRequest {
+                family_id: "nope".into(),
+                ..base.clone()
+            },
+        ),
+        (
+            "ttl_ms",
+            CreateSessionRequest {
+                ttl_ms: -5,
+                ..base.clone()
+            },
+        ),
+        (
+            "ttl_ms",
+            CreateSessionRequest {
+                ttl_ms: i64::MAX,
+                ..base.clone()
+            },
+        ),
+        (
+            "idle_timeout_ms",
+            CreateSessionRequest {
+                ttl_ms: 60_000,
+                idle_timeout_ms: 120_000,
+                ..base.clone()
+            },
+        ),
+        (
+            "access_token_ttl_ms",
+            CreateSessionRequest {
+                access_token_ttl_ms: 10,
+                ..base.clone()
+            },
+        ),
+        (
+            "device_public_key",
+            CreateSessionRequest {
+                device_public_key: vec![0; 257],
+                ..base.clone()
+            },
+        ),
+        (
+            "attributes",
+            CreateSessionRequest {
+                attributes: (0..33).map(|i| (i.to_string(), String::new())).collect(),
+                ..base.clone()
+            },
+        ),
+        (
+            "request_id",
+            CreateSessionRequest {
+                request_id: "short".into(),
+                ..base.clone()
+            },
+        ),
     ];
     for (field, request) in creates {
         let status = t.client.create_session(request).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{field}");
-        assert!(status.message().starts_with(field), "{field}: {}", status.message());
+        assert!(
+            status.message().starts_with(field),
+            "{field}: {}",
+            status.message()
+        );
     }
-    let bad_token = t.client.rotate(rotate_request("not-a-token")).await.unwrap_err();
+    let bad_token = t
+        .client
+        .rotate(rotate_request("not-a-token"))
+        .await
+        .unwrap_err();
     assert_eq!(bad_token.code(), Code::InvalidArgument);
     assert!(bad_token.message().starts_with("refresh_token"));
-    assert!(!bad_token.message().contains("not-a-token"), "the token is not echoed");
+    assert!(
+        !bad_token.message().contains("not-a-token"),
+        "the token is not echoed"
+    );
     let bad_scope = t
         .client
-        .revoke(RevokeRequest { scope: 99, ..Default::default() })
+        .revoke(RevokeRequest {
+            scope: 99,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert!(bad_scope.message().starts_with("scope"));
@@ -448,7 +665,10 @@ async fn bad_input_is_rejected_naming_the_field_and_writes_nothing() {
     assert!(no_key.message().starts_with("key"));
     let bad_consistency = t
         .client
-        .lookup(LookupRequest { consistency: 7, ..lookup_by_id("", "sid_AAAAAAAAAAAAAAAAAAAAAA") })
+        .lookup(LookupRequest {
+            consistency: 7,
+            ..lookup_by_id("", "sid_AAAAAAAAAAAAAAAAAAAAAA")
+        })
         .await
         .unwrap_err();
     assert!(bad_consistency.message().starts_with("consistency"));
@@ -467,9 +687,57 @@ async fn bad_input_is_rejected_naming_the_field_and_writes_nothing() {
 
     let count = t
         .client
-        .count_sessions(CountSessionsRequest { tenant: "acme".into(), ..Default::default() })
+        .count_sessions(CountSessionsRequest {
+            tenant: "acme".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(count.active, 0, "rejected requests wrote nothing");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let (t, _dir) = node_with(|_| {}).await;
+    let endpoint = format!("http://{}", t.node.addr());
+    let channel = tonic::transport::Endpoint::from_shared(endpoint)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "sessiond.v1.SessionAuthority".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::Serving);
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("expected a service list");
+    };
+    assert!(list
+        .service
+        .iter()
+        .any(|s| s.name == "sessiond.v1.SessionAuthority"));
     t.stop().await;
 }

@@ -25,7 +25,10 @@ async fn acknowledged_writes_survive_sigkill() {
     }
     let mut rotated = Vec::new();
     for r in created.iter().take(20) {
-        let next = client.rotate(rotate_request(&r.refresh_token)).await.unwrap();
+        let next = client
+            .rotate(rotate_request(&r.refresh_token))
+            .await
+            .unwrap();
         assert_eq!(next.outcome(), RotateOutcome::Rotated);
         rotated.push(next);
     }
@@ -83,7 +86,14 @@ async fn acknowledged_writes_survive_sigkill() {
             .unwrap();
         assert_eq!(by_old.refresh_token_state(), RefreshTokenState::Retired);
     }
-    let again = client.rotate(rotate_request(&rotated[0].refresh_token)).await.unwrap();
-    assert_eq!(again.outcome(), RotateOutcome::Rotated, "the chain continues after restart");
+    let again = client
+        .rotate(rotate_request(&rotated[0].refresh_token))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.outcome(),
+        RotateOutcome::Rotated,
+        "the chain continues after restart"
+    );
     server.terminate();
 }

@@ -44,8 +44,14 @@ async fn raw_tokens_are_in_neither_data_nor_logs() {
             })
             .await
             .unwrap();
-        let rotated = client.rotate(rotate_request(&created.refresh_token)).await.unwrap();
-        let retried = client.rotate(rotate_request(&created.refresh_token)).await.unwrap();
+        let rotated = client
+            .rotate(rotate_request(&created.refresh_token))
+            .await
+            .unwrap();
+        let retried = client
+            .rotate(rotate_request(&created.refresh_token))
+            .await
+            .unwrap();
         assert!(retried.retried);
         session_ids.push(created.session.as_ref().unwrap().session_id.clone());
         secrets.extend([
@@ -56,7 +62,9 @@ async fn raw_tokens_are_in_neither_data_nor_logs() {
             format!("idempotency-key-{i:04}-secret"),
         ]);
     }
-    let _ = client.rotate(rotate_request("sdr1_this-is-not-well-formed")).await;
+    let _ = client
+        .rotate(rotate_request("sdr1_this-is-not-well-formed"))
+        .await;
     drop(client);
     server.terminate();
 
@@ -67,13 +75,21 @@ async fn raw_tokens_are_in_neither_data_nor_logs() {
     let log_bytes = std::fs::read(&log).unwrap();
     assert!(!log_bytes.is_empty(), "the server logged something");
     assert!(
-        session_ids.iter().any(|id| contains(&data_bytes, id.as_bytes())),
+        session_ids
+            .iter()
+            .any(|id| contains(&data_bytes, id.as_bytes())),
         "session ids are stored in the data directory, so the search reads real data"
     );
     for secret in &secrets {
         // The random body alone, in case a prefix was stripped before writing.
         let body = secret.split_once('_').map_or(secret.as_str(), |(_, b)| b);
-        assert!(!contains(&data_bytes, body.as_bytes()), "a raw secret is in the data directory");
-        assert!(!contains(&log_bytes, body.as_bytes()), "a raw secret is in the logs");
+        assert!(
+            !contains(&data_bytes, body.as_bytes()),
+            "a raw secret is in the data directory"
+        );
+        assert!(
+            !contains(&log_bytes, body.as_bytes()),
+            "a raw secret is in the logs"
+        );
     }
 }

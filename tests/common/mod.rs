@@ -87,7 +87,14 @@ impl ServerProcess {
             .open(log_path)
             .expect("log file opens");
         let mut child = Command::new(env!("CARGO_BIN_EXE_sessiond"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(extra_args)
             .env("RUST_LOG", "debug")
