@@ -128,6 +128,9 @@ pub struct GcConfig {
     pub interval_ms: u64,
     /// Most records one collection command removes.
     pub batch_limit: u32,
+    /// How long revocation events stay retained for stream subscribers to resume from
+    /// (0 keeps them forever).
+    pub event_retention_ms: i64,
 }
 
 impl Default for GcConfig {
@@ -135,6 +138,7 @@ impl Default for GcConfig {
         GcConfig {
             interval_ms: 30_000,
             batch_limit: 5_000,
+            event_retention_ms: 24 * 60 * 60_000,
         }
     }
 }
@@ -215,7 +219,11 @@ impl Config {
         {
             return Err(Error::invalid("config", "a default exceeds its maximum"));
         }
-        if s.reuse_grace_ms < 0 || s.default_idle_timeout_ms < 0 || s.dedup_retention_ms < 0 {
+        if s.reuse_grace_ms < 0
+            || s.default_idle_timeout_ms < 0
+            || s.dedup_retention_ms < 0
+            || self.gc.event_retention_ms < 0
+        {
             return Err(Error::invalid("config", "durations must not be negative"));
         }
         let r = &self.raft;

@@ -184,6 +184,7 @@ async fn collect_garbage_periodically(authority: Authority, mut stopped: watch::
             let command = CollectGarbage {
                 limit: gc.batch_limit,
                 dedup_retention_ms: retention,
+                event_retention_ms: gc.event_retention_ms,
             };
             match authority
                 .propose(now_ms(), Vec::new(), command::Kind::CollectGarbage(command))

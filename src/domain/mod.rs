@@ -1,23 +1,85 @@
 //! The pure session domain: commands applied to an ordered key space.
 //!
-//! SKELETON: the domain helper replaces the `todo!()` bodies; signatures are the contract.
+//! [`apply`] is the whole state machine: it reads no clock and no random source (the
+//! proposer stamps the time and every freshly minted id and token hash into the command), and
+//! iterates only in key order, so replicas applying the same commands hold byte-identical
+//! state. Each command lives in its own module; [`sessions`] keeps the records and their
+//! indexes in step; [`query`] answers reads.
 
+mod create;
+pub mod events;
+mod gc;
+mod keys;
+mod lease;
 pub mod query;
+mod records;
+mod revoke;
+mod rotate;
+mod sessions;
 pub mod state;
+mod touch;
 
-use crate::proto::internal::{Command, CommandResult};
+#[cfg(test)]
+mod tests;
+
+use crate::proto::internal::{command, command_result, CommandResult, DedupRecord, Empty};
+use crate::proto::{internal::Command, SCHEMA_VERSION};
 pub use state::{MemoryState, StateEntry, StateError, StateRead, StateWrite};
 
 /// Applies one command, committed at log index `revision`, to `state`.
 ///
 /// Deterministic: the result and every write depend only on `command`, `revision` and the
 /// prior contents of `state`. Keys written by the domain never start with byte `0x00`
-/// (that prefix is reserved for the store's own metadata).
+/// (that prefix is reserved for the store's own metadata). A command whose non-empty
+/// request key was applied before changes nothing and returns the first result, marked
+/// `deduplicated` and without events (those were emitted the first time).
 pub fn apply(
     command: &Command,
     revision: u64,
     state: &mut impl StateWrite,
 ) -> Result<CommandResult, StateError> {
-    let _ = (command, revision, state);
-    todo!()
+    let dedup_key = (!command.request_key.is_empty()).then(|| keys::dedup(&command.request_key));
+    if let Some(key) = &dedup_key {
+        if let Some(first) = records::load::<DedupRecord>(state, key)? {
+            return Ok(CommandResult {
+                deduplicated: true,
+                ..first.result.unwrap_or_default()
+            });
+        }
+    }
+    let now = command.now_ms;
+    let mut events = Vec::new();
+    let kind = match &command.kind {
+        None => command_result::Kind::None(Empty {}),
+        Some(command::Kind::CreateSession(c)) => create::apply(c, now, state, &mut events)?,
+        Some(command::Kind::Rotate(c)) => rotate::apply(c, now, state, &mut events)?,
+        Some(command::Kind::AcquireLease(c)) => lease::apply(c, now, state)?,
+        Some(command::Kind::Touch(c)) => touch::apply(c, now, state)?,
+        Some(command::Kind::Revoke(c)) => revoke::apply(c, now, state, &mut events)?,
+        Some(command::Kind::CollectGarbage(c)) => gc::apply(c, now, state)?,
+    };
+    events::retain(state, revision, &events);
+    let result = CommandResult {
+        schema_version: SCHEMA_VERSION,
+        deduplicated: false,
+        events,
+        kind: Some(kind),
+    };
+    if let Some(key) = dedup_key {
+        let first = CommandResult {
+            events: Vec::new(),
+            ..result.clone()
+        };
+        records::store(
+            state,
+            key,
+            &DedupRecord {
+                schema_version: SCHEMA_VERSION,
+                applied_at_ms: now,
+                result: Some(first),
+            },
+        );
+        state.put(keys::dedup_expiry(now, &command.request_key), Vec::new());
+    }
+    Ok(result)
 }

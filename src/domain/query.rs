@@ -1,13 +1,20 @@
-//! Read-side queries over the state. SKELETON: signatures are the contract.
+//! Read-side queries over the state. Statuses are computed at the caller's `now_ms`; tenant
+//! isolation is enforced here: a record of another tenant is reported as absent.
 
-use super::{StateError, StateRead};
+use super::records::{counter, load};
+use super::{keys, StateError, StateRead};
 use crate::proto::internal::{AccessTokenRecord, RefreshTokenRecord, SessionRecord};
 use crate::proto::v1::SessionStatus;
 
 /// The session's status as seen at `now_ms` (revoked wins over expired).
 pub fn status_at(session: &SessionRecord, now_ms: i64) -> SessionStatus {
-    let _ = (session, now_ms);
-    todo!()
+    if session.revoked {
+        SessionStatus::Revoked
+    } else if now_ms >= super::sessions::effective_expiry(session) {
+        SessionStatus::Expired
+    } else {
+        SessionStatus::Active
+    }
 }
 
 /// The session with this id, if it exists and belongs to `tenant`.
@@ -16,8 +23,7 @@ pub fn session_by_id(
     tenant: &str,
     session_id: &str,
 ) -> Result<Option<SessionRecord>, StateError> {
-    let _ = (state, tenant, session_id);
-    todo!()
+    Ok(load::<SessionRecord>(state, &keys::session(session_id))?.filter(|s| s.tenant == tenant))
 }
 
 /// The session a refresh-token hash belongs to (current or retired), if it belongs to
@@ -27,19 +33,26 @@ pub fn session_by_refresh_hash(
     tenant: &str,
     hash: &[u8],
 ) -> Result<Option<(SessionRecord, RefreshTokenRecord)>, StateError> {
-    let _ = (state, tenant, hash);
-    todo!()
+    let Some(token) = load::<RefreshTokenRecord>(state, &keys::refresh(hash))? else {
+        return Ok(None);
+    };
+    Ok(session_by_id(state, tenant, &token.session_id)?.map(|s| (s, token)))
 }
 
-/// The access token's record and its session (None if the session is gone or belongs to
-/// another tenant).
+/// The access token's record and its session (None if the session was collected). A token
+/// whose session belongs to another tenant is reported as unknown.
 pub fn access_token(
     state: &impl StateRead,
     tenant: &str,
     hash: &[u8],
 ) -> Result<Option<(AccessTokenRecord, Option<SessionRecord>)>, StateError> {
-    let _ = (state, tenant, hash);
-    todo!()
+    let Some(token) = load::<AccessTokenRecord>(state, &keys::access(hash))? else {
+        return Ok(None);
+    };
+    match load::<SessionRecord>(state, &keys::session(&token.session_id))? {
+        Some(s) if s.tenant != tenant => Ok(None),
+        session => Ok(Some((token, session))),
+    }
 }
 
 /// One page of a user's sessions, oldest first.
@@ -61,16 +74,56 @@ pub fn list_user_sessions(
     page_size: usize,
     cursor: Option<&[u8]>,
 ) -> Result<SessionPage, StateError> {
-    let _ = (
-        state,
-        tenant,
-        user_id,
-        include_inactive,
-        now_ms,
-        page_size,
-        cursor,
-    );
-    todo!()
+    let prefix = keys::user_sessions(tenant, user_id);
+    let mut after = cursor.map(|c| [prefix.as_slice(), c].concat());
+    let mut sessions = Vec::new();
+    let batch = page_size.clamp(1, 256) + 1;
+    loop {
+        let entries = state.scan_prefix(&prefix, after.as_deref(), batch)?;
+        let exhausted = entries.len() < batch;
+        for (key, session_id) in entries {
+            let Some(session) = load::<SessionRecord>(state, &keys::session_bytes(&session_id))?
+            else {
+                continue;
+            };
+            if !include_inactive && status_at(&session, now_ms) != SessionStatus::Active {
+                after = Some(key);
+                continue;
+            }
+            if sessions.len() == page_size {
+                let last = after.as_deref().unwrap_or_default();
+                return Ok(SessionPage {
+                    sessions,
+                    next_cursor: Some(last[prefix.len()..].to_vec()),
+                });
+            }
+            sessions.push(session);
+            after = Some(key);
+        }
+        if exhausted {
+            return Ok(SessionPage {
+                sessions,
+                next_cursor: None,
+            });
+        }
+    }
+}
+
+/// Every session record in a user's index, oldest first.
+pub fn user_session_records(
+    state: &impl StateRead,
+    tenant: &str,
+    user_id: &str,
+) -> Result<Vec<SessionRecord>, StateError> {
+    let mut sessions = Vec::new();
+    for (_, session_id) in
+        state.scan_prefix(&keys::user_sessions(tenant, user_id), None, usize::MAX)?
+    {
+        if let Some(session) = load(state, &keys::session_bytes(&session_id))? {
+            sessions.push(session);
+        }
+    }
+    Ok(sessions)
 }
 
 /// Active sessions of a user (exact at `now_ms`), or of the whole tenant when `user_id` is
@@ -81,8 +134,13 @@ pub fn count_active(
     user_id: Option<&str>,
     now_ms: i64,
 ) -> Result<u64, StateError> {
-    let _ = (state, tenant, user_id, now_ms);
-    todo!()
+    match user_id {
+        None => counter(state, &keys::tenant_live(tenant)),
+        Some(user_id) => Ok(user_session_records(state, tenant, user_id)?
+            .iter()
+            .filter(|s| status_at(s, now_ms) == SessionStatus::Active)
+            .count() as u64),
+    }
 }
 
 /// Replay anomalies detected: (tenant total, the user's total or 0).
@@ -91,6 +149,10 @@ pub fn replay_counts(
     tenant: &str,
     user_id: Option<&str>,
 ) -> Result<(u64, u64), StateError> {
-    let _ = (state, tenant, user_id);
-    todo!()
+    let tenant_total = counter(state, &keys::tenant_replays(tenant))?;
+    let user_total = match user_id {
+        Some(user_id) => counter(state, &keys::user_replays(tenant, user_id))?,
+        None => 0,
+    };
+    Ok((tenant_total, user_total))
 }

@@ -1,0 +1,48 @@
+//! Retained revocation events: every event a command causes is kept under the command's
+//! revision (its log index), so that stream subscribers can resume from any revision still
+//! retained, and compacted after the retention window. The compaction watermark tells a
+//! subscriber whose resume point is older that it must resync.
+
+use super::records::{counter, decode, store};
+use super::{keys, StateError, StateWrite};
+use crate::proto::internal::RevocationEvent;
+
+/// Retains the events caused by the command at `revision`.
+pub fn retain(state: &mut impl StateWrite, revision: u64, events: &[RevocationEvent]) {
+    for (sequence, event) in events.iter().enumerate() {
+        let sequence = u32::try_from(sequence).unwrap_or(u32::MAX);
+        store(state, keys::event(revision, sequence), event);
+    }
+}
+
+/// Removes up to `limit` of the oldest events revoked at or before `horizon_ms`, raising the
+/// compaction watermark to the highest revision removed. Returns how many were removed.
+pub fn compact(
+    state: &mut impl StateWrite,
+    horizon_ms: i64,
+    limit: usize,
+) -> Result<usize, StateError> {
+    if limit == 0 {
+        return Ok(0);
+    }
+    let mut removed = 0;
+    let mut watermark = None;
+    for (key, value) in state.scan_prefix(&keys::events_prefix(), None, limit)? {
+        let event: RevocationEvent = decode(&value)?;
+        if event.revoked_at_ms > horizon_ms {
+            break;
+        }
+        watermark = keys::revision_of_event(&key);
+        state.delete(&key);
+        removed += 1;
+    }
+    if let Some(revision) = watermark {
+        state.put(keys::events_compacted(), revision.to_be_bytes().to_vec());
+    }
+    Ok(removed)
+}
+
+/// The highest revision whose events may have been compacted (0: none ever were).
+pub fn compacted_through(state: &impl super::StateRead) -> Result<u64, StateError> {
+    counter(state, &keys::events_compacted())
+}

@@ -1,0 +1,302 @@
+//! The domain's key space layout. Every key starts with a one-byte tag (never `0x00`, which
+//! is reserved for the store's metadata); variable-length parts are length-prefixed so that
+//! one tenant's or user's prefix never matches another's, and timestamps are big-endian with
+//! the sign bit flipped so that byte order is time order.
+//!
+//! | tag | key | value |
+//! | --- | --- | --- |
+//! | `s` | session id | `SessionRecord` |
+//! | `f` | family id | `FamilyRecord` |
+//! | `m` | family id, session id | session id (family members) |
+//! | `r` | refresh-token hash | `RefreshTokenRecord` |
+//! | `h` | session id, generation | retired refresh-token hash of the session |
+//! | `a` | access-token hash | `AccessTokenRecord` |
+//! | `A` | expiry, access-token hash | empty (access-token expiry index) |
+//! | `u` | tenant, user, created at, session id | session id (a user's sessions, oldest first) |
+//! | `x` | expiry, session id | empty (session expiry index) |
+//! | `n` | tenant | u64: sessions neither revoked nor collected |
+//! | `c` | tenant | u64: replays detected in the tenant |
+//! | `C` | tenant, user | u64: replays detected for the user |
+//! | `d` | request key | `DedupRecord` |
+//! | `D` | applied at, request key | empty (dedup expiry index) |
+//! | `e` | revision, sequence | `RevocationEvent` (retained for stream subscribers) |
+//! | `E` | | u64: the highest revision whose events were compacted |
+
+/// Tag of session records.
+const SESSION: u8 = b's';
+/// Tag of family records.
+const FAMILY: u8 = b'f';
+/// Tag of the family membership index.
+const FAMILY_MEMBER: u8 = b'm';
+/// Tag of the refresh-token index.
+const REFRESH: u8 = b'r';
+/// Tag of a session's retired refresh-token hashes.
+const RETIRED: u8 = b'h';
+/// Tag of the access-token index.
+const ACCESS: u8 = b'a';
+/// Tag of the access-token expiry index.
+const ACCESS_EXPIRY: u8 = b'A';
+/// Tag of the per-user session index.
+const USER_SESSION: u8 = b'u';
+/// Tag of the session expiry index.
+const SESSION_EXPIRY: u8 = b'x';
+/// Tag of the per-tenant live session counter.
+const TENANT_LIVE: u8 = b'n';
+/// Tag of the per-tenant replay counter.
+const TENANT_REPLAYS: u8 = b'c';
+/// Tag of the per-user replay counter.
+const USER_REPLAYS: u8 = b'C';
+/// Tag of dedup records.
+const DEDUP: u8 = b'd';
+/// Tag of the dedup expiry index.
+const DEDUP_EXPIRY: u8 = b'D';
+/// Tag of retained revocation events.
+const EVENT: u8 = b'e';
+/// Tag of the event compaction watermark.
+const EVENTS_COMPACTED: u8 = b'E';
+
+/// A key being built: a tag followed by parts.
+struct Key(Vec<u8>);
+
+impl Key {
+    fn new(tag: u8) -> Self {
+        Key(vec![tag])
+    }
+
+    /// Appends a variable-length part, prefixed with its length.
+    fn part(mut self, bytes: &[u8]) -> Self {
+        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        self.0.extend_from_slice(&len.to_be_bytes());
+        self.0.extend_from_slice(bytes);
+        self
+    }
+
+    /// Appends a fixed-length part as is (the last part, or one of known length).
+    fn raw(mut self, bytes: &[u8]) -> Self {
+        self.0.extend_from_slice(bytes);
+        self
+    }
+
+    /// Appends a timestamp so that byte order is numeric order.
+    fn time(self, ms: i64) -> Self {
+        self.raw(&ordered_time(ms))
+    }
+
+    fn done(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// `ms` as 8 bytes whose byte order is numeric order (negative values included).
+pub fn ordered_time(ms: i64) -> [u8; 8] {
+    ((ms as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// The timestamp encoded by [`ordered_time`] at the start of `bytes`, if there are 8.
+pub fn read_ordered_time(bytes: &[u8]) -> Option<i64> {
+    let head: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    Some((u64::from_be_bytes(head) ^ (1 << 63)) as i64)
+}
+
+/// A session record.
+pub fn session(session_id: &str) -> Vec<u8> {
+    session_bytes(session_id.as_bytes())
+}
+
+/// A session record, by the id's bytes (as stored in the indexes).
+pub fn session_bytes(session_id: &[u8]) -> Vec<u8> {
+    Key::new(SESSION).raw(session_id).done()
+}
+
+/// A family record.
+pub fn family(family_id: &str) -> Vec<u8> {
+    Key::new(FAMILY).raw(family_id.as_bytes()).done()
+}
+
+/// Prefix of a family's member index.
+pub fn family_members(family_id: &str) -> Vec<u8> {
+    Key::new(FAMILY_MEMBER).part(family_id.as_bytes()).done()
+}
+
+/// One family member.
+pub fn family_member(family_id: &str, session_id: &str) -> Vec<u8> {
+    Key(family_members(family_id))
+        .raw(session_id.as_bytes())
+        .done()
+}
+
+/// A refresh-token hash in the index.
+pub fn refresh(hash: &[u8]) -> Vec<u8> {
+    Key::new(REFRESH).raw(hash).done()
+}
+
+/// Prefix of a session's retired refresh-token hashes.
+pub fn retired_of(session_id: &str) -> Vec<u8> {
+    Key::new(RETIRED).part(session_id.as_bytes()).done()
+}
+
+/// The refresh-token hash a session retired at `generation`.
+pub fn retired(session_id: &str, generation: u64) -> Vec<u8> {
+    Key(retired_of(session_id))
+        .raw(&generation.to_be_bytes())
+        .done()
+}
+
+/// An access-token hash in the index.
+pub fn access(hash: &[u8]) -> Vec<u8> {
+    Key::new(ACCESS).raw(hash).done()
+}
+
+/// Prefix of the access-token expiry index.
+pub fn access_expiry_prefix() -> Vec<u8> {
+    vec![ACCESS_EXPIRY]
+}
+
+/// An access token's entry in the expiry index.
+pub fn access_expiry(expires_at_ms: i64, hash: &[u8]) -> Vec<u8> {
+    Key::new(ACCESS_EXPIRY).time(expires_at_ms).raw(hash).done()
+}
+
+/// Prefix of every per-user index entry of a tenant.
+pub fn tenant_sessions(tenant: &str) -> Vec<u8> {
+    Key::new(USER_SESSION).part(tenant.as_bytes()).done()
+}
+
+/// Prefix of a user's sessions, oldest first.
+pub fn user_sessions(tenant: &str, user_id: &str) -> Vec<u8> {
+    Key(tenant_sessions(tenant)).part(user_id.as_bytes()).done()
+}
+
+/// A session's entry in its user's index.
+pub fn user_session(tenant: &str, user_id: &str, created_at_ms: i64, session_id: &str) -> Vec<u8> {
+    Key(user_sessions(tenant, user_id))
+        .time(created_at_ms)
+        .raw(session_id.as_bytes())
+        .done()
+}
+
+/// Prefix of the session expiry index.
+pub fn session_expiry_prefix() -> Vec<u8> {
+    vec![SESSION_EXPIRY]
+}
+
+/// A session's entry in the expiry index.
+pub fn session_expiry(expires_at_ms: i64, session_id: &str) -> Vec<u8> {
+    Key::new(SESSION_EXPIRY)
+        .time(expires_at_ms)
+        .raw(session_id.as_bytes())
+        .done()
+}
+
+/// The tenant's counter of sessions neither revoked nor collected.
+pub fn tenant_live(tenant: &str) -> Vec<u8> {
+    Key::new(TENANT_LIVE).part(tenant.as_bytes()).done()
+}
+
+/// The tenant's replay counter.
+pub fn tenant_replays(tenant: &str) -> Vec<u8> {
+    Key::new(TENANT_REPLAYS).part(tenant.as_bytes()).done()
+}
+
+/// The user's replay counter.
+pub fn user_replays(tenant: &str, user_id: &str) -> Vec<u8> {
+    Key::new(USER_REPLAYS)
+        .part(tenant.as_bytes())
+        .part(user_id.as_bytes())
+        .done()
+}
+
+/// A dedup record.
+pub fn dedup(request_key: &[u8]) -> Vec<u8> {
+    Key::new(DEDUP).raw(request_key).done()
+}
+
+/// Prefix of the dedup expiry index.
+pub fn dedup_expiry_prefix() -> Vec<u8> {
+    vec![DEDUP_EXPIRY]
+}
+
+/// A dedup record's entry in the expiry index.
+pub fn dedup_expiry(applied_at_ms: i64, request_key: &[u8]) -> Vec<u8> {
+    Key::new(DEDUP_EXPIRY)
+        .time(applied_at_ms)
+        .raw(request_key)
+        .done()
+}
+
+/// Prefix of the retained revocation events, in revision order.
+pub fn events_prefix() -> Vec<u8> {
+    vec![EVENT]
+}
+
+/// The `sequence`-th event caused by the command at `revision`.
+pub fn event(revision: u64, sequence: u32) -> Vec<u8> {
+    Key::new(EVENT)
+        .raw(&revision.to_be_bytes())
+        .raw(&sequence.to_be_bytes())
+        .done()
+}
+
+/// The revision of an event key.
+pub fn revision_of_event(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
+}
+
+/// The event compaction watermark.
+pub fn events_compacted() -> Vec<u8> {
+    vec![EVENTS_COMPACTED]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordered_time_sorts_like_numbers_and_round_trips() {
+        let times = [i64::MIN, -5, -1, 0, 1, 1_700_000_000_000, i64::MAX];
+        for pair in times.windows(2) {
+            assert!(ordered_time(pair[0]) < ordered_time(pair[1]));
+        }
+        for t in times {
+            assert_eq!(read_ordered_time(&ordered_time(t)), Some(t));
+        }
+    }
+
+    #[test]
+    fn one_tenant_prefix_never_matches_another() {
+        let a = user_session("a", "bc", 1, "sid");
+        assert!(a.starts_with(&tenant_sessions("a")));
+        assert!(!a.starts_with(&tenant_sessions("ab")));
+        assert!(!user_session("ab", "c", 1, "sid").starts_with(&tenant_sessions("a")));
+        assert!(!a.starts_with(&user_sessions("a", "b")));
+    }
+
+    #[test]
+    fn user_index_is_ordered_by_creation() {
+        assert!(user_session("t", "u", 5, "sid_b") < user_session("t", "u", 6, "sid_a"));
+    }
+
+    #[test]
+    fn no_key_starts_with_the_reserved_byte() {
+        for key in [
+            session("s"),
+            family("f"),
+            family_member("f", "s"),
+            refresh(&[0; 32]),
+            retired("s", 0),
+            access(&[0; 32]),
+            access_expiry(0, &[0; 32]),
+            user_session("", "", 0, "s"),
+            session_expiry(0, "s"),
+            tenant_live(""),
+            tenant_replays(""),
+            user_replays("", ""),
+            dedup(&[0; 32]),
+            dedup_expiry(0, &[0; 32]),
+            event(0, 0),
+            events_compacted(),
+        ] {
+            assert_ne!(key[0], 0);
+        }
+    }
+}

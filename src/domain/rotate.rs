@@ -1,0 +1,162 @@
+//! Rotate: redeem a refresh token for its successor, at most once.
+//!
+//! The presented hash is looked up in the token index. A current token of a live session is
+//! retired and its successor (minted by the proposer) becomes current, in this one apply, so
+//! no two callers can both redeem it. A retired token is either a retry within the reuse
+//! grace window, answered with the successor sealed at the first rotation (only while that
+//! successor is itself still current), or a replay: the whole family is revoked.
+
+use super::records::{add_to_counter, load, store};
+use super::sessions::{self, Revocation};
+use super::{keys, query, StateError, StateWrite};
+use crate::proto::internal::{
+    command_result, RefreshTokenRecord, RevocationEvent, Rotate, RotateResult, SessionRecord,
+};
+use crate::proto::v1::{RevocationReason, RevokeScope, RotateOutcome, SessionStatus};
+use crate::proto::SCHEMA_VERSION;
+use crate::token::constant_time_eq;
+
+/// Applies a Rotate command stamped `now_ms`.
+pub fn apply(
+    command: &Rotate,
+    now_ms: i64,
+    state: &mut impl StateWrite,
+    events: &mut Vec<RevocationEvent>,
+) -> Result<command_result::Kind, StateError> {
+    let outcome = |outcome: RotateOutcome, session: Option<SessionRecord>| RotateResult {
+        outcome: outcome as i32,
+        session,
+        ..Default::default()
+    };
+    let token_key = keys::refresh(&command.presented_hash);
+    let Some(mut token) = load::<RefreshTokenRecord>(state, &token_key)? else {
+        return Ok(wrap(outcome(RotateOutcome::InvalidToken, None)));
+    };
+    let Some(mut session) = load::<SessionRecord>(state, &keys::session(&token.session_id))? else {
+        return Ok(wrap(outcome(RotateOutcome::SessionMissing, None)));
+    };
+    let status = query::status_at(&session, now_ms);
+    if status == SessionStatus::Revoked {
+        return Ok(wrap(outcome(RotateOutcome::Revoked, Some(session))));
+    }
+
+    if token.retired {
+        let within_grace = command.grace_ms > 0
+            && now_ms.saturating_sub(token.retired_at_ms) <= command.grace_ms
+            && constant_time_eq(&token.successor_hash, &session.current_refresh_hash);
+        if within_grace {
+            if status == SessionStatus::Expired {
+                return Ok(wrap(outcome(RotateOutcome::Expired, Some(session))));
+            }
+            return Ok(wrap(RotateResult {
+                outcome: RotateOutcome::Rotated as i32,
+                retried: true,
+                sealed_successor: token.sealed_successor,
+                access_expires_at_ms: token.successor_access_expires_at_ms,
+                session: Some(session),
+                ..Default::default()
+            }));
+        }
+        return replay(&session, now_ms, state, events);
+    }
+
+    if status == SessionStatus::Expired {
+        return Ok(wrap(outcome(RotateOutcome::Expired, Some(session))));
+    }
+    if let Some(lease) = session.lease.as_ref() {
+        if lease.expires_at_ms > now_ms && lease.lease_id != command.lease_id {
+            return Ok(wrap(RotateResult {
+                outcome: RotateOutcome::LeaseUnavailable as i32,
+                lease_holder: lease.holder.clone(),
+                lease_expires_at_ms: lease.expires_at_ms,
+                session: Some(session),
+                ..Default::default()
+            }));
+        }
+    }
+
+    let previous_expiry = sessions::effective_expiry(&session);
+    let access_expires_at_ms = if command.new_access_hash.is_empty() {
+        0
+    } else {
+        command.access_expires_at_ms.min(session.expires_at_ms)
+    };
+    token.retired = true;
+    token.retired_at_ms = now_ms;
+    token.successor_hash = command.new_refresh_hash.clone();
+    token.sealed_successor = command.sealed_successor.clone();
+    token.successor_access_expires_at_ms = access_expires_at_ms;
+    store(state, token_key, &token);
+    state.put(
+        keys::retired(&session.session_id, token.generation),
+        command.presented_hash.clone(),
+    );
+
+    session.generation += 1;
+    session.current_refresh_hash = command.new_refresh_hash.clone();
+    session.last_seen_at_ms = session.last_seen_at_ms.max(now_ms);
+    if session
+        .lease
+        .as_ref()
+        .is_some_and(|l| !command.lease_id.is_empty() && l.lease_id == command.lease_id)
+    {
+        session.lease = None;
+    }
+    store(
+        state,
+        keys::refresh(&command.new_refresh_hash),
+        &RefreshTokenRecord {
+            schema_version: SCHEMA_VERSION,
+            session_id: session.session_id.clone(),
+            generation: session.generation,
+            ..Default::default()
+        },
+    );
+    if !command.new_access_hash.is_empty() {
+        sessions::insert_access_token(
+            state,
+            &command.new_access_hash,
+            &session.session_id,
+            access_expires_at_ms,
+        );
+    }
+    sessions::update(state, previous_expiry, &session);
+    Ok(wrap(RotateResult {
+        outcome: RotateOutcome::Rotated as i32,
+        access_expires_at_ms,
+        session: Some(session),
+        ..Default::default()
+    }))
+}
+
+/// A retired token presented outside the grace window: revoke the family, count the replay.
+fn replay(
+    session: &SessionRecord,
+    now_ms: i64,
+    state: &mut impl StateWrite,
+    events: &mut Vec<RevocationEvent>,
+) -> Result<command_result::Kind, StateError> {
+    let revocation = Revocation {
+        at_ms: now_ms,
+        reason: RevocationReason::ReplayDetected,
+        scope: RevokeScope::Family,
+    };
+    let revoked_count = sessions::revoke_family(state, &session.family_id, revocation, events)?;
+    add_to_counter(state, keys::tenant_replays(&session.tenant), 1)?;
+    add_to_counter(
+        state,
+        keys::user_replays(&session.tenant, &session.user_id),
+        1,
+    )?;
+    let session = load::<SessionRecord>(state, &keys::session(&session.session_id))?;
+    Ok(wrap(RotateResult {
+        outcome: RotateOutcome::ReplayDetected as i32,
+        revoked_count,
+        session,
+        ..Default::default()
+    }))
+}
+
+fn wrap(result: RotateResult) -> command_result::Kind {
+    command_result::Kind::Rotate(result)
+}

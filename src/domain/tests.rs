@@ -1,0 +1,952 @@
+//! Unit and property tests of the domain core: every command outcome, the indexes kept in
+//! step, and the invariants (at-most-once redemption, revocation is final, determinism).
+
+use proptest::prelude::*;
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::proto::internal::{
+    command, command_result, AcquireLease, CollectGarbage, CreateSession, LeaseResult, Revoke,
+    Rotate, RotateResult, SessionRecord, Touch,
+};
+use crate::proto::v1::{
+    CreateSessionOutcome, LeaseOutcome, RevocationReason, RevokeScope, RotateOutcome,
+    SessionStatus, TouchOutcome,
+};
+
+const HOUR: i64 = 3_600_000;
+const GRACE: i64 = 10_000;
+
+/// A deterministic stand-in for a minted token hash.
+fn hash(seed: u64) -> Vec<u8> {
+    Sha256::digest(seed.to_be_bytes()).to_vec()
+}
+
+/// A state plus the next revision, driving commands as the Raft layer would.
+struct World {
+    state: MemoryState,
+    revision: u64,
+    minted: u64,
+}
+
+impl World {
+    fn new() -> Self {
+        World {
+            state: MemoryState::new(),
+            revision: 0,
+            minted: 0,
+        }
+    }
+
+    fn mint(&mut self) -> Vec<u8> {
+        self.minted += 1;
+        hash(self.minted)
+    }
+
+    fn run(&mut self, now_ms: i64, request_key: &[u8], kind: command::Kind) -> CommandResult {
+        self.revision += 1;
+        let command = Command {
+            schema_version: SCHEMA_VERSION,
+            now_ms,
+            request_key: request_key.to_vec(),
+            kind: Some(kind),
+        };
+        apply(&command, self.revision, &mut self.state).expect("apply")
+    }
+
+    fn create_in(
+        &mut self,
+        now: i64,
+        tenant: &str,
+        user: &str,
+        family: Option<&str>,
+        limit: u32,
+    ) -> (CommandResult, Vec<u8>) {
+        let refresh = self.mint();
+        let access = self.mint();
+        let n = self.revision + 1;
+        let kind = command::Kind::CreateSession(CreateSession {
+            session_id: format!("sid_{n:022}"),
+            family_id: family.map_or_else(|| format!("fam_{n:022}"), str::to_owned),
+            join_family: family.is_some(),
+            tenant: tenant.into(),
+            user_id: user.into(),
+            expires_at_ms: now + 24 * HOUR,
+            idle_timeout_ms: HOUR,
+            refresh_hash: refresh.clone(),
+            access_hash: access,
+            access_expires_at_ms: now + 15 * 60_000,
+            max_sessions_per_user: limit,
+            ..Default::default()
+        });
+        (self.run(now, b"", kind), refresh)
+    }
+
+    /// Creates a session for user "u" in tenant "t"; returns it and its refresh hash.
+    fn create(&mut self, now: i64) -> (SessionRecord, Vec<u8>) {
+        let (result, refresh) = self.create_in(now, "t", "u", None, 0);
+        (created(&result).session.clone().unwrap(), refresh)
+    }
+
+    fn rotate(&mut self, now: i64, presented: &[u8], lease_id: &str) -> (RotateResult, Vec<u8>) {
+        let successor = self.mint();
+        let access = self.mint();
+        let kind = command::Kind::Rotate(Rotate {
+            presented_hash: presented.to_vec(),
+            new_refresh_hash: successor.clone(),
+            new_access_hash: access,
+            access_expires_at_ms: now + 60_000,
+            sealed_successor: [b"sealed:".as_slice(), &successor].concat(),
+            grace_ms: GRACE,
+            lease_id: lease_id.into(),
+        });
+        match self.run(now, b"", kind).kind {
+            Some(command_result::Kind::Rotate(r)) => (r, successor),
+            other => panic!("not a rotate result: {other:?}"),
+        }
+    }
+
+    fn lease(&mut self, now: i64, session_id: &str, holder: &str) -> LeaseResult {
+        let n = self.revision + 1;
+        let kind = command::Kind::AcquireLease(AcquireLease {
+            tenant: "t".into(),
+            session_id: session_id.into(),
+            holder: holder.into(),
+            lease_id: format!("lse_{n:022}"),
+            expires_at_ms: now + 10_000,
+        });
+        match self.run(now, b"", kind).kind {
+            Some(command_result::Kind::AcquireLease(r)) => r,
+            other => panic!("not a lease result: {other:?}"),
+        }
+    }
+
+    fn touch(&mut self, now: i64, tenant: &str, session_id: &str) -> TouchOutcome {
+        let kind = command::Kind::Touch(Touch {
+            tenant: tenant.into(),
+            session_id: session_id.into(),
+        });
+        match self.run(now, b"", kind).kind {
+            Some(command_result::Kind::Touch(r)) => r.outcome(),
+            other => panic!("not a touch result: {other:?}"),
+        }
+    }
+
+    fn revoke(&mut self, now: i64, tenant: &str, scope: RevokeScope, id: &str) -> CommandResult {
+        let kind = command::Kind::Revoke(Revoke {
+            tenant: tenant.into(),
+            scope: scope as i32,
+            id: id.into(),
+            reason: RevocationReason::Logout as i32,
+        });
+        self.run(now, b"", kind)
+    }
+
+    fn collect(&mut self, now: i64, limit: u32) -> u64 {
+        let kind = command::Kind::CollectGarbage(CollectGarbage {
+            limit,
+            dedup_retention_ms: 60_000,
+            event_retention_ms: HOUR,
+        });
+        match self.run(now, b"", kind).kind {
+            Some(command_result::Kind::CollectGarbage(r)) => r.removed,
+            other => panic!("not a gc result: {other:?}"),
+        }
+    }
+
+    fn session(&self, id: &str) -> Option<SessionRecord> {
+        query::session_by_id(&self.state, "t", id).unwrap()
+    }
+}
+
+fn created(result: &CommandResult) -> &crate::proto::internal::CreateSessionResult {
+    match &result.kind {
+        Some(command_result::Kind::CreateSession(r)) => r,
+        other => panic!("not a create result: {other:?}"),
+    }
+}
+
+fn revoked_count(result: &CommandResult) -> u64 {
+    match &result.kind {
+        Some(command_result::Kind::Revoke(r)) => r.revoked_count,
+        other => panic!("not a revoke result: {other:?}"),
+    }
+}
+
+#[test]
+fn create_stores_an_active_session_with_its_token_indexes() {
+    let mut w = World::new();
+    let (result, refresh) = w.create_in(1_000, "t", "u", None, 0);
+    let r = created(&result);
+    assert_eq!(r.outcome(), CreateSessionOutcome::Created);
+    let session = r.session.clone().unwrap();
+    assert_eq!(session.created_at_ms, 1_000);
+    assert_eq!(session.last_seen_at_ms, 1_000);
+    assert_eq!(r.access_expires_at_ms, 1_000 + 15 * 60_000);
+    assert_eq!(query::status_at(&session, 1_001), SessionStatus::Active);
+    assert_eq!(w.session(&session.session_id), Some(session.clone()));
+    let (found, token) = query::session_by_refresh_hash(&w.state, "t", &refresh)
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.session_id, session.session_id);
+    assert!(!token.retired);
+    assert_eq!(
+        query::count_active(&w.state, "t", Some("u"), 1_001).unwrap(),
+        1
+    );
+    assert_eq!(query::count_active(&w.state, "t", None, 1_001).unwrap(), 1);
+}
+
+#[test]
+fn joining_a_family_needs_a_live_family_of_the_same_tenant_and_user() {
+    let mut w = World::new();
+    let (web, _) = w.create(0);
+    let (joined, _) = w.create_in(1, "t", "u", Some(&web.family_id), 0);
+    assert_eq!(created(&joined).outcome(), CreateSessionOutcome::Created);
+    assert_eq!(
+        created(&joined).session.as_ref().unwrap().family_id,
+        web.family_id
+    );
+    let (other_tenant, _) = w.create_in(2, "t2", "u", Some(&web.family_id), 0);
+    assert_eq!(
+        created(&other_tenant).outcome(),
+        CreateSessionOutcome::FamilyMissing
+    );
+    let (other_user, _) = w.create_in(2, "t", "v", Some(&web.family_id), 0);
+    assert_eq!(
+        created(&other_user).outcome(),
+        CreateSessionOutcome::FamilyMissing
+    );
+    let (missing, _) = w.create_in(2, "t", "u", Some("fam_missing"), 0);
+    assert_eq!(
+        created(&missing).outcome(),
+        CreateSessionOutcome::FamilyMissing
+    );
+    w.revoke(3, "t", RevokeScope::Family, &web.family_id);
+    let (revoked, _) = w.create_in(4, "t", "u", Some(&web.family_id), 0);
+    assert_eq!(
+        created(&revoked).outcome(),
+        CreateSessionOutcome::FamilyRevoked
+    );
+}
+
+#[test]
+fn rotation_retires_the_presented_token_and_makes_the_successor_current() {
+    let mut w = World::new();
+    let (session, first) = w.create(0);
+    let (r, second) = w.rotate(10, &first, "");
+    assert_eq!(r.outcome(), RotateOutcome::Rotated);
+    assert!(!r.retried);
+    assert_eq!(r.access_expires_at_ms, 10 + 60_000);
+    let after = r.session.unwrap();
+    assert_eq!(after.generation, 1);
+    assert_eq!(after.current_refresh_hash, second);
+    assert_eq!(after.last_seen_at_ms, 10);
+    let (_, old) = query::session_by_refresh_hash(&w.state, "t", &first)
+        .unwrap()
+        .unwrap();
+    assert!(old.retired);
+    assert_eq!(old.successor_hash, second);
+    let (_, new) = query::session_by_refresh_hash(&w.state, "t", &second)
+        .unwrap()
+        .unwrap();
+    assert!(!new.retired);
+    assert_eq!(new.generation, 1);
+    assert_eq!(w.session(&session.session_id).unwrap().generation, 1);
+}
+
+#[test]
+fn a_retry_within_the_grace_window_returns_the_same_successor_and_changes_nothing() {
+    let mut w = World::new();
+    let (_, first) = w.create(0);
+    let (_, second) = w.rotate(10, &first, "");
+    let before = w.state.entries().clone();
+    let (retry, _) = w.rotate(10 + GRACE, &first, "");
+    assert_eq!(retry.outcome(), RotateOutcome::Rotated);
+    assert!(retry.retried);
+    assert_eq!(
+        retry.sealed_successor,
+        [b"sealed:".as_slice(), &second].concat()
+    );
+    assert_eq!(retry.access_expires_at_ms, 10 + 60_000);
+    assert_eq!(retry.session.unwrap().generation, 1);
+    assert_eq!(&before, w.state.entries());
+}
+
+#[test]
+fn replay_of_a_retired_token_revokes_the_whole_family_and_is_counted() {
+    let mut w = World::new();
+    let (web, first) = w.create(0);
+    let (device_result, _) = w.create_in(1, "t", "u", Some(&web.family_id), 0);
+    let device = created(&device_result).session.clone().unwrap();
+    let (_, second) = w.rotate(10, &first, "");
+    w.rotate(20, &second, "");
+    let replay = w.run(
+        20 + GRACE + 1,
+        b"",
+        command::Kind::Rotate(Rotate {
+            presented_hash: first.clone(),
+            new_refresh_hash: hash(999),
+            grace_ms: GRACE,
+            ..Default::default()
+        }),
+    );
+    let Some(command_result::Kind::Rotate(r)) = &replay.kind else {
+        panic!("not a rotate result")
+    };
+    assert_eq!(r.outcome(), RotateOutcome::ReplayDetected);
+    assert_eq!(r.revoked_count, 2);
+    assert_eq!(replay.events.len(), 2);
+    assert!(replay.events.iter().all(
+        |e| e.reason == RevocationReason::ReplayDetected as i32 && e.family_id == web.family_id
+    ));
+    for id in [&web.session_id, &device.session_id] {
+        let s = w.session(id).unwrap();
+        assert_eq!(query::status_at(&s, 100), SessionStatus::Revoked);
+        assert_eq!(s.revocation_reason, RevocationReason::ReplayDetected as i32);
+    }
+    assert_eq!(
+        query::replay_counts(&w.state, "t", Some("u")).unwrap(),
+        (1, 1)
+    );
+    assert_eq!(
+        query::replay_counts(&w.state, "t", Some("v")).unwrap(),
+        (1, 0)
+    );
+    assert_eq!(query::replay_counts(&w.state, "t2", None).unwrap(), (0, 0));
+    assert!(query::session_by_refresh_hash(&w.state, "t", &hash(999))
+        .unwrap()
+        .is_none());
+    let (after, _) = w.rotate(100, &second, "");
+    assert_eq!(after.outcome(), RotateOutcome::Revoked);
+}
+
+#[test]
+fn a_retry_after_the_successor_itself_rotated_is_a_replay() {
+    let mut w = World::new();
+    let (_, first) = w.create(0);
+    let (_, second) = w.rotate(10, &first, "");
+    w.rotate(11, &second, "");
+    let (r, _) = w.rotate(12, &first, "");
+    assert_eq!(r.outcome(), RotateOutcome::ReplayDetected);
+}
+
+#[test]
+fn a_zero_grace_window_makes_every_reuse_a_replay() {
+    let mut w = World::new();
+    let (_, first) = w.create(0);
+    w.rotate(10, &first, "");
+    let r = w.run(
+        10,
+        b"",
+        command::Kind::Rotate(Rotate {
+            presented_hash: first,
+            new_refresh_hash: hash(1234),
+            grace_ms: 0,
+            ..Default::default()
+        }),
+    );
+    let Some(command_result::Kind::Rotate(r)) = r.kind else {
+        panic!("not a rotate result")
+    };
+    assert_eq!(r.outcome(), RotateOutcome::ReplayDetected);
+}
+
+#[test]
+fn an_unknown_token_is_invalid_and_changes_nothing() {
+    let mut w = World::new();
+    w.create(0);
+    let before = w.state.entries().clone();
+    let (r, _) = w.rotate(5, &hash(424242), "");
+    assert_eq!(r.outcome(), RotateOutcome::InvalidToken);
+    assert_eq!(&before, w.state.entries());
+}
+
+#[test]
+fn sessions_expire_absolutely_and_when_idle_and_touch_slides_the_idle_deadline() {
+    let mut w = World::new();
+    let (s, token) = w.create(0);
+    // Idle for over an hour: expired, although the absolute expiry is a day away.
+    assert_eq!(
+        w.rotate(HOUR, &token, "").0.outcome(),
+        RotateOutcome::Expired
+    );
+    assert_eq!(w.touch(HOUR, "t", &s.session_id), TouchOutcome::Expired);
+
+    let (s, token) = w.create(0);
+    let mut now = 0;
+    while now < 25 * HOUR {
+        now += HOUR / 2;
+        let expected = if now < 24 * HOUR {
+            TouchOutcome::Touched
+        } else {
+            TouchOutcome::Expired
+        };
+        assert_eq!(w.touch(now, "t", &s.session_id), expected, "at {now}");
+    }
+    assert_eq!(
+        w.rotate(now, &token, "").0.outcome(),
+        RotateOutcome::Expired
+    );
+}
+
+#[test]
+fn revoked_sessions_cannot_rotate_touch_or_lease() {
+    let mut w = World::new();
+    let (s, token) = w.create(0);
+    assert_eq!(
+        revoked_count(&w.revoke(1, "t", RevokeScope::Session, &s.session_id)),
+        1
+    );
+    assert_eq!(w.rotate(2, &token, "").0.outcome(), RotateOutcome::Revoked);
+    assert_eq!(w.touch(2, "t", &s.session_id), TouchOutcome::Revoked);
+    assert_eq!(
+        w.lease(2, &s.session_id, "a").outcome(),
+        LeaseOutcome::Revoked
+    );
+    let s = w.session(&s.session_id).unwrap();
+    assert_eq!(s.revoked_at_ms, 1);
+    assert_eq!(s.revocation_reason, RevocationReason::Logout as i32);
+}
+
+#[test]
+fn a_live_lease_of_another_holder_blocks_rotation_until_it_expires() {
+    let mut w = World::new();
+    let (s, token) = w.create(0);
+    let mine = w.lease(1, &s.session_id, "a");
+    assert_eq!(mine.outcome(), LeaseOutcome::Acquired);
+    let mine = mine.lease.unwrap();
+    assert_eq!(mine.holder, "a");
+
+    let theirs = w.lease(2, &s.session_id, "b");
+    assert_eq!(theirs.outcome(), LeaseOutcome::Held);
+    let held = theirs.lease.unwrap();
+    assert_eq!((held.holder.as_str(), held.lease_id.as_str()), ("a", ""));
+    assert_eq!(held.expires_at_ms, mine.expires_at_ms);
+
+    let renewed = w.lease(3, &s.session_id, "a").lease.unwrap();
+    assert_eq!(renewed.lease_id, mine.lease_id);
+    assert_eq!(renewed.expires_at_ms, 3 + 10_000);
+
+    let (blocked, _) = w.rotate(4, &token, "");
+    assert_eq!(blocked.outcome(), RotateOutcome::LeaseUnavailable);
+    assert_eq!(blocked.lease_holder, "a");
+    assert_eq!(blocked.lease_expires_at_ms, renewed.expires_at_ms);
+
+    let (rotated, next) = w.rotate(5, &token, &mine.lease_id);
+    assert_eq!(rotated.outcome(), RotateOutcome::Rotated);
+    assert!(rotated.session.unwrap().lease.is_none(), "lease released");
+
+    w.lease(6, &s.session_id, "b");
+    let (after_expiry, _) = w.rotate(6 + 10_000, &next, "");
+    assert_eq!(after_expiry.outcome(), RotateOutcome::Rotated);
+}
+
+#[test]
+fn leases_and_touches_need_an_existing_session_of_the_tenant() {
+    let mut w = World::new();
+    let (s, _) = w.create(0);
+    assert_eq!(
+        w.lease(1, "sid_nope", "a").outcome(),
+        LeaseOutcome::SessionMissing
+    );
+    assert_eq!(w.touch(1, "t", "sid_nope"), TouchOutcome::SessionMissing);
+    assert_eq!(
+        w.touch(1, "other", &s.session_id),
+        TouchOutcome::SessionMissing
+    );
+    assert_eq!(w.touch(1, "t", &s.session_id), TouchOutcome::Touched);
+    let (s2, token) = w.create(0);
+    let _ = s2;
+    assert_eq!(
+        w.rotate(2 * HOUR, &token, "").0.outcome(),
+        RotateOutcome::Expired
+    );
+    assert_eq!(
+        w.lease(2 * HOUR, &s.session_id, "a").outcome(),
+        LeaseOutcome::Expired
+    );
+}
+
+#[test]
+fn revoke_scopes_count_what_they_revoke_and_stay_within_the_tenant() {
+    let mut w = World::new();
+    let (a1, _) = w.create_in(0, "t", "a", None, 0);
+    let a1 = created(&a1).session.clone().unwrap();
+    let (a2, _) = w.create_in(0, "t", "a", Some(&a1.family_id), 0);
+    let a2 = created(&a2).session.clone().unwrap();
+    w.create_in(0, "t", "a", None, 0);
+    w.create_in(0, "t", "b", None, 0);
+    w.create_in(0, "t2", "a", None, 0);
+
+    assert_eq!(
+        revoked_count(&w.revoke(1, "t2", RevokeScope::Session, &a1.session_id)),
+        0
+    );
+    assert_eq!(
+        revoked_count(&w.revoke(1, "t2", RevokeScope::Family, &a1.family_id)),
+        0
+    );
+    assert_eq!(
+        revoked_count(&w.revoke(1, "t", RevokeScope::Session, &a1.session_id)),
+        1
+    );
+    assert_eq!(
+        revoked_count(&w.revoke(1, "t", RevokeScope::Session, &a1.session_id)),
+        0
+    );
+    let family = w.revoke(2, "t", RevokeScope::Family, &a1.family_id);
+    assert_eq!(revoked_count(&family), 1);
+    assert_eq!(family.events[0].session_id, a2.session_id);
+    assert_eq!(family.events[0].scope, RevokeScope::Family as i32);
+    assert_eq!(revoked_count(&w.revoke(3, "t", RevokeScope::User, "a")), 1);
+    assert_eq!(query::count_active(&w.state, "t", None, 4).unwrap(), 1);
+    assert_eq!(revoked_count(&w.revoke(4, "t", RevokeScope::Tenant, "")), 1);
+    assert_eq!(query::count_active(&w.state, "t", None, 5).unwrap(), 0);
+    assert_eq!(query::count_active(&w.state, "t2", None, 5).unwrap(), 1);
+    assert_eq!(
+        query::count_active(&w.state, "t2", Some("a"), 5).unwrap(),
+        1
+    );
+}
+
+#[test]
+fn the_per_user_limit_evicts_the_oldest_active_sessions() {
+    let mut w = World::new();
+    let first = created(&w.create_in(0, "t", "u", None, 2).0)
+        .session
+        .clone()
+        .unwrap();
+    let second = created(&w.create_in(1, "t", "u", None, 2).0)
+        .session
+        .clone()
+        .unwrap();
+    w.create_in(1, "t", "other", None, 2);
+    let (third, _) = w.create_in(2, "t", "u", None, 2);
+    assert_eq!(
+        created(&third).evicted_session_ids,
+        vec![first.session_id.clone()]
+    );
+    assert_eq!(third.events.len(), 1);
+    assert_eq!(
+        third.events[0].reason,
+        RevocationReason::LimitEvicted as i32
+    );
+    let evicted = w.session(&first.session_id).unwrap();
+    assert_eq!(query::status_at(&evicted, 3), SessionStatus::Revoked);
+    assert_eq!(query::count_active(&w.state, "t", Some("u"), 3).unwrap(), 2);
+    // A lower limit evicts as many as needed, oldest first.
+    let (fourth, _) = w.create_in(3, "t", "u", None, 1);
+    assert_eq!(created(&fourth).evicted_session_ids.len(), 2);
+    assert_eq!(created(&fourth).evicted_session_ids[0], second.session_id);
+    assert_eq!(query::count_active(&w.state, "t", Some("u"), 4).unwrap(), 1);
+    assert_eq!(
+        query::count_active(&w.state, "t", Some("other"), 4).unwrap(),
+        1
+    );
+}
+
+#[test]
+fn a_repeated_request_key_returns_the_first_result_without_applying_again() {
+    let mut w = World::new();
+    let kind = command::Kind::CreateSession(CreateSession {
+        session_id: "sid_1".into(),
+        family_id: "fam_1".into(),
+        tenant: "t".into(),
+        user_id: "u".into(),
+        expires_at_ms: HOUR,
+        refresh_hash: hash(1),
+        sealed_tokens: b"sealed".to_vec(),
+        ..Default::default()
+    });
+    let first = w.run(0, &hash(77), kind.clone());
+    assert!(!first.deduplicated);
+    let mut retry_kind = kind;
+    if let command::Kind::CreateSession(c) = &mut retry_kind {
+        c.session_id = "sid_2".into();
+        c.refresh_hash = hash(2);
+    }
+    let retry = w.run(5, &hash(77), retry_kind);
+    assert!(retry.deduplicated);
+    assert_eq!(retry.kind, first.kind);
+    assert_eq!(created(&retry).sealed_tokens, b"sealed");
+    assert!(w.session("sid_2").is_none());
+    assert_eq!(query::count_active(&w.state, "t", None, 6).unwrap(), 1);
+}
+
+#[test]
+fn garbage_collection_removes_expired_sessions_with_every_index_entry() {
+    let mut w = World::new();
+    let (s, first) = w.create(0);
+    let (_, second) = w.rotate(1, &first, "");
+    let (revoked, _) = w.create(0);
+    w.revoke(2, "t", RevokeScope::Session, &revoked.session_id);
+    let (kept, _) = w.create(HOUR);
+    assert_eq!(
+        w.collect(HOUR - 1, 100),
+        3,
+        "only the three expired access tokens"
+    );
+    assert!(w.session(&s.session_id).is_some());
+
+    // Both early sessions are idle-expired one hour after their last activity, and the
+    // revocation event has passed its one-hour retention.
+    assert_eq!(w.collect(HOUR + 2, 100), 3);
+    assert!(w.session(&s.session_id).is_none());
+    assert!(w.session(&revoked.session_id).is_none());
+    assert!(w.session(&kept.session_id).is_some());
+    for token in [&first, &second] {
+        assert!(query::session_by_refresh_hash(&w.state, "t", token)
+            .unwrap()
+            .is_none());
+        assert!(w.state.get(&keys::refresh(token)).unwrap().is_none());
+    }
+    assert!(w.state.get(&keys::family(&s.family_id)).unwrap().is_none());
+    assert_eq!(
+        query::count_active(&w.state, "t", None, HOUR + 2).unwrap(),
+        1
+    );
+    let page = query::list_user_sessions(&w.state, "t", "u", true, HOUR + 2, 10, None).unwrap();
+    assert_eq!(page.sessions.len(), 1);
+
+    // Everything left belongs to the live session (or is a counter / retained event).
+    w.collect(25 * HOUR, 100);
+    w.collect(27 * HOUR, 100);
+    let leftovers: Vec<_> = w
+        .state
+        .entries()
+        .keys()
+        .filter(|k| !matches!(k[0], b'n' | b'c' | b'C' | b'E'))
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    assert_eq!(
+        query::count_active(&w.state, "t", None, 27 * HOUR).unwrap(),
+        0
+    );
+}
+
+#[test]
+fn garbage_collection_is_bounded_by_its_limit() {
+    let mut w = World::new();
+    for _ in 0..5 {
+        w.create(0);
+    }
+    assert_eq!(w.collect(2 * HOUR, 3), 3);
+    assert_eq!(
+        w.collect(2 * HOUR, 100),
+        7,
+        "2 sessions and 5 access tokens"
+    );
+    assert_eq!(w.collect(2 * HOUR, 100), 0);
+}
+
+#[test]
+fn revocation_events_are_retained_by_revision_then_compacted_with_a_watermark() {
+    let mut w = World::new();
+    let (s, _) = w.create(0);
+    let result = w.revoke(10, "t", RevokeScope::Session, &s.session_id);
+    let revision = w.revision;
+    assert_eq!(result.events.len(), 1);
+    let retained = w
+        .state
+        .scan_prefix(&keys::events_prefix(), None, 10)
+        .unwrap();
+    assert_eq!(retained.len(), 1);
+    assert_eq!(keys::revision_of_event(&retained[0].0), Some(revision));
+    assert_eq!(events::compacted_through(&w.state).unwrap(), 0);
+    w.collect(10 + HOUR, 100);
+    assert!(w
+        .state
+        .scan_prefix(&keys::events_prefix(), None, 10)
+        .unwrap()
+        .is_empty());
+    assert_eq!(events::compacted_through(&w.state).unwrap(), revision);
+}
+
+#[test]
+fn lists_page_through_a_users_sessions_oldest_first() {
+    let mut w = World::new();
+    let mut ids = Vec::new();
+    for t in 0..7 {
+        ids.push(w.create(t).0.session_id);
+    }
+    w.revoke(10, "t", RevokeScope::Session, &ids[2]);
+    let mut seen = Vec::new();
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let page =
+            query::list_user_sessions(&w.state, "t", "u", false, 11, 2, cursor.as_deref()).unwrap();
+        assert!(page.sessions.len() <= 2);
+        seen.extend(page.sessions.into_iter().map(|s| s.session_id));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let active: Vec<_> = ids.iter().filter(|id| **id != ids[2]).cloned().collect();
+    assert_eq!(seen, active);
+    let all = query::list_user_sessions(&w.state, "t", "u", true, 11, 100, None).unwrap();
+    assert_eq!(all.sessions.len(), 7);
+    assert!(all.next_cursor.is_none());
+    let other = query::list_user_sessions(&w.state, "t2", "u", true, 11, 100, None).unwrap();
+    assert!(other.sessions.is_empty());
+}
+
+#[test]
+fn access_tokens_resolve_to_their_session_within_the_tenant_only() {
+    let mut w = World::new();
+    let refresh = hash(1);
+    let access = hash(2);
+    w.run(
+        0,
+        b"",
+        command::Kind::CreateSession(CreateSession {
+            session_id: "sid_a".into(),
+            family_id: "fam_a".into(),
+            tenant: "t".into(),
+            user_id: "u".into(),
+            expires_at_ms: 1_000,
+            refresh_hash: refresh,
+            access_hash: access.clone(),
+            access_expires_at_ms: 5_000,
+            ..Default::default()
+        }),
+    );
+    let (token, session) = query::access_token(&w.state, "t", &access)
+        .unwrap()
+        .unwrap();
+    assert_eq!(token.expires_at_ms, 1_000, "capped at the session's expiry");
+    assert_eq!(session.unwrap().session_id, "sid_a");
+    assert!(query::access_token(&w.state, "t2", &access)
+        .unwrap()
+        .is_none());
+    assert!(query::access_token(&w.state, "t", &hash(3))
+        .unwrap()
+        .is_none());
+}
+
+// ------------------------------------------------------------------ property tests
+
+/// One step of a random workload over a small pool of sessions and tokens.
+#[derive(Debug, Clone)]
+enum Step {
+    Create {
+        user: u8,
+        join: Option<u8>,
+        limit: u8,
+    },
+    Rotate {
+        token: u8,
+        lease: Option<u8>,
+    },
+    Lease {
+        session: u8,
+        holder: u8,
+    },
+    Touch {
+        session: u8,
+    },
+    Revoke {
+        scope: u8,
+        target: u8,
+    },
+    Collect,
+    Wait {
+        ms: u32,
+    },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        2 => (0..3u8, proptest::option::of(0..8u8), 0..4u8)
+            .prop_map(|(user, join, limit)| Step::Create { user, join, limit }),
+        4 => (any::<u8>(), proptest::option::of(0..8u8))
+            .prop_map(|(token, lease)| Step::Rotate { token, lease }),
+        1 => (0..8u8, 0..2u8).prop_map(|(session, holder)| Step::Lease { session, holder }),
+        1 => (0..8u8).prop_map(|session| Step::Touch { session }),
+        1 => (0..4u8, 0..8u8).prop_map(|(scope, target)| Step::Revoke { scope, target }),
+        1 => Just(Step::Collect),
+        2 => (0..20_000u32).prop_map(|ms| Step::Wait { ms }),
+    ]
+}
+
+/// Turns steps into commands, remembering minted ids and tokens so later steps can refer to
+/// them (including retired tokens, to exercise retries and replays).
+struct Workload {
+    now: i64,
+    minted: u64,
+    sessions: Vec<(String, String)>,
+    tokens: Vec<Vec<u8>>,
+    leases: Vec<String>,
+}
+
+impl Workload {
+    fn command(&mut self, step: &Step) -> Option<Command> {
+        self.minted += 1;
+        let n = self.minted;
+        let pick = |v: &Vec<(String, String)>, i: u8| v.get(i as usize % v.len().max(1)).cloned();
+        let kind = match step {
+            Step::Wait { ms } => {
+                self.now += i64::from(*ms);
+                return None;
+            }
+            Step::Create { user, join, limit } => {
+                let family = join.and_then(|j| pick(&self.sessions, j)).map(|(_, f)| f);
+                let session_id = format!("sid_{n:022}");
+                let family_id = family.clone().unwrap_or_else(|| format!("fam_{n:022}"));
+                self.sessions.push((session_id.clone(), family_id.clone()));
+                self.tokens.push(hash(n));
+                command::Kind::CreateSession(CreateSession {
+                    session_id,
+                    family_id,
+                    join_family: family.is_some(),
+                    tenant: "t".into(),
+                    user_id: format!("user{user}"),
+                    expires_at_ms: self.now + 120_000,
+                    idle_timeout_ms: 30_000,
+                    refresh_hash: hash(n),
+                    access_hash: hash(n + (1 << 40)),
+                    access_expires_at_ms: self.now + 10_000,
+                    max_sessions_per_user: u32::from(*limit),
+                    ..Default::default()
+                })
+            }
+            Step::Rotate { token, lease } => {
+                let presented = self
+                    .tokens
+                    .get(*token as usize % self.tokens.len().max(1))?
+                    .clone();
+                self.tokens.push(hash(n));
+                command::Kind::Rotate(Rotate {
+                    presented_hash: presented,
+                    new_refresh_hash: hash(n),
+                    sealed_successor: hash(n),
+                    grace_ms: 5_000,
+                    lease_id: lease
+                        .and_then(|l| self.leases.get(l as usize % self.leases.len().max(1)))
+                        .cloned()
+                        .unwrap_or_default(),
+                    ..Default::default()
+                })
+            }
+            Step::Lease { session, holder } => {
+                let (session_id, _) = pick(&self.sessions, *session)?;
+                let lease_id = format!("lse_{n:022}");
+                self.leases.push(lease_id.clone());
+                command::Kind::AcquireLease(AcquireLease {
+                    tenant: "t".into(),
+                    session_id,
+                    holder: format!("holder{holder}"),
+                    lease_id,
+                    expires_at_ms: self.now + 3_000,
+                })
+            }
+            Step::Touch { session } => command::Kind::Touch(Touch {
+                tenant: "t".into(),
+                session_id: pick(&self.sessions, *session)?.0,
+            }),
+            Step::Revoke { scope, target } => {
+                let (session_id, family_id) = pick(&self.sessions, *target)?;
+                let (scope, id) = match scope {
+                    0 => (RevokeScope::Session, session_id),
+                    1 => (RevokeScope::Family, family_id),
+                    2 => (RevokeScope::User, format!("user{}", target % 3)),
+                    _ => (RevokeScope::Tenant, String::new()),
+                };
+                command::Kind::Revoke(Revoke {
+                    tenant: "t".into(),
+                    scope: scope as i32,
+                    id,
+                    reason: RevocationReason::Admin as i32,
+                })
+            }
+            Step::Collect => command::Kind::CollectGarbage(CollectGarbage {
+                limit: 4,
+                dedup_retention_ms: 1_000,
+                event_retention_ms: 50_000,
+            }),
+        };
+        Some(Command {
+            schema_version: SCHEMA_VERSION,
+            now_ms: self.now,
+            request_key: Vec::new(),
+            kind: Some(kind),
+        })
+    }
+}
+
+fn workload(steps: &[Step]) -> Vec<Command> {
+    let mut w = Workload {
+        now: 1_000_000,
+        minted: 0,
+        sessions: Vec::new(),
+        tokens: Vec::new(),
+        leases: Vec::new(),
+    };
+    steps.iter().filter_map(|s| w.command(s)).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Invariant 1: each refresh token yields at most one successor; grace retries return
+    /// that same successor.
+    #[test]
+    fn a_refresh_token_is_redeemed_at_most_once(steps in proptest::collection::vec(step(), 1..120)) {
+        let mut state = MemoryState::new();
+        let mut successors: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
+        for (i, command) in workload(&steps).iter().enumerate() {
+            let result = apply(command, i as u64 + 1, &mut state).unwrap();
+            if let (Some(command::Kind::Rotate(c)), Some(command_result::Kind::Rotate(r))) =
+                (&command.kind, &result.kind)
+            {
+                if r.outcome() != RotateOutcome::Rotated {
+                    continue;
+                }
+                let successor = if r.retried { r.sealed_successor.clone() } else { c.sealed_successor.clone() };
+                match successors.get(&c.presented_hash) {
+                    Some(first) => prop_assert_eq!(first, &successor, "token redeemed twice"),
+                    None => {
+                        prop_assert!(!r.retried, "a retry before any redemption");
+                        successors.insert(c.presented_hash.clone(), successor);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Invariant 3 (in the state machine): a revoked session is never active again.
+    #[test]
+    fn a_revoked_session_never_becomes_active_again(steps in proptest::collection::vec(step(), 1..120)) {
+        let mut state = MemoryState::new();
+        let mut revoked = std::collections::BTreeSet::new();
+        for (i, command) in workload(&steps).iter().enumerate() {
+            let result = apply(command, i as u64 + 1, &mut state).unwrap();
+            revoked.extend(result.events.iter().map(|e| e.session_id.clone()));
+            for id in &revoked {
+                if let Some(s) = query::session_by_id(&state, "t", id).unwrap() {
+                    prop_assert!(s.revoked, "session {} was revoked, now is not", id);
+                    prop_assert_eq!(query::status_at(&s, command.now_ms), SessionStatus::Revoked);
+                }
+            }
+        }
+    }
+
+    /// Invariant 5: replicas applying the same commands hold byte-identical state, and the
+    /// domain never writes the store's reserved key prefix.
+    #[test]
+    fn replicas_applying_the_same_commands_are_byte_identical(steps in proptest::collection::vec(step(), 1..120)) {
+        let commands = workload(&steps);
+        let mut a = MemoryState::new();
+        let mut b = MemoryState::new();
+        for (i, command) in commands.iter().enumerate() {
+            let ra = apply(command, i as u64 + 1, &mut a).unwrap();
+            let encoded = prost::Message::encode_to_vec(command);
+            let decoded: Command = prost::Message::decode(encoded.as_slice()).unwrap();
+            let rb = apply(&decoded, i as u64 + 1, &mut b).unwrap();
+            prop_assert_eq!(ra, rb);
+        }
+        prop_assert_eq!(a.entries(), b.entries());
+        prop_assert!(a.entries().keys().all(|k| k.first() != Some(&0)));
+    }
+}
