@@ -25,13 +25,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .btree_map(".")
         .skip_debug(SECRET_BEARING.iter().copied())
         .file_descriptor_set_path(out_dir.join("sessiond_descriptor.bin"))
-        .compile_protos(&["proto/sessiond/v1/session.proto"], &["proto"])?;
-    // Internal records refer to the public enums instead of generating them again.
+        .compile_protos(
+            &["proto/sessiond/v1/session.proto", "proto/sessiond/v1/cluster.proto"],
+            &["proto"],
+        )?;
+    // Internal records and the node-to-node transport refer to the public enums instead of
+    // generating them again. Written to their own directory: this pass would otherwise
+    // overwrite the public package's file with the services of the imported public protos.
+    let internal_dir = out_dir.join("internal");
+    std::fs::create_dir_all(&internal_dir)?;
     tonic_prost_build::configure()
         .btree_map(".")
+        .out_dir(&internal_dir)
         .extern_path(".sessiond.v1", "crate::proto::v1")
-        .build_client(false)
-        .build_server(false)
-        .compile_protos(&["proto/sessiond/internal/v1/state.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/sessiond/internal/v1/state.proto",
+                "proto/sessiond/internal/v1/raft.proto",
+            ],
+            &["proto"],
+        )?;
     Ok(())
 }

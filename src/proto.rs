@@ -1,15 +1,17 @@
-//! Generated protobuf types: the public API and the internal records.
+//! Generated protobuf types: the public API, the cluster admin API, the internal records and
+//! the node-to-node transport.
 
-/// The public gRPC API, `sessiond.v1`.
+/// The public gRPC API, `sessiond.v1`: the session authority and cluster administration.
 pub mod v1 {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("sessiond.v1");
 }
 
-/// Internal records: Raft commands and results, state records, log and snapshot encodings.
+/// Internal records (Raft commands and results, state records, log and snapshot encodings)
+/// and the node-to-node Raft transport service.
 pub mod internal {
     #![allow(missing_docs, clippy::all)]
-    tonic::include_proto!("sessiond.internal.v1");
+    include!(concat!(env!("OUT_DIR"), "/internal/sessiond.internal.v1.rs"));
 }
 
 /// The encoded file descriptor set of every proto file, for gRPC server reflection.
