@@ -26,7 +26,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip_debug(SECRET_BEARING.iter().copied())
         .file_descriptor_set_path(out_dir.join("sessiond_descriptor.bin"))
         .compile_protos(
-            &["proto/sessiond/v1/session.proto", "proto/sessiond/v1/cluster.proto"],
+            &[
+                "proto/sessiond/v1/session.proto",
+                "proto/sessiond/v1/cluster.proto",
+            ],
             &["proto"],
         )?;
     // Internal records and the node-to-node transport refer to the public enums instead of

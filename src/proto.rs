@@ -11,7 +11,10 @@ pub mod v1 {
 /// and the node-to-node Raft transport service.
 pub mod internal {
     #![allow(missing_docs, clippy::all)]
-    include!(concat!(env!("OUT_DIR"), "/internal/sessiond.internal.v1.rs"));
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/internal/sessiond.internal.v1.rs"
+    ));
 }
 
 /// The encoded file descriptor set of every proto file, for gRPC server reflection.

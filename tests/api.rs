@@ -204,7 +204,7 @@ async fn unknown_token_is_invalid_and_changes_nothing() {
     let (t, _dir) = node_with(|_| {}).await;
     let r = t
         .client
-        .rotate(rotate_request(&format!("sdr1_{}", "B".repeat(43))))
+        .rotate(rotate_request(&format!("sdr1_{}", "A".repeat(43))))
         .await
         .unwrap();
     assert_eq!(r.outcome(), RotateOutcome::InvalidToken);

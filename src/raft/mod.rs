@@ -1,1 +1,198 @@
-//! raft (to be written).
+//! The Raft node: openraft wired to the sled store and the network, behind the few calls
+//! the API layer needs (propose a command, wait for a linearizable read, read the applied
+//! state).
+
+pub mod network;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
+
+use crate::proto::internal::{Command, CommandResult};
+use crate::store::{Flusher, StateReader, Store};
+use crate::Error;
+
+openraft::declare_raft_types!(
+    /// The Raft types of sessiond: commands in, command results out, nodes known by address.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// How to open a node.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// This node's id in the cluster.
+    pub node_id: u64,
+    /// Where its database and snapshots live.
+    pub data_dir: PathBuf,
+    /// The address other nodes and clients reach it at.
+    pub advertise_addr: String,
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many applied entries since the last.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind a snapshot (for slow followers).
+    pub max_in_snapshot_log_to_keep: u64,
+}
+
+/// A command applied by the state machine.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The log index of the command: the revision of what it changed.
+    pub revision: u64,
+    /// What applying it produced.
+    pub result: CommandResult,
+}
+
+/// A running Raft node. Cheap to clone.
+#[derive(Clone)]
+pub struct RaftNode {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: u64,
+    advertise_addr: String,
+    raft: Raft<TypeConfig>,
+    state: StateReader,
+    flusher: Flusher,
+}
+
+impl RaftNode {
+    /// Opens the node's storage under `options.data_dir` and starts Raft on it.
+    pub async fn open(options: NodeOptions) -> Result<Self, Error> {
+        let store = Store::open(&options.data_dir)?;
+        let config = Config {
+            cluster_name: "sessiond".into(),
+            heartbeat_interval: options.heartbeat_ms,
+            election_timeout_min: options.election_timeout_min_ms,
+            election_timeout_max: options.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: options.max_in_snapshot_log_to_keep,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::invalid("raft", e.to_string()))?;
+        let state = store.state_machine.reader();
+        let raft = Raft::new(
+            options.node_id,
+            Arc::new(config),
+            network::NoPeers,
+            store.log,
+            store.state_machine,
+        )
+        .await
+        .map_err(|e| Error::Unavailable(format!("raft did not start: {e}")))?;
+        Ok(RaftNode {
+            inner: Arc::new(Inner {
+                id: options.node_id,
+                advertise_addr: options.advertise_addr,
+                raft,
+                state,
+                flusher: store.flusher,
+            }),
+        })
+    }
+
+    /// Makes this node a one-voter cluster if it has never been part of one (no vote, no
+    /// log); does nothing otherwise.
+    pub async fn initialize_single_if_new(&self) -> Result<(), Error> {
+        let raft = &self.inner.raft;
+        if raft.is_initialized().await.map_err(unavailable)? {
+            return Ok(());
+        }
+        let members = BTreeMap::from([(self.inner.id, BasicNode::new(&self.inner.advertise_addr))]);
+        match raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(e)) => Err(Error::Internal(format!("initialize: {e}"))),
+            Err(RaftError::Fatal(e)) => Err(unavailable(e)),
+        }
+    }
+
+    /// Replicates and applies one command; answers once it is applied on this node.
+    pub async fn propose(&self, command: Command) -> Result<Applied, Error> {
+        match self.inner.raft.client_write(command).await {
+            Ok(response) => Ok(Applied {
+                revision: response.log_id.index,
+                result: response.data,
+            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(f)),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(Error::Internal(format!("unexpected membership error: {e}")))
+            }
+            Err(RaftError::Fatal(e)) => Err(unavailable(e)),
+        }
+    }
+
+    /// Waits until this node's applied state includes every write committed before the call
+    /// (a read index confirmed by a quorum).
+    pub async fn ensure_linearizable(&self) -> Result<(), Error> {
+        match self.inner.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f)),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(Error::Unavailable(format!("no quorum: {e}")))
+            }
+            Err(RaftError::Fatal(e)) => Err(unavailable(e)),
+        }
+    }
+
+    /// The applied state, for queries.
+    pub fn state(&self) -> &StateReader {
+        &self.inner.state
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// Whether this node currently believes it leads.
+    pub fn is_leader(&self) -> bool {
+        self.inner.raft.metrics().borrow().current_leader == Some(self.inner.id)
+    }
+
+    /// The underlying openraft handle (metrics, membership changes).
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.inner.raft
+    }
+
+    /// Stops Raft and makes everything written so far durable.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        self.inner
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| Error::Internal(format!("raft shutdown: {e}")))?;
+        tokio::time::timeout(Duration::from_secs(10), self.inner.flusher.flush())
+            .await
+            .map_err(|_| Error::Unavailable("final flush timed out".into()))?
+            .map_err(Error::Unavailable)
+    }
+}
+
+fn not_leader(f: ForwardToLeader<u64, BasicNode>) -> Error {
+    Error::NotLeader {
+        leader_id: f.leader_id,
+        leader_addr: f.leader_node.map(|n| n.addr),
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("raft stopped: {e}"))
+}
