@@ -326,7 +326,11 @@ impl Shared {
             if let Some(id) = &record.last_log_id {
                 batch.insert(APPLIED, id.encode_to_vec());
             }
-            if let Some(m) = &record.last_membership {
+            if let Some(m) = record
+                .last_membership
+                .as_ref()
+                .filter(|m| m.log_id.is_some())
+            {
                 batch.insert(MEMBERSHIP, m.encode_to_vec());
             }
             self.tree.apply_batch(batch).map_err(sm_write_err)?;
@@ -456,5 +460,57 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: snapshot_meta(&record),
             snapshot: Box::new(Cursor::new(bytes)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::MemoryState;
+
+    /// The overlay must read exactly like the tree with its pending writes applied.
+    #[test]
+    fn overlay_scans_merge_pending_writes_with_the_tree() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("state").unwrap();
+        let mut model = MemoryState::new();
+        for k in ["a/1", "a/3", "a/5", "a/7", "b/1"] {
+            tree.insert(k, k.as_bytes()).unwrap();
+            model.put(k.as_bytes().to_vec(), k.as_bytes().to_vec());
+        }
+        let mut overlay = Overlay::new(&tree);
+        for (k, v) in [
+            ("a/2", "new"),
+            ("a/3", "changed"),
+            ("a/9", "new"),
+            ("a", "x"),
+        ] {
+            overlay.put(k.as_bytes().to_vec(), v.as_bytes().to_vec());
+            model.put(k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        }
+        for k in ["a/5", "a/9", "b/1"] {
+            overlay.delete(k.as_bytes());
+            model.delete(k.as_bytes());
+        }
+        for prefix in [&b""[..], b"a", b"a/", b"b", b"c"] {
+            for after in [
+                None,
+                Some(&b"a/2"[..]),
+                Some(b"a/3"),
+                Some(b"a/6"),
+                Some(b"z"),
+            ] {
+                for limit in [0, 1, 2, 3, 100] {
+                    assert_eq!(
+                        overlay.scan_prefix(prefix, after, limit).unwrap(),
+                        model.scan_prefix(prefix, after, limit).unwrap(),
+                        "prefix {prefix:?} after {after:?} limit {limit}"
+                    );
+                }
+            }
+        }
+        assert_eq!(overlay.get(b"a/3").unwrap(), Some(b"changed".to_vec()));
+        assert_eq!(overlay.get(b"a/5").unwrap(), None);
+        assert_eq!(overlay.get(b"a/7").unwrap(), Some(b"a/7".to_vec()));
     }
 }
