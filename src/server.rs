@@ -211,10 +211,10 @@ async fn collect_garbage_periodically(authority: Authority, mut stopped: watch::
 }
 
 /// Installs the global tracing subscriber: human-readable or JSON lines, filtered by
-/// `RUST_LOG` (default `info`).
+/// `RUST_LOG` (default `info`, with openraft's own chatter at `warn`).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
