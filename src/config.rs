@@ -24,6 +24,9 @@ pub struct Config {
     pub advertise_addr: Option<String>,
     /// Directory holding the sled database and snapshots.
     pub data_dir: PathBuf,
+    /// On the first start, make this node a one-node cluster. False for a node that joins an
+    /// existing cluster: it waits until an operator adds it (`sessiond cluster add-learner`).
+    pub bootstrap: bool,
     /// Log output format.
     pub log_format: LogFormat,
     /// Session lifetimes and limits.
@@ -45,6 +48,7 @@ impl Default for Config {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             advertise_addr: None,
             data_dir: PathBuf::from("data"),
+            bootstrap: true,
             log_format: LogFormat::Human,
             sessions: SessionPolicy::default(),
             tenants: BTreeMap::new(),

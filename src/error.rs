@@ -23,6 +23,10 @@ pub enum Error {
         /// The current leader's client address, if known.
         leader_addr: Option<String>,
     },
+    /// The request conflicts with the cluster's current state (e.g. another membership change
+    /// is in progress); it was refused and changed nothing.
+    #[error("refused: {0}")]
+    Conflict(String),
     /// The cluster cannot serve the request now (no quorum, shutting down); retrying may help.
     #[error("unavailable: {0}")]
     Unavailable(String),

@@ -13,11 +13,16 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
+use crate::api::cluster::ClusterAdmin;
 use crate::api::service::now_ms;
 use crate::api::Authority;
 use crate::config::{Config, LogFormat};
+use crate::proto::internal::raft_transport_server::RaftTransportServer;
 use crate::proto::internal::{command, command_result, CollectGarbage};
+use crate::proto::v1::cluster_server::ClusterServer;
 use crate::proto::v1::session_authority_server::SessionAuthorityServer;
+use crate::raft::network::MAX_PEER_MESSAGE_BYTES;
+use crate::raft::transport::TransportService;
 use crate::raft::{NodeOptions, RaftNode};
 use crate::Error;
 
@@ -82,8 +87,10 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
         max_in_snapshot_log_to_keep: config.raft.max_in_snapshot_log_to_keep,
     })
     .await?;
-    node.initialize_single_if_new().await?;
-    wait_for_leader(&node).await;
+    if config.bootstrap {
+        node.initialize_single_if_new().await?;
+        wait_for_leader(&node).await;
+    }
 
     let config = Arc::new(config);
     let authority = Authority::new(node.clone(), config.clone());
@@ -99,6 +106,12 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
 
+    let transport = RaftTransportServer::new(TransportService::new(node.clone()))
+        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+
+    let cluster = ClusterServer::new(ClusterAdmin::new(node.clone()));
+
     let (stop, stopped) = watch::channel(false);
     let gc = tokio::spawn(collect_garbage_periodically(authority, stopped.clone()));
     let serving_node = node.clone();
@@ -108,6 +121,8 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(sessions)
+            .add_service(transport)
+            .add_service(cluster)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = stopped.wait_for(|s| *s).await;
             })

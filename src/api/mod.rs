@@ -8,8 +8,10 @@
 //! mutates state.
 //!
 //! One file per operation: [`create`], [`rotate`], [`lease`], [`touch`], [`revoke`], and the
-//! read-only [`reads`]; [`service`] binds them to the generated tonic trait.
+//! read-only [`reads`]; [`service`] binds them to the generated tonic trait. [`cluster`] is
+//! the operators' membership API.
 
+pub mod cluster;
 pub mod convert;
 pub mod create;
 pub mod lease;

@@ -26,6 +26,7 @@ impl From<Error> for Status {
                 status
             }
             Error::Unavailable(reason) => Status::unavailable(reason),
+            Error::Conflict(reason) => Status::failed_precondition(reason),
             Error::Storage(e) => {
                 tracing::error!(error = %e, "storage failure while serving a request");
                 Status::internal("internal error")

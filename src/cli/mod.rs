@@ -1,6 +1,7 @@
 //! The `sessiond` command line: `serve` runs a node; `session …` talks to a running node for
-//! operators debugging a user's sessions.
+//! operators debugging a user's sessions; `cluster …` grows, shrinks and inspects a cluster.
 
+pub mod cluster;
 pub mod serve;
 pub mod session;
 
@@ -31,6 +32,18 @@ pub enum Command {
         #[command(subcommand)]
         command: session::SessionCommand,
     },
+    /// Add, promote and remove nodes; show the cluster's status.
+    Cluster {
+        /// The node to talk to (any member).
+        #[arg(long, env = "SESSIOND_ENDPOINT", default_value = DEFAULT_ENDPOINT, global = true)]
+        endpoint: String,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        /// What to do.
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
 }
 
 /// Parses the command line and runs it; the process exit code follows the result.
@@ -39,5 +52,10 @@ pub async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Session { endpoint, command } => session::run(&endpoint, command).await,
+        Command::Cluster {
+            endpoint,
+            json,
+            command,
+        } => cluster::run(&endpoint, json, command).await,
     }
 }

@@ -26,6 +26,9 @@ pub struct ServeArgs {
     /// Data directory (sled database and snapshots).
     #[arg(long, env = "SESSIOND_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Join an existing cluster instead of starting one: wait to be added by an operator.
+    #[arg(long, env = "SESSIOND_JOIN")]
+    pub join: bool,
     /// Log format.
     #[arg(long, env = "SESSIOND_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -57,6 +60,9 @@ impl ServeArgs {
         set(&mut config.node_id, self.node_id);
         set(&mut config.listen_addr, self.listen);
         set(&mut config.data_dir, self.data_dir.clone());
+        if self.join {
+            config.bootstrap = false;
+        }
         set(&mut config.log_format, self.log_format);
         set(&mut s.reuse_grace_ms, self.reuse_grace_ms);
         set(&mut s.default_ttl_ms, self.default_ttl_ms);

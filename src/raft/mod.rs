@@ -3,15 +3,19 @@
 //! state).
 
 pub mod network;
+pub mod transport;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
+
+use network::{PeerError, Peers};
 
 use crate::proto::internal::{Command, CommandResult};
 use crate::store::{Flusher, StateReader, Store};
@@ -71,7 +75,13 @@ struct Inner {
     raft: Raft<TypeConfig>,
     state: StateReader,
     flusher: Flusher,
+    peers: Peers,
 }
+
+/// How long a request waits for a leader (elected, or reachable) before UNAVAILABLE.
+const LEADER_DEADLINE: Duration = Duration::from_secs(10);
+/// Pause between attempts to find or reach the leader.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 impl RaftNode {
     /// Opens the node's storage under `options.data_dir` and starts Raft on it.
@@ -89,10 +99,11 @@ impl RaftNode {
         .validate()
         .map_err(|e| Error::invalid("raft", e.to_string()))?;
         let state = store.state_machine.reader();
+        let peers = Peers::default();
         let raft = Raft::new(
             options.node_id,
             Arc::new(config),
-            network::NoPeers,
+            peers.clone(),
             store.log,
             store.state_machine,
         )
@@ -105,6 +116,7 @@ impl RaftNode {
                 raft,
                 state,
                 flusher: store.flusher,
+                peers,
             }),
         })
     }
@@ -124,8 +136,59 @@ impl RaftNode {
         }
     }
 
-    /// Replicates and applies one command; answers once it is applied on this node.
-    pub async fn propose(&self, command: Command) -> Result<Applied, Error> {
+    /// Replicates and applies one command, wherever the leader is: on this node if it leads,
+    /// otherwise forwarded to the leader. A forwarded command without a request key gets a
+    /// fresh one, so that re-sending it after an ambiguous failure cannot apply it twice.
+    pub async fn propose(&self, mut command: Command) -> Result<Applied, Error> {
+        let node_keyed = command.request_key.is_empty();
+        let deadline = Instant::now() + LEADER_DEADLINE;
+        loop {
+            let leader = match self.propose_here(command.clone()).await {
+                Err(Error::NotLeader {
+                    leader_id: Some(id),
+                    leader_addr: Some(addr),
+                }) if id != self.inner.id => (id, addr),
+                Err(Error::NotLeader { .. }) => {
+                    self.pause_before_retry(deadline, "no leader is known")
+                        .await?;
+                    continue;
+                }
+                done => return done,
+            };
+            if node_keyed && command.request_key.is_empty() {
+                command.request_key = rand::random::<[u8; 32]>().to_vec();
+            }
+            match self
+                .inner
+                .peers
+                .propose(leader.0, &leader.1, command.clone())
+                .await
+            {
+                Ok((revision, mut result)) => {
+                    if node_keyed {
+                        result.deduplicated = false;
+                    }
+                    return Ok(Applied { revision, result });
+                }
+                Err(PeerError::Refused(_, status))
+                    if status.code() == tonic::Code::InvalidArgument =>
+                {
+                    return Err(Error::Internal(format!(
+                        "leader refused a command: {}",
+                        status.message()
+                    )));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "forwarding to the leader failed; retrying");
+                    self.pause_before_retry(deadline, "the leader cannot be reached")
+                        .await?;
+                }
+            }
+        }
+    }
+
+    /// Proposes `command` to the local Raft instance only (this node must lead).
+    pub async fn propose_here(&self, command: Command) -> Result<Applied, Error> {
         match self.inner.raft.client_write(command).await {
             Ok(response) => Ok(Applied {
                 revision: response.log_id.index,
@@ -139,17 +202,70 @@ impl RaftNode {
         }
     }
 
-    /// Waits until this node's applied state includes every write committed before the call
-    /// (a read index confirmed by a quorum).
+    /// Waits until this node's applied state includes every write committed before the call:
+    /// the leader confirms its leadership with a quorum and names a read index, and this
+    /// node waits until it has applied that far.
     pub async fn ensure_linearizable(&self) -> Result<(), Error> {
+        let deadline = Instant::now() + LEADER_DEADLINE;
+        loop {
+            let (id, addr) = match self.read_index_here().await {
+                Ok(_) => return Ok(()),
+                Err(Error::NotLeader {
+                    leader_id: Some(id),
+                    leader_addr: Some(addr),
+                }) if id != self.inner.id => (id, addr),
+                Err(Error::NotLeader { .. }) => {
+                    self.pause_before_retry(deadline, "no leader is known")
+                        .await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match self.inner.peers.read_index(id, &addr).await {
+                Ok(index) => {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    return self
+                        .inner
+                        .raft
+                        .wait(Some(wait))
+                        .applied_index_at_least(Some(index), "read index applied")
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| Error::Unavailable(format!("not caught up: {e}")));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "read index from the leader failed; retrying");
+                    self.pause_before_retry(deadline, "the leader cannot be reached")
+                        .await?;
+                }
+            }
+        }
+    }
+
+    /// As leader: confirms leadership with a quorum, waits until the read index is applied
+    /// here, and returns it.
+    pub async fn read_index_here(&self) -> Result<u64, Error> {
         match self.inner.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
+            Ok(read_log_id) => Ok(read_log_id.map_or(0, |id| id.index)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f)),
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
                 Err(Error::Unavailable(format!("no quorum: {e}")))
             }
             Err(RaftError::Fatal(e)) => Err(unavailable(e)),
         }
+    }
+
+    async fn pause_before_retry(&self, deadline: Instant, why: &str) -> Result<(), Error> {
+        if Instant::now() + RETRY_PAUSE > deadline {
+            return Err(Error::Unavailable(why.to_owned()));
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+        Ok(())
+    }
+
+    /// The connections to peers (and the partition switch of fault tests).
+    pub fn peers(&self) -> &Peers {
+        &self.inner.peers
     }
 
     /// The applied state, for queries.

@@ -28,6 +28,11 @@ pub struct CodecError {
 }
 
 impl CodecError {
+    /// A message lacking a required field.
+    pub fn missing(field: &'static str) -> Self {
+        CodecError::new("message", format!("no {field}"))
+    }
+
     fn new(what: &'static str, reason: impl ToString) -> Self {
         CodecError {
             what,

@@ -1,0 +1,238 @@
+//! Cluster administration: add a learner (it catches up by log or snapshot), promote it to
+//! voter, remove a node, and report the cluster's status. Any node accepts these requests; a
+//! follower relays membership changes to the leader.
+
+use std::collections::BTreeSet;
+
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
+use tonic::{Request, Response, Status};
+
+use crate::proto::v1::cluster_client::ClusterClient;
+use crate::proto::v1::cluster_server::Cluster;
+use crate::proto::v1::{
+    AddLearnerRequest, ClusterStatusRequest, ClusterStatusResponse, Member, MemberRole,
+    MembershipResponse, PromoteRequest, RemoveRequest,
+};
+use crate::raft::RaftNode;
+use crate::Error;
+
+/// The cluster administration service of one node.
+#[derive(Clone)]
+pub struct ClusterAdmin {
+    node: RaftNode,
+}
+
+impl ClusterAdmin {
+    /// The service of `node`.
+    pub fn new(node: RaftNode) -> Self {
+        ClusterAdmin { node }
+    }
+
+    /// This node's view of the cluster.
+    pub async fn status(&self) -> Result<ClusterStatusResponse, Error> {
+        let raft = self.node.raft();
+        let committed = raft
+            .with_raft_state(|s| s.committed.map(|id| id.index))
+            .await
+            .map_err(|e| Error::Unavailable(format!("raft stopped: {e}")))?;
+        let m = raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let last_log_index = m.last_log_index.unwrap_or(0);
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id))
+                    .and_then(|l| l.map(|l| l.index));
+                let matched = if *id == m.id {
+                    Some(last_log_index)
+                } else {
+                    matched
+                };
+                Member {
+                    node_id: *id,
+                    addr: node.addr.clone(),
+                    role: if voters.contains(id) {
+                        MemberRole::Voter
+                    } else {
+                        MemberRole::Learner
+                    } as i32,
+                    leader: m.current_leader == Some(*id),
+                    matched_index: matched.unwrap_or(0),
+                    lag: matched.map_or(0, |i| last_log_index.saturating_sub(i)),
+                }
+            })
+            .collect();
+        Ok(ClusterStatusResponse {
+            node_id: m.id,
+            leader_id: m.current_leader.unwrap_or(0),
+            term: m.current_term,
+            last_log_index,
+            committed_index: committed.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |id| id.index),
+            snapshot_index: m.snapshot.map_or(0, |id| id.index),
+            purged_index: m.purged.map_or(0, |id| id.index),
+            members,
+            changing: membership.get_joint_config().len() > 1,
+        })
+    }
+
+    /// The leader's address when this node does not lead, to relay a request there.
+    fn leader_elsewhere(&self) -> Option<String> {
+        let m = self.node.raft().metrics().borrow().clone();
+        let leader = m.current_leader.filter(|id| *id != m.id)?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| format!("http://{}", n.addr))
+    }
+
+    async fn relay(&self) -> Result<Option<ClusterClient<tonic::transport::Channel>>, Status> {
+        match self.leader_elsewhere() {
+            None => Ok(None),
+            Some(addr) => ClusterClient::connect(addr)
+                .await
+                .map(Some)
+                .map_err(|e| Status::unavailable(format!("cannot reach the leader: {e}"))),
+        }
+    }
+
+    async fn changed(&self) -> Result<Response<MembershipResponse>, Status> {
+        Ok(Response::new(MembershipResponse {
+            status: Some(self.status().await?),
+        }))
+    }
+}
+
+fn membership_failed(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
+            leader_id: f.leader_id,
+            leader_addr: f.leader_node.map(|n| n.addr),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
+            ChangeMembershipError::InProgress(_) => Error::Conflict(
+                "another membership change is in progress; retry when it ends".into(),
+            ),
+            ChangeMembershipError::EmptyMembership(_) => {
+                Error::Conflict("the cluster cannot be left without voters".into())
+            }
+            ChangeMembershipError::LearnerNotFound(l) => Error::Conflict(format!(
+                "node {} is not a learner of the cluster; add it first",
+                l.node_id
+            )),
+        },
+        RaftError::Fatal(f) => Error::Unavailable(format!("raft stopped: {f}")),
+    }
+}
+
+fn node_id(id: u64) -> Result<u64, Error> {
+    if id == 0 {
+        return Err(Error::invalid("node_id", "must be a positive integer"));
+    }
+    Ok(id)
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterAdmin {
+    async fn add_learner(
+        &self,
+        request: Request<AddLearnerRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        let r = request.into_inner();
+        let id = node_id(r.node_id)?;
+        if r.addr.is_empty() || r.addr.len() > 256 || !r.addr.contains(':') {
+            return Err(Error::invalid("addr", "must be host:port").into());
+        }
+        if let Some(mut leader) = self.relay().await? {
+            return leader.add_learner(r).await;
+        }
+        let members = self
+            .node
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .clone();
+        if let Some(existing) = members.membership().get_node(&id) {
+            if existing.addr != r.addr {
+                return Err(Error::Conflict(format!(
+                    "node {id} is already a member at {}; node ids are never reused",
+                    existing.addr
+                ))
+                .into());
+            }
+        }
+        self.node
+            .raft()
+            .add_learner(id, BasicNode::new(&r.addr), true)
+            .await
+            .map_err(membership_failed)?;
+        tracing::info!(node_id = id, addr = %r.addr, "learner added");
+        self.changed().await
+    }
+
+    async fn promote(
+        &self,
+        request: Request<PromoteRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        let r = request.into_inner();
+        let id = node_id(r.node_id)?;
+        if let Some(mut leader) = self.relay().await? {
+            return leader.promote(r).await;
+        }
+        self.node
+            .raft()
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(membership_failed)?;
+        tracing::info!(node_id = id, "promoted to voter");
+        self.changed().await
+    }
+
+    async fn remove(
+        &self,
+        request: Request<RemoveRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        let r = request.into_inner();
+        let id = node_id(r.node_id)?;
+        if let Some(mut leader) = self.relay().await? {
+            return leader.remove(r).await;
+        }
+        let members = self
+            .node
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .clone();
+        let membership = members.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(Error::Conflict(format!("node {id} is not a member")).into());
+        }
+        let ids = BTreeSet::from([id]);
+        let change = if membership.voter_ids().any(|v| v == id) {
+            ChangeMembers::RemoveVoters(ids)
+        } else {
+            ChangeMembers::RemoveNodes(ids)
+        };
+        self.node
+            .raft()
+            .change_membership(change, false)
+            .await
+            .map_err(membership_failed)?;
+        tracing::info!(node_id = id, "node removed");
+        self.changed().await
+    }
+
+    async fn status(
+        &self,
+        _request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        Ok(Response::new(ClusterAdmin::status(self).await?))
+    }
+}

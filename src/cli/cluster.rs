@@ -1,0 +1,154 @@
+//! `sessiond cluster …`: grow, shrink and inspect a running cluster. Any node accepts these
+//! commands (followers relay membership changes to the leader).
+
+use clap::Subcommand;
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::proto::v1::cluster_client::ClusterClient;
+use crate::proto::v1::{
+    AddLearnerRequest, ClusterStatusRequest, ClusterStatusResponse, MemberRole, PromoteRequest,
+    RemoveRequest,
+};
+
+/// Cluster subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Add a node as a learner; returns once it has caught up.
+    AddLearner {
+        /// The new node's id (never reused).
+        node_id: u64,
+        /// The new node's address, host:port.
+        addr: String,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// The learner's id.
+        node_id: u64,
+    },
+    /// Remove a node (voter or learner); stop it afterwards.
+    Remove {
+        /// The node's id.
+        node_id: u64,
+    },
+    /// Members, roles, leader, term, indexes and replication lag.
+    Status,
+}
+
+/// Runs one cluster command against `endpoint`, printing the resulting status.
+pub async fn run(endpoint: &str, json_output: bool, command: ClusterCommand) -> anyhow::Result<()> {
+    let channel = Channel::from_shared(endpoint.to_owned())?.connect().await?;
+    let mut client = ClusterClient::new(channel);
+    let (what, status) = match command {
+        ClusterCommand::AddLearner { node_id, addr } => {
+            let r = client
+                .add_learner(AddLearnerRequest { node_id, addr })
+                .await?
+                .into_inner();
+            (
+                format!("node {node_id} added as a learner and caught up"),
+                r.status,
+            )
+        }
+        ClusterCommand::Promote { node_id } => {
+            let r = client
+                .promote(PromoteRequest { node_id })
+                .await?
+                .into_inner();
+            (format!("node {node_id} is now a voter"), r.status)
+        }
+        ClusterCommand::Remove { node_id } => {
+            let r = client.remove(RemoveRequest { node_id }).await?.into_inner();
+            (
+                format!("node {node_id} removed; it can be stopped"),
+                r.status,
+            )
+        }
+        ClusterCommand::Status => {
+            let r = client.status(ClusterStatusRequest {}).await?.into_inner();
+            (String::new(), Some(r))
+        }
+    };
+    let status = status.unwrap_or_default();
+    if json_output {
+        println!("{}", to_json(&what, &status));
+    } else {
+        if !what.is_empty() {
+            println!("{what}");
+        }
+        print!("{}", render(&status));
+    }
+    Ok(())
+}
+
+fn role(role: i32) -> &'static str {
+    match MemberRole::try_from(role) {
+        Ok(MemberRole::Voter) => "voter",
+        Ok(MemberRole::Learner) => "learner",
+        _ => "unknown",
+    }
+}
+
+/// The status as a JSON document.
+fn to_json(done: &str, s: &ClusterStatusResponse) -> serde_json::Value {
+    json!({
+        "done": done,
+        "node_id": s.node_id,
+        "leader_id": s.leader_id,
+        "term": s.term,
+        "last_log_index": s.last_log_index,
+        "committed_index": s.committed_index,
+        "applied_index": s.applied_index,
+        "snapshot_index": s.snapshot_index,
+        "purged_index": s.purged_index,
+        "changing": s.changing,
+        "members": s.members.iter().map(|m| json!({
+            "node_id": m.node_id,
+            "addr": m.addr,
+            "role": role(m.role),
+            "leader": m.leader,
+            "matched_index": m.matched_index,
+            "lag": m.lag,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The status as a table for people.
+fn render(s: &ClusterStatusResponse) -> String {
+    let leader = match s.leader_id {
+        0 => "none".to_owned(),
+        id => id.to_string(),
+    };
+    let mut out = format!(
+        "answered by node {}; leader {leader}; term {}{}\n\
+         log {} / committed {} / applied {} / snapshot {} / purged {}\n",
+        s.node_id,
+        s.term,
+        if s.changing {
+            " (membership change in progress)"
+        } else {
+            ""
+        },
+        s.last_log_index,
+        s.committed_index,
+        s.applied_index,
+        s.snapshot_index,
+        s.purged_index,
+    );
+    out.push_str(&format!(
+        "{:>6}  {:<24} {:<8} {:>8} {:>8}\n",
+        "id", "addr", "role", "matched", "lag"
+    ));
+    for m in &s.members {
+        out.push_str(&format!(
+            "{:>6}  {:<24} {:<8} {:>8} {:>8}{}\n",
+            m.node_id,
+            m.addr,
+            role(m.role),
+            m.matched_index,
+            m.lag,
+            if m.leader { "  (leader)" } else { "" }
+        ));
+    }
+    out
+}
