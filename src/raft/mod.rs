@@ -80,6 +80,10 @@ struct Inner {
 
 /// How long a request waits for a leader (elected, or reachable) before UNAVAILABLE.
 const LEADER_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a write may wait to be committed before the caller is told its outcome is
+/// unknown (a leader cut off from its quorum cannot commit; a retry with the same request id
+/// is safe).
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// Pause between attempts to find or reach the leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -189,7 +193,14 @@ impl RaftNode {
 
     /// Proposes `command` to the local Raft instance only (this node must lead).
     pub async fn propose_here(&self, command: Command) -> Result<Applied, Error> {
-        match self.inner.raft.client_write(command).await {
+        let written = tokio::time::timeout(WRITE_DEADLINE, self.inner.raft.client_write(command))
+            .await
+            .map_err(|_| {
+                Error::Unavailable(
+                    "the write was not committed in time; its outcome is unknown".into(),
+                )
+            })?;
+        match written {
             Ok(response) => Ok(Applied {
                 revision: response.log_id.index,
                 result: response.data,
@@ -245,7 +256,13 @@ impl RaftNode {
     /// As leader: confirms leadership with a quorum, waits until the read index is applied
     /// here, and returns it.
     pub async fn read_index_here(&self) -> Result<u64, Error> {
-        match self.inner.raft.ensure_linearizable().await {
+        let confirmed =
+            tokio::time::timeout(LEADER_DEADLINE, self.inner.raft.ensure_linearizable())
+                .await
+                .map_err(|_| {
+                    Error::Unavailable("leadership not confirmed by a quorum in time".into())
+                })?;
+        match confirmed {
             Ok(read_log_id) => Ok(read_log_id.map_or(0, |id| id.index)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f)),
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {

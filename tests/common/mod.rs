@@ -2,6 +2,9 @@
 //! a temporary data directory, and the real `sessiond` binary as a child process.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod workload;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
