@@ -84,22 +84,23 @@ impl ServerProcess {
     /// Starts `sessiond serve` on a free loopback port over `data_dir`, logging JSON at
     /// debug level into `log_path`, and waits until it serves.
     pub fn spawn(data_dir: &Path, log_path: &Path, extra_args: &[&str]) -> ServerProcess {
+        let data_dir = data_dir.to_str().expect("UTF-8 path");
+        let mut args = vec!["--listen", "127.0.0.1:0", "--data-dir", data_dir];
+        args.extend_from_slice(extra_args);
+        ServerProcess::spawn_with(&args, log_path)
+    }
+
+    /// Starts `sessiond serve` with `args` (JSON logs at debug level appended to `log_path`)
+    /// and waits until it serves.
+    pub fn spawn_with(args: &[&str], log_path: &Path) -> ServerProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log_path)
             .expect("log file opens");
         let mut child = Command::new(env!("CARGO_BIN_EXE_sessiond"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .args(extra_args)
+            .args(["serve", "--log-format", "json"])
+            .args(args)
             .env("RUST_LOG", "debug")
             .stdout(Stdio::piped())
             .stderr(log)
@@ -179,6 +180,15 @@ fn serving_addr(line: &str) -> Option<SocketAddr> {
         return None;
     }
     fields.get("addr")?.as_str()?.parse().ok()
+}
+
+/// A loopback port that was free a moment ago (for processes that must keep their address
+/// across restarts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// Connects to `endpoint`, retrying for up to 30 s while the server starts.
