@@ -264,3 +264,35 @@ async fn membership_changes_are_validated_and_serialized() {
     assert_eq!(last_voter.code(), tonic::Code::FailedPrecondition);
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_the_whole_cluster_rides_out_a_stopped_node() {
+    let mut cluster = TestCluster::start(3, |_| {}).await;
+    let urls: Vec<String> = cluster
+        .nodes
+        .values()
+        .map(|n| format!("http://{}", n.node.addr()))
+        .collect();
+    let client = Client::for_cluster(&urls).unwrap();
+    let first = client
+        .create_session(create_request("c", "u"))
+        .await
+        .unwrap();
+    let leader = cluster.wait_for_leader(&[1, 2, 3]).await;
+    cluster.stop_node(leader).await;
+    let rotated = client
+        .rotate(rotate_request(&first.refresh_token))
+        .await
+        .unwrap();
+    assert_eq!(rotated.outcome(), RotateOutcome::Rotated);
+    let second = client
+        .create_session(create_request("c", "u"))
+        .await
+        .unwrap();
+    let found = client
+        .lookup(lookup_by_id("c", &second.session.unwrap().session_id))
+        .await
+        .unwrap();
+    assert_eq!(found.outcome(), LookupOutcome::Found);
+    cluster.stop().await;
+}

@@ -25,7 +25,7 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Create, rotate, look up, list and revoke sessions on a running node.
     Session {
-        /// The node to talk to.
+        /// The node to talk to, or several comma-separated nodes of one cluster.
         #[arg(long, env = "SESSIOND_ENDPOINT", default_value = DEFAULT_ENDPOINT, global = true)]
         endpoint: String,
         /// What to do.

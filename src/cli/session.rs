@@ -139,9 +139,15 @@ fn parse_attribute(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| "expected key=value".to_owned())
 }
 
-/// Runs one session subcommand against `endpoint` and prints the result.
+/// Runs one session subcommand against `endpoint` (one URL, or several separated by
+/// commas: any nodes of a cluster) and prints the result.
 pub async fn run(endpoint: &str, command: SessionCommand) -> anyhow::Result<()> {
-    let client = Client::connect(endpoint).await?;
+    let urls: Vec<String> = endpoint.split(',').map(|u| u.trim().to_owned()).collect();
+    let client = if urls.len() == 1 {
+        Client::connect(&urls[0]).await?
+    } else {
+        Client::for_cluster(&urls)?
+    };
     match command {
         SessionCommand::Create {
             tenant,

@@ -3,12 +3,22 @@
 //! It wraps the generated tonic client: each method sends one request and returns the
 //! response message or the gRPC status. Expected outcomes (REPLAY_DETECTED, NOT_FOUND, …)
 //! are in the response, not in the error. Connections are reused: the client holds one
-//! channel and clones of it are cheap.
+//! channel per endpoint and clones of it are cheap.
+//!
+//! Given several endpoints (any nodes of a cluster), a request that finds a node UNAVAILABLE
+//! (down, no leader yet, cut off from its quorum) is retried on the next one; the node that
+//! last answered is tried first. Any node accepts any request (followers forward writes to
+//! the leader), so callers never look for the leader. Retrying writes is safe: creates and
+//! revokes without a request id get a fresh one here, so a retried write that had committed
+//! returns its first result; a retried rotation within the reuse grace window returns the
+//! same successor.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::proto::v1::session_authority_client::SessionAuthorityClient;
 use crate::proto::v1::*;
@@ -16,10 +26,16 @@ use crate::proto::v1::*;
 /// Default endpoint of a local `sessiond serve`.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:50051";
 
-/// A connection to one sessiond node.
+/// Rounds through the endpoints before a request gives up.
+const ROUNDS: usize = 3;
+/// Pause after a round in which every endpoint was unavailable.
+const ROUND_PAUSE: Duration = Duration::from_millis(200);
+
+/// A connection to one or more sessiond nodes.
 #[derive(Clone)]
 pub struct Client {
-    inner: SessionAuthorityClient<Channel>,
+    nodes: Arc<Vec<SessionAuthorityClient<Channel>>>,
+    preferred: Arc<AtomicUsize>,
 }
 
 /// Failure to reach a node.
@@ -35,35 +51,119 @@ macro_rules! unary {
     ($(#[$doc:meta])* $name:ident, $request:ty, $response:ty) => {
         $(#[$doc])*
         pub async fn $name(&self, request: $request) -> Result<$response, Status> {
-            let mut inner = self.inner.clone();
-            inner.$name(request).await.map(tonic::Response::into_inner)
+            self.call(request, |mut node, request| async move {
+                node.$name(request).await.map(tonic::Response::into_inner)
+            })
+            .await
         }
     };
 }
 
-impl Client {
-    /// Connects to `endpoint` (e.g. `http://127.0.0.1:50051`).
-    pub async fn connect(endpoint: &str) -> Result<Self, ConnectError> {
-        let wrap = |source| ConnectError {
-            endpoint: endpoint.to_owned(),
+fn endpoint(url: &str) -> Result<Endpoint, ConnectError> {
+    Ok(Endpoint::from_shared(url.to_owned())
+        .map_err(|source| ConnectError {
+            endpoint: url.to_owned(),
             source,
-        };
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(wrap)?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true))
+}
+
+fn node_client(channel: Channel) -> SessionAuthorityClient<Channel> {
+    SessionAuthorityClient::new(channel).max_decoding_message_size(16 * 1024 * 1024)
+}
+
+/// A fresh idempotency key for a write the caller sent without one.
+fn fresh_request_id() -> String {
+    format!("auto-{:032x}", rand::random::<u128>())
+}
+
+impl Client {
+    /// Connects to `endpoint` (e.g. `http://127.0.0.1:50051`), failing if it is not up.
+    pub async fn connect(url: &str) -> Result<Self, ConnectError> {
+        let channel = endpoint(url)?
             .connect()
             .await
-            .map_err(wrap)?;
+            .map_err(|source| ConnectError {
+                endpoint: url.to_owned(),
+                source,
+            })?;
         Ok(Client {
-            inner: SessionAuthorityClient::new(channel).max_decoding_message_size(16 * 1024 * 1024),
+            nodes: Arc::new(vec![node_client(channel)]),
+            preferred: Arc::new(AtomicUsize::new(0)),
         })
     }
 
-    unary!(
-        /// Starts a session; the response carries the raw tokens once.
-        create_session, CreateSessionRequest, CreateSessionResponse
-    );
+    /// A client of every node in `urls`, connecting lazily (a node that is down now is
+    /// tried again later).
+    pub fn for_cluster(urls: &[String]) -> Result<Self, ConnectError> {
+        let nodes = urls
+            .iter()
+            .map(|u| endpoint(u).map(|e| node_client(e.connect_lazy())))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Client {
+            nodes: Arc::new(nodes),
+            preferred: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// Sends `request` to the preferred node, moving on to the next on UNAVAILABLE.
+    async fn call<Req, Resp, F, Fut>(&self, request: Req, send: F) -> Result<Resp, Status>
+    where
+        Req: Clone,
+        F: Fn(SessionAuthorityClient<Channel>, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<Resp, Status>>,
+    {
+        let count = self.nodes.len();
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut last = Status::unavailable("no endpoints");
+        for attempt in 0..count * ROUNDS {
+            let index = (first + attempt) % count;
+            match send(self.nodes[index].clone(), request.clone()).await {
+                Err(status) if status.code() == Code::Unavailable => {
+                    last = status;
+                    if (attempt + 1) % count == 0 {
+                        tokio::time::sleep(ROUND_PAUSE).await;
+                    }
+                }
+                answered => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return answered;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Starts a session; the response carries the raw tokens once. Without a request id,
+    /// one is generated so that a retry cannot create a second session.
+    pub async fn create_session(
+        &self,
+        mut request: CreateSessionRequest,
+    ) -> Result<CreateSessionResponse, Status> {
+        if request.request_id.is_empty() {
+            request.request_id = fresh_request_id();
+        }
+        self.call(request, |mut node, request| async move {
+            node.create_session(request)
+                .await
+                .map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
+    /// Revokes by scope. Without a request id, one is generated so that a retry after a lost
+    /// answer reports the first count.
+    pub async fn revoke(&self, mut request: RevokeRequest) -> Result<RevokeResponse, Status> {
+        if request.request_id.is_empty() {
+            request.request_id = fresh_request_id();
+        }
+        self.call(request, |mut node, request| async move {
+            node.revoke(request).await.map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
     unary!(
         /// Redeems a refresh token.
         rotate, RotateRequest, RotateResponse
@@ -83,10 +183,6 @@ impl Client {
     unary!(
         /// Extends a session's idle expiry.
         touch, TouchRequest, TouchResponse
-    );
-    unary!(
-        /// Revokes by scope.
-        revoke, RevokeRequest, RevokeResponse
     );
     unary!(
         /// Lists a user's sessions.
