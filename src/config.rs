@@ -37,6 +37,8 @@ pub struct Config {
     pub gc: GcConfig,
     /// Raft timing and log compaction.
     pub raft: RaftConfig,
+    /// Revocation stream subscribers.
+    pub watch: WatchConfig,
     /// Largest gRPC message accepted or sent, in bytes.
     pub max_message_bytes: usize,
 }
@@ -54,6 +56,7 @@ impl Default for Config {
             tenants: BTreeMap::new(),
             gc: GcConfig::default(),
             raft: RaftConfig::default(),
+            watch: WatchConfig::default(),
             max_message_bytes: 4 * 1024 * 1024,
         }
     }
@@ -143,6 +146,28 @@ impl Default for GcConfig {
             interval_ms: 30_000,
             batch_limit: 5_000,
             event_retention_ms: 24 * 60 * 60_000,
+        }
+    }
+}
+
+/// Revocation stream subscribers: buffering, progress, and when a slow one is cut off.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchConfig {
+    /// Messages buffered per subscriber.
+    pub buffer: usize,
+    /// How often an idle stream gets a progress message.
+    pub progress_interval_ms: u64,
+    /// How long a subscriber's full buffer may stay full before it is cut off.
+    pub slow_subscriber_timeout_ms: u64,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            buffer: 1024,
+            progress_interval_ms: 2_000,
+            slow_subscriber_timeout_ms: 5_000,
         }
     }
 }
@@ -241,6 +266,13 @@ impl Config {
         }
         if self.node_id == 0 {
             return Err(Error::invalid("config", "node_id must be at least 1"));
+        }
+        let w = &self.watch;
+        if w.buffer < 2 || w.progress_interval_ms == 0 || w.slow_subscriber_timeout_ms == 0 {
+            return Err(Error::invalid(
+                "config",
+                "watch.buffer must be at least 2 and its intervals positive",
+            ));
         }
         Ok(())
     }

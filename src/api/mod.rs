@@ -9,7 +9,7 @@
 //!
 //! One file per operation: [`create`], [`rotate`], [`lease`], [`touch`], [`revoke`], and the
 //! read-only [`reads`]; [`service`] binds them to the generated tonic trait. [`cluster`] is
-//! the operators' membership API.
+//! the operators' membership API; [`watch`] streams revocations.
 
 pub mod cluster;
 pub mod convert;
@@ -23,5 +23,6 @@ pub mod service;
 pub mod status;
 pub mod touch;
 pub mod validate;
+pub mod watch;
 
 pub use service::Authority;

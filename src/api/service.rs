@@ -142,6 +142,22 @@ impl SessionAuthority for Authority {
         reply(super::reads::count_sessions(self, request.into_inner()).await)
     }
 
+    type WatchRevocationsStream = super::watch::RevocationStream;
+
+    async fn watch_revocations(
+        &self,
+        request: Request<WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        reply(super::watch::watch(self, request.into_inner()))
+    }
+
+    async fn list_revoked(
+        &self,
+        request: Request<ListRevokedRequest>,
+    ) -> Result<Response<ListRevokedResponse>, Status> {
+        reply(super::watch::list_revoked(self, request.into_inner()).await)
+    }
+
     async fn get_anomaly_counters(
         &self,
         request: Request<GetAnomalyCountersRequest>,

@@ -1,9 +1,11 @@
 //! The `sessiond` command line: `serve` runs a node; `session …` talks to a running node for
-//! operators debugging a user's sessions; `cluster …` grows, shrinks and inspects a cluster.
+//! operators debugging a user's sessions; `cluster …` grows, shrinks and inspects a cluster; `watch` prints
+//! revocations as they happen.
 
 pub mod cluster;
 pub mod serve;
 pub mod session;
+pub mod watch;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +34,15 @@ pub enum Command {
         #[command(subcommand)]
         command: session::SessionCommand,
     },
+    /// Print revocation events as they arrive.
+    Watch {
+        /// The node to subscribe on (any member).
+        #[arg(long, env = "SESSIOND_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+        endpoint: String,
+        /// What to watch.
+        #[command(flatten)]
+        args: watch::WatchArgs,
+    },
     /// Add, promote and remove nodes; show the cluster's status.
     Cluster {
         /// The node to talk to (any member).
@@ -52,6 +63,7 @@ pub async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Session { endpoint, command } => session::run(&endpoint, command).await,
+        Command::Watch { endpoint, args } => watch::run(&endpoint, args).await,
         Command::Cluster {
             endpoint,
             json,

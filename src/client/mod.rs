@@ -193,6 +193,24 @@ impl Client {
         count_sessions, CountSessionsRequest, CountSessionsResponse
     );
     unary!(
+        /// Lists a tenant's revoked, unexpired sessions (to rebuild a deny list).
+        list_revoked, ListRevokedRequest, ListRevokedResponse
+    );
+
+    /// Opens a revocation stream on the first node that accepts it.
+    pub async fn watch_revocations(
+        &self,
+        request: WatchRevocationsRequest,
+    ) -> Result<tonic::Streaming<WatchRevocationsResponse>, Status> {
+        self.call(request, |mut node, request| async move {
+            node.watch_revocations(request)
+                .await
+                .map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
+    unary!(
         /// Reads replay counters.
         get_anomaly_counters, GetAnomalyCountersRequest, GetAnomalyCountersResponse
     );

@@ -46,3 +46,23 @@ pub fn compact(
 pub fn compacted_through(state: &impl super::StateRead) -> Result<u64, StateError> {
     counter(state, &keys::events_compacted())
 }
+
+/// Up to `limit` retained events with a revision in `(after, upto]`, in revision order.
+pub fn retained_between(
+    state: &impl super::StateRead,
+    after: u64,
+    upto: u64,
+    limit: usize,
+) -> Result<Vec<(u64, RevocationEvent)>, StateError> {
+    let start = keys::event(after, u32::MAX);
+    let mut out = Vec::new();
+    for (key, value) in state.scan_prefix(&keys::events_prefix(), Some(&start), limit)? {
+        let revision = keys::revision_of_event(&key)
+            .ok_or_else(|| StateError::Corrupt("event key too short".into()))?;
+        if revision > upto {
+            break;
+        }
+        out.push((revision, decode(&value)?));
+    }
+    Ok(out)
+}

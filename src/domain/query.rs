@@ -156,3 +156,44 @@ pub fn replay_counts(
     };
     Ok((tenant_total, user_total))
 }
+
+/// One page of a tenant's revoked sessions that have not expired at `now_ms`, in index order.
+pub fn revoked_sessions(
+    state: &impl StateRead,
+    tenant: &str,
+    now_ms: i64,
+    page_size: usize,
+    cursor: Option<&[u8]>,
+) -> Result<SessionPage, StateError> {
+    let prefix = keys::tenant_sessions(tenant);
+    let mut after = cursor.map(|c| [prefix.as_slice(), c].concat());
+    let mut sessions = Vec::new();
+    let batch = page_size.clamp(1, 1024);
+    loop {
+        let entries = state.scan_prefix(&prefix, after.as_deref(), batch)?;
+        let exhausted = entries.len() < batch;
+        for (key, session_id) in entries {
+            after = Some(key);
+            let Some(session) = load::<SessionRecord>(state, &keys::session_bytes(&session_id))?
+            else {
+                continue;
+            };
+            if session.revoked && super::sessions::effective_expiry(&session) > now_ms {
+                sessions.push(session);
+                if sessions.len() == page_size {
+                    let last = after.as_deref().unwrap_or_default();
+                    return Ok(SessionPage {
+                        sessions,
+                        next_cursor: Some(last[prefix.len()..].to_vec()),
+                    });
+                }
+            }
+        }
+        if exhausted {
+            return Ok(SessionPage {
+                sessions,
+                next_cursor: None,
+            });
+        }
+    }
+}

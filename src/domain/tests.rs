@@ -664,6 +664,80 @@ fn revocation_events_are_retained_by_revision_then_compacted_with_a_watermark() 
 }
 
 #[test]
+fn retained_events_are_read_by_revision_range() {
+    let mut w = World::new();
+    let (a, _) = w.create(0);
+    let (b, _) = w.create(0);
+    w.revoke(1, "t", RevokeScope::Session, &a.session_id);
+    let first = w.revision;
+    w.revoke(2, "t", RevokeScope::Session, &b.session_id);
+    let second = w.revision;
+    let all = events::retained_between(&w.state, 0, second, 10).unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|(r, e)| (*r, e.session_id.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (first, a.session_id.clone()),
+            (second, b.session_id.clone())
+        ]
+    );
+    assert_eq!(
+        events::retained_between(&w.state, first, second, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        events::retained_between(&w.state, 0, first, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        events::retained_between(&w.state, 0, second, 1)
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn revoked_sessions_are_listed_until_they_expire() {
+    let mut w = World::new();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(w.create(0).0.session_id);
+    }
+    for id in &ids[1..4] {
+        w.revoke(1, "t", RevokeScope::Session, id);
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let page = query::revoked_sessions(&w.state, "t", 2, 2, cursor.as_deref()).unwrap();
+        seen.extend(page.sessions.into_iter().map(|s| s.session_id));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    seen.sort();
+    let mut expected = ids[1..4].to_vec();
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert!(query::revoked_sessions(&w.state, "t2", 2, 10, None)
+        .unwrap()
+        .sessions
+        .is_empty());
+    let later = query::revoked_sessions(&w.state, "t", 2 * HOUR, 10, None).unwrap();
+    assert!(
+        later.sessions.is_empty(),
+        "expired revoked sessions are not listed"
+    );
+}
+
+#[test]
 fn lists_page_through_a_users_sessions_oldest_first() {
     let mut w = World::new();
     let mut ids = Vec::new();

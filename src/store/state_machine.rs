@@ -25,12 +25,13 @@ use openraft::{
     StorageIOError, StoredMembership,
 };
 use prost::Message;
+use tokio::sync::broadcast;
 
 use super::codec::{self, Entry};
 use crate::domain::{self, StateEntry, StateError, StateRead, StateWrite};
 use crate::proto::internal::{
-    command_result, CommandResult, Empty, LogIdRecord, SnapshotRecord, StateEntry as EntryRecord,
-    StoredMembershipRecord,
+    command_result, CommandResult, Empty, LogIdRecord, RevocationEvent, SnapshotRecord,
+    StateEntry as EntryRecord, StoredMembershipRecord,
 };
 use crate::proto::SCHEMA_VERSION;
 use crate::raft::TypeConfig;
@@ -146,17 +147,38 @@ impl StateWrite for Overlay<'_> {
     }
 }
 
-/// Read access to the applied state, for queries; cheap to share.
+/// The revocations one applied command caused, as published to stream subscribers.
+#[derive(Debug)]
+pub struct AppliedRevocations {
+    /// The command's log index.
+    pub revision: u64,
+    /// Its revocation events, in order.
+    pub events: Vec<RevocationEvent>,
+}
+
+/// Revisions with revocations a subscriber may fall behind by before it is cut off.
+const PUBLISHED_BACKLOG: usize = 4096;
+
+/// Read access to the applied state, for queries, and the feed of applied revocations;
+/// cheap to share.
 #[derive(Clone)]
 pub struct StateReader {
     tree: sled::Tree,
     applied: Arc<AtomicU64>,
+    revocations: broadcast::Sender<Arc<AppliedRevocations>>,
 }
 
 impl StateReader {
-    /// The log index of the last applied entry (0 before any).
+    /// The log index of the last applied entry (0 before any). Revocations up to it have
+    /// been published (they are published before the index moves).
     pub fn applied_index(&self) -> u64 {
         self.applied.load(Ordering::Acquire)
+    }
+
+    /// Every revocation applied from now on, in revision order. The feed is bounded: a
+    /// receiver more than a few thousand revisions behind gets `Lagged`.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<AppliedRevocations>> {
+        self.revocations.subscribe()
     }
 }
 
@@ -184,6 +206,7 @@ struct Shared {
     db: sled::Db,
     tree: sled::Tree,
     applied: Arc<AtomicU64>,
+    revocations: broadcast::Sender<Arc<AppliedRevocations>>,
     /// Held while a batch is committed or the tree is copied for a snapshot.
     commit: Mutex<()>,
     snapshot_dir: PathBuf,
@@ -220,6 +243,7 @@ impl StateMachine {
                 db: db.clone(),
                 tree,
                 applied: Arc::new(AtomicU64::new(0)),
+                revocations: broadcast::channel(PUBLISHED_BACKLOG).0,
                 commit: Mutex::new(()),
                 snapshot_dir: snapshot_dir.to_path_buf(),
                 snapshots_built: AtomicU64::new(0),
@@ -238,6 +262,7 @@ impl StateMachine {
         StateReader {
             tree: self.shared.tree.clone(),
             applied: self.shared.applied.clone(),
+            revocations: self.shared.revocations.clone(),
         }
     }
 }
@@ -387,15 +412,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut results = Vec::new();
         let mut last_applied = None;
         let mut membership = None;
+        let mut published = Vec::new();
         for entry in entries {
             last_applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => results.push(none_result()),
-                EntryPayload::Normal(command) => results.push(
-                    domain::apply(&command, entry.log_id.index, &mut overlay).map_err(|e| {
-                        StorageError::from(StorageIOError::apply(entry.log_id, AnyError::error(e)))
-                    })?,
-                ),
+                EntryPayload::Normal(command) => {
+                    let result = domain::apply(&command, entry.log_id.index, &mut overlay)
+                        .map_err(|e| {
+                            StorageError::from(StorageIOError::apply(
+                                entry.log_id,
+                                AnyError::error(e),
+                            ))
+                        })?;
+                    if !result.events.is_empty() {
+                        published.push(Arc::new(AppliedRevocations {
+                            revision: entry.log_id.index,
+                            events: result.events.clone(),
+                        }));
+                    }
+                    results.push(result);
+                }
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m));
                     results.push(none_result());
@@ -415,6 +452,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let _commit = shared.commit.lock().map_err(sm_write_err)?;
         shared.tree.apply_batch(batch).map_err(sm_write_err)?;
+        for revocations in published {
+            let _ = shared.revocations.send(revocations);
+        }
         shared.applied.store(last_applied.index, Ordering::Release);
         Ok(results)
     }

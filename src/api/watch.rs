@@ -1,0 +1,317 @@
+//! WatchRevocations and ListRevoked: the revocation stream of one node, from its own applied
+//! state.
+//!
+//! A subscriber first subscribes to the node's feed of applied revocations, then reads the
+//! retained backlog up to the applied index it saw, then follows the feed for revisions
+//! after the last one it delivered. Subscribing before reading leaves no window in which a
+//! revocation could slip between backlog and live events; filtering by revision removes the
+//! overlap. A resume point the compaction has passed gets RESYNC_REQUIRED instead of a gap.
+//! Delivery never blocks the apply loop: a subscriber that keeps its buffer full past a
+//! timeout, or falls behind the feed, gets a last CUT_OFF message with its resume revision.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use super::service::{now_ms, Authority};
+use super::validate;
+use crate::config::WatchConfig;
+use crate::domain::{events, query};
+use crate::proto::internal;
+use crate::proto::v1::*;
+use crate::store::state_machine::AppliedRevocations;
+use crate::store::StateReader;
+use crate::Error;
+
+/// Most tenants one subscription may filter on.
+pub const MAX_WATCHED_TENANTS: usize = 64;
+/// Events read from the backlog per step.
+const BACKLOG_PAGE: usize = 512;
+/// Largest ListRevoked page.
+pub const MAX_REVOKED_PAGE: u32 = 1000;
+
+/// This node's feed of applied revocations.
+type Feed = broadcast::Receiver<Arc<AppliedRevocations>>;
+
+/// The stream handed to tonic.
+pub type RevocationStream = ReceiverStream<Result<WatchRevocationsResponse, Status>>;
+
+/// Handles one WatchRevocations request: validates it and starts its delivery task.
+pub fn watch(
+    authority: &Authority,
+    request: WatchRevocationsRequest,
+) -> Result<RevocationStream, Error> {
+    if request.tenants.len() > MAX_WATCHED_TENANTS {
+        return Err(Error::invalid(
+            "tenants",
+            format!("at most {MAX_WATCHED_TENANTS}"),
+        ));
+    }
+    for tenant in &request.tenants {
+        validate::tenant("tenants", tenant)?;
+    }
+    let state = authority.node().state().clone();
+    let config = authority.config().watch.clone();
+    let (tx, rx) = mpsc::channel(config.buffer);
+    let live = state.subscribe();
+    let subscriber = Subscriber {
+        state,
+        tenants: request.tenants.into_iter().collect(),
+        delivered: request.from_revision,
+        tx,
+        config,
+    };
+    tokio::spawn(subscriber.run(live));
+    Ok(ReceiverStream::new(rx))
+}
+
+/// Why delivery to a subscriber stopped.
+enum Stop {
+    /// The subscriber went away or was cut off: nothing more to send.
+    Done,
+    /// The state could not be read.
+    Failed(Error),
+}
+
+struct Subscriber {
+    state: StateReader,
+    tenants: BTreeSet<String>,
+    /// The highest revision whose events (if any) were delivered.
+    delivered: u64,
+    tx: mpsc::Sender<Result<WatchRevocationsResponse, Status>>,
+    config: WatchConfig,
+}
+
+fn message(kind: watch_revocations_response::Kind) -> WatchRevocationsResponse {
+    WatchRevocationsResponse { kind: Some(kind) }
+}
+
+fn public_event(revision: u64, e: internal::RevocationEvent) -> RevocationEvent {
+    RevocationEvent {
+        revision,
+        tenant: e.tenant,
+        user_id: e.user_id,
+        family_id: e.family_id,
+        session_id: e.session_id,
+        reason: e.reason,
+        revoked_at_ms: e.revoked_at_ms,
+        scope: e.scope,
+    }
+}
+
+impl Subscriber {
+    async fn run(mut self, live: Feed) {
+        let stopped = match self.backlog().await {
+            Ok(()) => self.follow(live).await,
+            Err(stop) => stop,
+        };
+        if let Stop::Failed(e) = stopped {
+            tracing::error!(error = %e, "revocation stream failed");
+            let _ = self.tx.try_send(Err(Status::internal("internal error")));
+        }
+    }
+
+    fn wanted(&self, event: &internal::RevocationEvent) -> bool {
+        self.tenants.is_empty() || self.tenants.contains(&event.tenant)
+    }
+
+    /// Sends one message, waiting for buffer space up to the slow-subscriber timeout. The
+    /// last free slot is kept for the CUT_OFF message.
+    async fn send(&mut self, kind: watch_revocations_response::Kind) -> Result<(), Stop> {
+        let timeout = Duration::from_millis(self.config.slow_subscriber_timeout_ms);
+        let permit = match tokio::time::timeout(timeout, self.tx.reserve()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(Stop::Done),
+            Err(_) => return Err(Stop::Done),
+        };
+        if self.tx.capacity() == 0 {
+            permit.send(Ok(message(watch_revocations_response::Kind::CutOff(
+                CutOff {
+                    resume_from_revision: self.delivered,
+                },
+            ))));
+            return Err(Stop::Done);
+        }
+        permit.send(Ok(message(kind)));
+        Ok(())
+    }
+
+    /// Delivers one revision's events (those the filter keeps).
+    async fn deliver(
+        &mut self,
+        revision: u64,
+        events: impl IntoIterator<Item = internal::RevocationEvent>,
+    ) -> Result<(), Stop> {
+        let events: Vec<RevocationEvent> = events
+            .into_iter()
+            .filter(|e| self.wanted(e))
+            .map(|e| public_event(revision, e))
+            .collect();
+        if !events.is_empty() {
+            self.send(watch_revocations_response::Kind::Events(RevocationEvents {
+                revision,
+                events,
+            }))
+            .await?;
+        }
+        self.delivered = revision;
+        Ok(())
+    }
+
+    fn compacted_through(&self) -> Result<u64, Stop> {
+        events::compacted_through(&self.state).map_err(|e| Stop::Failed(e.into()))
+    }
+
+    async fn resync(&mut self, compacted_through: u64) -> Stop {
+        let current_revision = self.state.applied_index();
+        let _ = self
+            .send(watch_revocations_response::Kind::ResyncRequired(
+                ResyncRequired {
+                    current_revision,
+                    compacted_through,
+                },
+            ))
+            .await;
+        Stop::Done
+    }
+
+    /// Delivers every retained event after the resume point up to the applied index seen
+    /// now (everything later arrives through the feed, subscribed to before this).
+    async fn backlog(&mut self) -> Result<(), Stop> {
+        let upto = self.state.applied_index();
+        loop {
+            let compacted = self.compacted_through()?;
+            if compacted > self.delivered {
+                return Err(self.resync(compacted).await);
+            }
+            let page = events::retained_between(&self.state, self.delivered, upto, BACKLOG_PAGE)
+                .map_err(|e| Stop::Failed(e.into()))?;
+            let compacted = self.compacted_through()?;
+            if compacted > self.delivered {
+                return Err(self.resync(compacted).await);
+            }
+            if page.is_empty() {
+                break;
+            }
+            let mut page = page.into_iter().peekable();
+            while let Some((revision, event)) = page.next() {
+                let mut batch = vec![event];
+                while let Some((_, e)) = page.next_if(|(r, _)| *r == revision) {
+                    batch.push(e);
+                }
+                self.deliver(revision, batch).await?;
+            }
+        }
+        self.delivered = self.delivered.max(upto);
+        Ok(())
+    }
+
+    /// Follows the feed of applied revocations, with progress messages while idle.
+    async fn follow(&mut self, mut live: Feed) -> Stop {
+        let mut ticker =
+            tokio::time::interval(Duration::from_millis(self.config.progress_interval_ms));
+        loop {
+            let step = tokio::select! {
+                received = live.recv() => match received {
+                    Ok(applied) if applied.revision > self.delivered => {
+                        self.deliver(applied.revision, applied.events.iter().cloned()).await
+                    }
+                    Ok(_) => Ok(()),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let resume = self.delivered;
+                        let _ = self.tx.try_send(Ok(message(
+                            watch_revocations_response::Kind::CutOff(CutOff {
+                                resume_from_revision: resume,
+                            }),
+                        )));
+                        Err(Stop::Done)
+                    }
+                    Err(broadcast::error::RecvError::Closed) => Err(Stop::Done),
+                },
+                _ = ticker.tick() => self.progress(&live).await,
+                _ = self.tx.closed() => Err(Stop::Done),
+            };
+            if let Err(stop) = step {
+                return stop;
+            }
+        }
+    }
+
+    /// Reports the applied index as delivered when no published revocation is pending:
+    /// revocations are published before the applied index moves past them, so once the
+    /// index is read, an empty feed means everything up to it was handled.
+    async fn progress(&mut self, live: &Feed) -> Result<(), Stop> {
+        let applied = self.state.applied_index();
+        if !live.is_empty() {
+            return Ok(());
+        }
+        self.delivered = self.delivered.max(applied);
+        self.send(watch_revocations_response::Kind::Progress(Progress {
+            revision: self.delivered,
+        }))
+        .await
+    }
+}
+
+/// Handles one ListRevoked request.
+pub async fn list_revoked(
+    authority: &Authority,
+    request: ListRevokedRequest,
+) -> Result<ListRevokedResponse, Error> {
+    validate::tenant("tenant", &request.tenant)?;
+    let page_size = match request.page_size {
+        0 => 500,
+        n if n > MAX_REVOKED_PAGE => {
+            return Err(Error::invalid(
+                "page_size",
+                format!("above {MAX_REVOKED_PAGE}"),
+            ))
+        }
+        n => n,
+    };
+    let cursor = if request.page_token.is_empty() {
+        None
+    } else {
+        Some(
+            URL_SAFE_NO_PAD
+                .decode(&request.page_token)
+                .map_err(|_| Error::invalid("page_token", "not a token from a previous page"))?,
+        )
+    };
+    let consistency = validate::consistency("consistency", request.consistency)?;
+    authority.read_barrier(consistency).await?;
+    let state = authority.node().state();
+    let revision = state.applied_index();
+    let page = query::revoked_sessions(
+        state,
+        &request.tenant,
+        now_ms(),
+        page_size as usize,
+        cursor.as_deref(),
+    )?;
+    Ok(ListRevokedResponse {
+        sessions: page
+            .sessions
+            .into_iter()
+            .map(|s| RevokedSession {
+                expires_at_ms: s.expires_at_ms,
+                session_id: s.session_id,
+                family_id: s.family_id,
+                user_id: s.user_id,
+                reason: s.revocation_reason,
+                revoked_at_ms: s.revoked_at_ms,
+            })
+            .collect(),
+        next_page_token: page
+            .next_cursor
+            .map(|c| URL_SAFE_NO_PAD.encode(c))
+            .unwrap_or_default(),
+        revision,
+    })
+}
