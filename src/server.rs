@@ -93,7 +93,8 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
     }
 
     let config = Arc::new(config);
-    let authority = Authority::new(node.clone(), config.clone());
+    let (stop, stopped) = watch::channel(false);
+    let authority = Authority::new(node.clone(), config.clone(), stopped.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<SessionAuthorityServer<Authority>>()
@@ -112,7 +113,6 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
 
     let cluster = ClusterServer::new(ClusterAdmin::new(node.clone()));
 
-    let (stop, stopped) = watch::channel(false);
     let gc = tokio::spawn(collect_garbage_periodically(authority, stopped.clone()));
     let serving_node = node.clone();
     let task = tokio::spawn(async move {

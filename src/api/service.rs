@@ -20,12 +20,27 @@ use crate::Error;
 pub struct Authority {
     node: RaftNode,
     config: Arc<Config>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Authority {
-    /// A service over `node`, applying `config`'s defaults and limits.
-    pub fn new(node: RaftNode, config: Arc<Config>) -> Self {
-        Authority { node, config }
+    /// A service over `node`, applying `config`'s defaults and limits; long-lived streams
+    /// end when `stopping` turns true.
+    pub fn new(
+        node: RaftNode,
+        config: Arc<Config>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        Authority {
+            node,
+            config,
+            stopping,
+        }
+    }
+
+    /// Turns true when the node begins to stop.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.clone()
     }
 
     /// The Raft node this service proposes to and reads from.

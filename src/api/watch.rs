@@ -66,6 +66,7 @@ pub fn watch(
         delivered: request.from_revision,
         tx,
         config,
+        stopping: authority.stopping(),
     };
     tokio::spawn(subscriber.run(live));
     Ok(ReceiverStream::new(rx))
@@ -86,6 +87,8 @@ struct Subscriber {
     delivered: u64,
     tx: mpsc::Sender<Result<WatchRevocationsResponse, Status>>,
     config: WatchConfig,
+    /// Turns true when the node stops: the stream ends (the subscriber resumes elsewhere).
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 fn message(kind: watch_revocations_response::Kind) -> WatchRevocationsResponse {
@@ -121,25 +124,34 @@ impl Subscriber {
         self.tenants.is_empty() || self.tenants.contains(&event.tenant)
     }
 
-    /// Sends one message, waiting for buffer space up to the slow-subscriber timeout. The
-    /// last free slot is kept for the CUT_OFF message.
+    /// Sends one message, waiting for buffer space up to the slow-subscriber timeout. One
+    /// slot is always left free, so that the CUT_OFF message fits when the wait times out.
     async fn send(&mut self, kind: watch_revocations_response::Kind) -> Result<(), Stop> {
         let timeout = Duration::from_millis(self.config.slow_subscriber_timeout_ms);
-        let permit = match tokio::time::timeout(timeout, self.tx.reserve()).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(Stop::Done),
-            Err(_) => return Err(Stop::Done),
-        };
-        if self.tx.capacity() == 0 {
-            permit.send(Ok(message(watch_revocations_response::Kind::CutOff(
+        match tokio::time::timeout(timeout, self.tx.reserve_many(2)).await {
+            Ok(Ok(mut permits)) => {
+                if let Some(permit) = permits.next() {
+                    permit.send(Ok(message(kind)));
+                }
+                Ok(())
+            }
+            Ok(Err(_)) => Err(Stop::Done),
+            Err(_) => {
+                self.cut_off();
+                Err(Stop::Done)
+            }
+        }
+    }
+
+    /// Tells the subscriber where to resume; it is then dropped.
+    fn cut_off(&self) {
+        let _ = self
+            .tx
+            .try_send(Ok(message(watch_revocations_response::Kind::CutOff(
                 CutOff {
                     resume_from_revision: self.delivered,
                 },
             ))));
-            return Err(Stop::Done);
-        }
-        permit.send(Ok(message(kind)));
-        Ok(())
     }
 
     /// Delivers one revision's events (those the filter keeps).
@@ -216,6 +228,7 @@ impl Subscriber {
     async fn follow(&mut self, mut live: Feed) -> Stop {
         let mut ticker =
             tokio::time::interval(Duration::from_millis(self.config.progress_interval_ms));
+        let mut stopping = self.stopping.clone();
         loop {
             let step = tokio::select! {
                 received = live.recv() => match received {
@@ -224,18 +237,14 @@ impl Subscriber {
                     }
                     Ok(_) => Ok(()),
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let resume = self.delivered;
-                        let _ = self.tx.try_send(Ok(message(
-                            watch_revocations_response::Kind::CutOff(CutOff {
-                                resume_from_revision: resume,
-                            }),
-                        )));
+                        self.cut_off();
                         Err(Stop::Done)
                     }
                     Err(broadcast::error::RecvError::Closed) => Err(Stop::Done),
                 },
                 _ = ticker.tick() => self.progress(&live).await,
                 _ = self.tx.closed() => Err(Stop::Done),
+                _ = async { let _ = stopping.wait_for(|s| *s).await; } => Err(Stop::Done),
             };
             if let Err(stop) = step {
                 return stop;
