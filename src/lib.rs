@@ -22,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod gateway;
 pub mod proto;
 pub mod raft;
 pub mod server;

@@ -1,0 +1,309 @@
+//! The gateway's session cache: the client side of the revocation contract.
+//!
+//! [`GatewayCache::lookup`] answers from an LRU + TTL cache and falls back to the authority
+//! (a LINEARIZABLE lookup) on a miss; not-found answers are cached too. A background task
+//! started by [`GatewayCache::follow`] consumes the revocation stream and marks sessions
+//! revoked as events arrive; it resumes from its last revision after a disconnect, a leader
+//! change or a cut-off, and on RESYNC_REQUIRED it drops every cached record (each is fetched
+//! again, from state that includes every revocation). A revoked record stays cached as
+//! revoked, so the gateway rejects it without asking. Every entry remembers the revision it
+//! reflects: a fetch that raced with a revocation never overwrites the newer, revoked entry.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+use tokio::task::JoinHandle;
+use tonic::Status;
+
+use crate::client::Client;
+use crate::proto::v1::watch_revocations_response::Kind;
+use crate::proto::v1::{
+    lookup_request, Consistency, LookupOutcome, LookupRequest, RevocationEvent, Session,
+    SessionStatus, WatchRevocationsRequest,
+};
+
+/// Cache sizing.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Most sessions cached.
+    pub capacity: usize,
+    /// How long an active (or not-found) answer is trusted without a revocation event.
+    pub ttl: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            capacity: 100_000,
+            ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One cached answer: the session (None: not found) as of `revision`.
+#[derive(Debug)]
+pub struct Cached {
+    /// The session, or None when the authority does not know it.
+    pub session: Option<Session>,
+    /// The authority's revision this answer reflects.
+    pub revision: u64,
+    fetched_at: Instant,
+}
+
+impl Cached {
+    /// Whether the gateway must reject requests of this session.
+    pub fn is_revoked(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.status() == SessionStatus::Revoked)
+    }
+}
+
+/// Counters of a cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewayStats {
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that asked the authority.
+    pub misses: u64,
+    /// Revocation events applied.
+    pub events_applied: u64,
+    /// The stream revision the cache is up to date with.
+    pub revision: u64,
+    /// How far the stream is behind the revision of the latest event or progress seen
+    /// (0 when caught up).
+    pub lag: u64,
+}
+
+/// A gateway's cache of session records, kept current by the revocation stream.
+#[derive(Clone)]
+pub struct GatewayCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    config: GatewayConfig,
+    entries: Mutex<LruCache<String, Arc<Cached>>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    events_applied: AtomicU64,
+    revision: AtomicU64,
+    seen_revision: AtomicU64,
+}
+
+impl GatewayCache {
+    /// A cache answering misses through `client`.
+    pub fn new(client: Client, config: GatewayConfig) -> Self {
+        let capacity = NonZeroUsize::new(config.capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
+        GatewayCache {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                entries: Mutex::new(LruCache::new(capacity)),
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
+                events_applied: AtomicU64::new(0),
+                revision: AtomicU64::new(0),
+                seen_revision: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The cached answer for `session_id`, if present and still fresh (revoked answers are
+    /// always fresh). Never asks the authority.
+    pub fn cached(&self, tenant: &str, session_id: &str) -> Option<Arc<Cached>> {
+        let mut entries = self.inner.entries.lock().ok()?;
+        let entry = entries.get(session_id)?;
+        let fresh = entry.is_revoked() || entry.fetched_at.elapsed() < self.inner.config.ttl;
+        let same_tenant = entry.session.as_ref().is_none_or(|s| s.tenant == tenant);
+        (fresh && same_tenant).then(|| entry.clone())
+    }
+
+    /// The session (active, expired or revoked) or not-found, from the cache or else from
+    /// the authority.
+    pub async fn lookup(&self, tenant: &str, session_id: &str) -> Result<Arc<Cached>, Status> {
+        if let Some(hit) = self.cached(tenant, session_id) {
+            self.inner.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(hit);
+        }
+        self.inner.misses.fetch_add(1, Ordering::Relaxed);
+        let found = self
+            .inner
+            .client
+            .lookup(LookupRequest {
+                tenant: tenant.to_owned(),
+                key: Some(lookup_request::Key::SessionId(session_id.to_owned())),
+                consistency: Consistency::Linearizable as i32,
+            })
+            .await?;
+        let session = (found.outcome() == LookupOutcome::Found)
+            .then_some(found.session)
+            .flatten();
+        Ok(self.store(session_id, session, found.revision))
+    }
+
+    /// Stores an answer unless the cache holds a newer one (a revocation that raced with
+    /// the fetch); returns what the cache holds afterwards.
+    fn store(&self, session_id: &str, session: Option<Session>, revision: u64) -> Arc<Cached> {
+        let fresh = Arc::new(Cached {
+            session,
+            revision,
+            fetched_at: Instant::now(),
+        });
+        let Ok(mut entries) = self.inner.entries.lock() else {
+            return fresh;
+        };
+        match entries.peek(session_id) {
+            Some(existing) if existing.revision > revision => existing.clone(),
+            _ => {
+                entries.put(session_id.to_owned(), fresh.clone());
+                fresh
+            }
+        }
+    }
+
+    /// Marks one session revoked (cached as revoked even if it was not cached).
+    pub fn mark_revoked(&self, event: &RevocationEvent) {
+        let Ok(mut entries) = self.inner.entries.lock() else {
+            return;
+        };
+        let mut session = entries
+            .peek(&event.session_id)
+            .and_then(|c| c.session.clone())
+            .unwrap_or_else(|| Session {
+                session_id: event.session_id.clone(),
+                family_id: event.family_id.clone(),
+                tenant: event.tenant.clone(),
+                user_id: event.user_id.clone(),
+                ..Default::default()
+            });
+        session.status = SessionStatus::Revoked as i32;
+        session.revoked_at_ms = event.revoked_at_ms;
+        session.revocation_reason = event.reason;
+        entries.put(
+            event.session_id.clone(),
+            Arc::new(Cached {
+                session: Some(session),
+                revision: event.revision,
+                fetched_at: Instant::now(),
+            }),
+        );
+    }
+
+    /// Marks every cached session matching `matches` revoked at `revision`.
+    fn mark_all(&self, revision: u64, matches: impl Fn(&Session) -> bool) {
+        let Ok(mut entries) = self.inner.entries.lock() else {
+            return;
+        };
+        for (_, cached) in entries.iter_mut() {
+            if let Some(session) = cached.session.as_ref().filter(|s| matches(s)) {
+                let mut session = session.clone();
+                session.status = SessionStatus::Revoked as i32;
+                *cached = Arc::new(Cached {
+                    session: Some(session),
+                    revision,
+                    fetched_at: Instant::now(),
+                });
+            }
+        }
+    }
+
+    /// Marks every cached session of a user revoked.
+    pub fn mark_all_revoked_for_user(&self, tenant: &str, user_id: &str, revision: u64) {
+        self.mark_all(revision, |s| s.tenant == tenant && s.user_id == user_id);
+    }
+
+    /// Marks every cached session of a family revoked.
+    pub fn mark_all_revoked_for_family(&self, family_id: &str, revision: u64) {
+        self.mark_all(revision, |s| s.family_id == family_id);
+    }
+
+    /// Marks every cached session of a tenant revoked.
+    pub fn mark_all_revoked_for_tenant(&self, tenant: &str, revision: u64) {
+        self.mark_all(revision, |s| s.tenant == tenant);
+    }
+
+    /// Drops every cached answer.
+    pub fn clear(&self) {
+        if let Ok(mut entries) = self.inner.entries.lock() {
+            entries.clear();
+        }
+    }
+
+    /// The cache's counters.
+    pub fn stats(&self) -> GatewayStats {
+        let revision = self.inner.revision.load(Ordering::Relaxed);
+        GatewayStats {
+            hits: self.inner.hits.load(Ordering::Relaxed),
+            misses: self.inner.misses.load(Ordering::Relaxed),
+            events_applied: self.inner.events_applied.load(Ordering::Relaxed),
+            revision,
+            lag: self
+                .inner
+                .seen_revision
+                .load(Ordering::Relaxed)
+                .saturating_sub(revision),
+        }
+    }
+
+    /// Starts the background task that applies the revocation stream of `stream_client`
+    /// (any node, or a client of the whole cluster) until the returned handle is aborted.
+    pub fn follow(&self, stream_client: Client) -> JoinHandle<()> {
+        let cache = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let from = cache.inner.revision.load(Ordering::Relaxed);
+                if let Err(e) = cache.consume(&stream_client, from).await {
+                    tracing::debug!(error = %e, "revocation stream interrupted; resuming");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    }
+
+    /// Reads one stream until it ends.
+    async fn consume(&self, client: &Client, from_revision: u64) -> Result<(), Status> {
+        let mut stream = client
+            .watch_revocations(WatchRevocationsRequest {
+                from_revision,
+                tenants: Vec::new(),
+            })
+            .await?;
+        while let Some(message) = stream.message().await? {
+            let inner = &self.inner;
+            match message.kind {
+                Some(Kind::Events(batch)) => {
+                    inner
+                        .seen_revision
+                        .fetch_max(batch.revision, Ordering::Relaxed);
+                    for event in &batch.events {
+                        self.mark_revoked(event);
+                        inner.events_applied.fetch_add(1, Ordering::Relaxed);
+                    }
+                    inner.revision.fetch_max(batch.revision, Ordering::Relaxed);
+                }
+                Some(Kind::Progress(p)) => {
+                    inner.seen_revision.fetch_max(p.revision, Ordering::Relaxed);
+                    inner.revision.fetch_max(p.revision, Ordering::Relaxed);
+                }
+                Some(Kind::ResyncRequired(r)) => {
+                    self.clear();
+                    inner.revision.store(r.current_revision, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Some(Kind::CutOff(c)) => {
+                    inner
+                        .revision
+                        .store(c.resume_from_revision, Ordering::Relaxed);
+                    return Ok(());
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
