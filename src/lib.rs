@@ -15,8 +15,11 @@
 //! - [`api`]: gRPC services: validation, command building, outcome mapping.
 //! - [`client`]: a typed Rust client; [`cli`]: the `sessiond` command line.
 //! - [`config`]: node configuration (flags, environment, TOML file).
+//! - [`gateway`]: the gateway's session cache fed by the revocation stream.
+//! - [`bench`]: the `sessiond bench` load generator.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
