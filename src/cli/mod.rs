@@ -1,6 +1,6 @@
 //! The `sessiond` command line: `serve` runs a node; `session …` talks to a running node for
 //! operators debugging a user's sessions; `cluster …` grows, shrinks and inspects a cluster; `watch` prints
-//! revocations as they happen.
+//! revocations as they happen; `bench` measures throughput and latency.
 
 pub mod cluster;
 pub mod serve;
@@ -55,6 +55,8 @@ pub enum Command {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
+    /// Load-test a cluster (or, built with `--features compare`, etcd or Redis).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Parses the command line and runs it; the process exit code follows the result.
@@ -69,5 +71,6 @@ pub async fn main() -> anyhow::Result<()> {
             json,
             command,
         } => cluster::run(&endpoint, json, command).await,
+        Command::Bench(args) => crate::bench::run(args).await,
     }
 }
