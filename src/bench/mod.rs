@@ -207,7 +207,11 @@ async fn drive<S: SessionStore>(
     );
     let mut loaders = JoinSet::new();
     for worker in 0..args.concurrency {
-        let (store, plan, clock) = (stores[worker % stores.len()].clone(), plan.clone(), loading.clone());
+        let (store, plan, clock) = (
+            stores[worker % stores.len()].clone(),
+            plan.clone(),
+            loading.clone(),
+        );
         loaders.spawn(async move {
             let held = workload::load(&store, &plan, worker, per_worker, &clock).await;
             held.map(|held| (worker, held))
@@ -225,7 +229,13 @@ async fn drive<S: SessionStore>(
     let mut workers = JoinSet::new();
     for (worker, held) in slices.into_iter().enumerate() {
         let store = stores[worker % stores.len()].clone();
-        workers.spawn(workload::run_worker(store, plan.clone(), worker, held, clock.clone()));
+        workers.spawn(workload::run_worker(
+            store,
+            plan.clone(),
+            worker,
+            held,
+            clock.clone(),
+        ));
     }
     let mut recorder = Recorder::default();
     while let Some(done) = workers.join_next().await {

@@ -115,9 +115,12 @@ pub async fn load<S: SessionStore>(
     let mut held = Vec::with_capacity(count);
     for seq in 0..count {
         let user = user_id(plan, worker, seq as u64);
-        held.push(store.create(&user).await.map_err(|e| {
-            anyhow::anyhow!("loading sessions failed: {e} ({})", e.kind())
-        })?);
+        held.push(
+            store
+                .create(&user)
+                .await
+                .map_err(|e| anyhow::anyhow!("loading sessions failed: {e} ({})", e.kind()))?,
+        );
         clock.done.fetch_add(1, Ordering::Relaxed);
     }
     Ok(held)
