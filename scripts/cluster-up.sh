@@ -2,7 +2,8 @@
 # Starts a three-node sessiond cluster on loopback in the background (cluster/node1-3.toml,
 # ports 50061-50063), forms it (node 1 bootstraps; 2 and 3 are added and promoted) and prints
 # its status. Data and logs go under $SESSIOND_CLUSTER_DIR (default: a directory in $TMPDIR);
-# scripts/cluster-down.sh stops exactly the processes started here.
+# scripts/cluster-down.sh stops exactly the processes started here. $SESSIOND_BIN runs a binary
+# built elsewhere instead of building target/release/sessiond.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${SESSIOND_CLUSTER_DIR:-${TMPDIR:-/tmp}/sessiond-cluster}
@@ -11,8 +12,12 @@ if [ -s "$dir/pids" ]; then
   echo "a cluster seems to run already (see $dir/pids); run scripts/cluster-down.sh first" >&2
   exit 1
 fi
-cargo build --release --quiet
-bin=$PWD/target/release/sessiond
+if [ -n "${SESSIOND_BIN:-}" ]; then
+  bin=$SESSIOND_BIN
+else
+  cargo build --release --quiet
+  bin=$PWD/target/release/sessiond
+fi
 
 for i in 1 2 3; do
   "$bin" serve --config "cluster/node$i.toml" --data-dir "$dir/node$i" \

@@ -5,7 +5,7 @@
 use crate::domain::StateError;
 
 /// What went wrong, by kind.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The request is malformed; `field` names the offending field. Nothing was written.
     #[error("invalid {field}: {reason}")]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::api::cluster::ClusterAdmin;
@@ -123,9 +123,14 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
             .add_service(sessions)
             .add_service(transport)
             .add_service(cluster)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
+            // A caller-supplied listener skips the builder's socket options: set TCP_NODELAY
+            // here, or small responses wait on delayed ACKs (tens of milliseconds).
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            )
             .await;
         let _ = gc.await;
         let closed = serving_node.shutdown().await;

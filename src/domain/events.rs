@@ -7,11 +7,20 @@ use super::records::{counter, decode, store};
 use super::{keys, StateError, StateWrite};
 use crate::proto::internal::RevocationEvent;
 
-/// Retains the events caused by the command at `revision`.
-pub fn retain(state: &mut impl StateWrite, revision: u64, events: &[RevocationEvent]) {
-    for (sequence, event) in events.iter().enumerate() {
-        let sequence = u32::try_from(sequence).unwrap_or(u32::MAX);
-        store(state, keys::event(revision, sequence), event);
+/// Retains the events caused by the command at `revision`, numbered from `first_sequence`.
+pub fn retain(
+    state: &mut impl StateWrite,
+    revision: u64,
+    first_sequence: u32,
+    events: &[RevocationEvent],
+) {
+    for (offset, event) in events.iter().enumerate() {
+        let offset = u32::try_from(offset).unwrap_or(u32::MAX);
+        store(
+            state,
+            keys::event(revision, first_sequence.saturating_add(offset)),
+            event,
+        );
     }
 }
 
@@ -47,22 +56,34 @@ pub fn compacted_through(state: &impl super::StateRead) -> Result<u64, StateErro
     counter(state, &keys::events_compacted())
 }
 
-/// Up to `limit` retained events with a revision in `(after, upto]`, in revision order.
+/// Retained events with a revision in `(after, upto]`, in revision order: about `limit` of
+/// them, but always whole revisions (a page never ends inside one, so a reader that resumes
+/// after the last revision of a page misses nothing).
 pub fn retained_between(
     state: &impl super::StateRead,
     after: u64,
     upto: u64,
     limit: usize,
 ) -> Result<Vec<(u64, RevocationEvent)>, StateError> {
-    let start = keys::event(after, u32::MAX);
-    let mut out = Vec::new();
-    for (key, value) in state.scan_prefix(&keys::events_prefix(), Some(&start), limit)? {
-        let revision = keys::revision_of_event(&key)
-            .ok_or_else(|| StateError::Corrupt("event key too short".into()))?;
-        if revision > upto {
-            break;
+    let prefix = keys::events_prefix();
+    let mut start = keys::event(after, u32::MAX);
+    let mut out: Vec<(u64, RevocationEvent)> = Vec::new();
+    loop {
+        let page = state.scan_prefix(&prefix, Some(&start), limit.max(1))?;
+        let full = page.len() >= limit.max(1);
+        for (key, value) in page {
+            let revision = keys::revision_of_event(&key)
+                .ok_or_else(|| StateError::Corrupt("event key too short".into()))?;
+            let past_limit = out.len() >= limit;
+            let revision_changes = out.last().is_some_and(|(last, _)| *last != revision);
+            if revision > upto || (past_limit && revision_changes) {
+                return Ok(out);
+            }
+            out.push((revision, decode(&value)?));
+            start = key;
         }
-        out.push((revision, decode(&value)?));
+        if !full {
+            return Ok(out);
+        }
     }
-    Ok(out)
 }

@@ -22,7 +22,9 @@ mod touch;
 #[cfg(test)]
 mod tests;
 
-use crate::proto::internal::{command, command_result, CommandResult, DedupRecord, Empty};
+use crate::proto::internal::{
+    command, command_result, BatchResult, CommandBatch, CommandResult, DedupRecord, Empty,
+};
 use crate::proto::{internal::Command, SCHEMA_VERSION};
 pub use state::{MemoryState, StateEntry, StateError, StateRead, StateWrite};
 
@@ -38,6 +40,21 @@ pub fn apply(
     revision: u64,
     state: &mut impl StateWrite,
 ) -> Result<CommandResult, StateError> {
+    let mut next_event = 0;
+    apply_numbering_events(command, revision, &mut next_event, state)
+}
+
+/// [`apply`], numbering the events it retains from `next_event` on (the commands of a batch
+/// share one revision, so their events continue one sequence).
+fn apply_numbering_events(
+    command: &Command,
+    revision: u64,
+    next_event: &mut u32,
+    state: &mut impl StateWrite,
+) -> Result<CommandResult, StateError> {
+    if let Some(command::Kind::Batch(batch)) = &command.kind {
+        return apply_batch(batch, revision, next_event, state);
+    }
     let dedup_key = (!command.request_key.is_empty()).then(|| keys::dedup(&command.request_key));
     if let Some(key) = &dedup_key {
         if let Some(first) = records::load::<DedupRecord>(state, key)? {
@@ -57,8 +74,10 @@ pub fn apply(
         Some(command::Kind::Touch(c)) => touch::apply(c, now, state)?,
         Some(command::Kind::Revoke(c)) => revoke::apply(c, now, state, &mut events)?,
         Some(command::Kind::CollectGarbage(c)) => gc::apply(c, now, state)?,
+        Some(command::Kind::Batch(_)) => unreachable!("batches are applied above"),
     };
-    events::retain(state, revision, &events);
+    events::retain(state, revision, *next_event, &events);
+    *next_event = next_event.saturating_add(u32::try_from(events.len()).unwrap_or(u32::MAX));
     let result = CommandResult {
         schema_version: SCHEMA_VERSION,
         deduplicated: false,
@@ -82,4 +101,26 @@ pub fn apply(
         state.put(keys::dedup_expiry(now, &command.request_key), Vec::new());
     }
     Ok(result)
+}
+
+/// Applies the commands of a batch in order at one revision.
+fn apply_batch(
+    batch: &CommandBatch,
+    revision: u64,
+    next_event: &mut u32,
+    state: &mut impl StateWrite,
+) -> Result<CommandResult, StateError> {
+    let mut results = Vec::with_capacity(batch.commands.len());
+    let mut events = Vec::new();
+    for command in &batch.commands {
+        let result = apply_numbering_events(command, revision, next_event, state)?;
+        events.extend(result.events.iter().cloned());
+        results.push(result);
+    }
+    Ok(CommandResult {
+        schema_version: SCHEMA_VERSION,
+        deduplicated: false,
+        events,
+        kind: Some(command_result::Kind::Batch(BatchResult { results })),
+    })
 }

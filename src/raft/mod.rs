@@ -2,6 +2,8 @@
 //! the API layer needs (propose a command, wait for a linearizable read, read the applied
 //! state).
 
+mod coalesce;
+mod group_commit;
 pub mod network;
 pub mod transport;
 mod wire;
@@ -12,9 +14,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 
+use coalesce::Coalescer;
+use group_commit::GroupCommit;
 use network::{PeerError, Peers};
 
 use crate::proto::internal::{Command, CommandResult};
@@ -76,6 +80,12 @@ struct Inner {
     state: StateReader,
     flusher: Flusher,
     peers: Peers,
+    /// Groups concurrent proposals into shared log entries.
+    group_commit: GroupCommit,
+    /// Shares confirmation rounds among concurrent linearizable reads on this node.
+    linearizable_reads: Arc<Coalescer<Result<(), Error>>>,
+    /// Shares quorum confirmations among concurrent read-index requests while leading.
+    leader_read_indexes: Arc<Coalescer<Result<u64, Error>>>,
 }
 
 /// How long a request waits for a leader (elected, or reachable) before UNAVAILABLE.
@@ -117,10 +127,13 @@ impl RaftNode {
             inner: Arc::new(Inner {
                 id: options.node_id,
                 advertise_addr: options.advertise_addr,
+                group_commit: GroupCommit::start(raft.clone()),
                 raft,
                 state,
                 flusher: store.flusher,
                 peers,
+                linearizable_reads: Arc::default(),
+                leader_read_indexes: Arc::default(),
             }),
         })
     }
@@ -191,32 +204,30 @@ impl RaftNode {
         }
     }
 
-    /// Proposes `command` to the local Raft instance only (this node must lead).
+    /// Proposes `command` to the local Raft instance only (this node must lead), grouped
+    /// with concurrent proposals into one log entry.
     pub async fn propose_here(&self, command: Command) -> Result<Applied, Error> {
-        let written = tokio::time::timeout(WRITE_DEADLINE, self.inner.raft.client_write(command))
-            .await
-            .map_err(|_| {
-                Error::Unavailable(
-                    "the write was not committed in time; its outcome is unknown".into(),
-                )
-            })?;
-        match written {
-            Ok(response) => Ok(Applied {
-                revision: response.log_id.index,
-                result: response.data,
-            }),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(f)),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(Error::Internal(format!("unexpected membership error: {e}")))
-            }
-            Err(RaftError::Fatal(e)) => Err(unavailable(e)),
-        }
+        self.inner.group_commit.propose(command).await
     }
 
     /// Waits until this node's applied state includes every write committed before the call:
     /// the leader confirms its leadership with a quorum and names a read index, and this
-    /// node waits until it has applied that far.
+    /// node waits until it has applied that far. Concurrent calls share one confirmation
+    /// round that starts after all of them arrived.
     pub async fn ensure_linearizable(&self) -> Result<(), Error> {
+        let node = self.clone();
+        self.inner
+            .linearizable_reads
+            .join(move || {
+                let node = node.clone();
+                async move { node.confirm_read_index_and_catch_up().await }
+            })
+            .await
+            .unwrap_or_else(|| Err(Error::Internal("read confirmation task failed".into())))
+    }
+
+    /// One confirmation round of [`RaftNode::ensure_linearizable`].
+    async fn confirm_read_index_and_catch_up(&self) -> Result<(), Error> {
         let deadline = Instant::now() + LEADER_DEADLINE;
         loop {
             let (id, addr) = match self.read_index_here().await {
@@ -254,8 +265,26 @@ impl RaftNode {
     }
 
     /// As leader: confirms leadership with a quorum, waits until the read index is applied
-    /// here, and returns it.
+    /// here, and returns it. Concurrent calls share one quorum round that starts after all
+    /// of them arrived.
     pub async fn read_index_here(&self) -> Result<u64, Error> {
+        let node = self.clone();
+        self.inner
+            .leader_read_indexes
+            .join(move || {
+                let node = node.clone();
+                async move { node.confirm_leadership().await }
+            })
+            .await
+            .unwrap_or_else(|| {
+                Err(Error::Internal(
+                    "leadership confirmation task failed".into(),
+                ))
+            })
+    }
+
+    /// One quorum round of [`RaftNode::read_index_here`].
+    async fn confirm_leadership(&self) -> Result<u64, Error> {
         let confirmed =
             tokio::time::timeout(LEADER_DEADLINE, self.inner.raft.ensure_linearizable())
                 .await

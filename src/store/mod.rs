@@ -32,6 +32,7 @@ impl Store {
         })?;
         let db = sled::Config::new()
             .path(data_dir.join("sled"))
+            .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| Error::Unavailable(format!("cannot open the database: {e}")))?;
         let flusher = Flusher::start(db.clone());

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Scale benchmark: loads SESSIONS (default 1,000,000) sessions into a fresh node through
+# `sessiond bench --workload create`, then reports disk bytes per session, the node's RSS,
+# how long a restart takes until the node serves linearizable reads again, and how long a
+# new learner takes to catch up (by snapshot: the log behind it is purged). Writes
+# scale.json and scale.md under $RESULTS (default bench-results/scale-<timestamp>).
+# Uses free loopback ports and a temporary directory; stops exactly what it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+sessions=${SESSIONS:-1000000}
+concurrency=${CONCURRENCY:-64}
+results=${RESULTS:-$root/bench-results/scale-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$results"
+work=$(mktemp -d "${TMPDIR:-/tmp}/sessiond-scale.XXXXXX")
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cargo build --release --quiet
+bin=$root/target/release/sessiond
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+now() { date +%s.%N; }
+since() { python3 -c "import sys, time; print(round(time.time() - float(sys.argv[1]), 3))" "$1"; }
+status() { "$bin" cluster status --endpoint "$1" --json 2>/dev/null; }
+json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
+
+port1=$(free_port)
+port2=$(free_port)
+ep1=http://127.0.0.1:$port1
+start_node1() {
+  "$bin" serve --node-id 1 --listen "127.0.0.1:$port1" --data-dir "$work/node1" \
+    >>"$work/node1.log" 2>&1 &
+  node1=$!
+  pids+=("$node1")
+}
+serving() { # endpoint: a linearizable read answers
+  "$bin" session count --endpoint "$1" --tenant bench >/dev/null 2>&1
+}
+wait_serving() {
+  for _ in $(seq 1 3000); do serving "$1" && return 0; sleep 0.05; done
+  echo "node at $1 did not serve in time; logs in $work" >&2
+  exit 1
+}
+
+start_node1
+wait_serving "$ep1"
+echo "loading $sessions sessions with $concurrency clients"
+load_started=$(now)
+"$bin" bench --endpoints "$ep1" --workload create --ops "$sessions" --warmup 0 \
+  --concurrency "$concurrency" --json >"$results/load.json"
+load_secs=$(since "$load_started")
+sleep 2 # let the periodic snapshot and log purge settle
+disk_bytes=$(du -sb "$work/node1" | cut -f1)
+rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$node1/status")
+
+echo "restarting node 1"
+kill -TERM "$node1"
+wait "$node1" 2>/dev/null || true
+restart_started=$(now)
+start_node1
+wait_serving "$ep1"
+restart_secs=$(since "$restart_started")
+rss_after_restart_kb=$(awk '/VmRSS/ {print $2}' "/proc/$node1/status")
+
+echo "adding a learner"
+"$bin" serve --node-id 2 --listen "127.0.0.1:$port2" --data-dir "$work/node2" --join \
+  >"$work/node2.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 200); do status "http://127.0.0.1:$port2" >/dev/null && break; sleep 0.05; done
+target_index=$(status "$ep1" | json_field "['last_log_index']")
+purged_index=$(status "$ep1" | json_field "['purged_index']")
+learner_started=$(now)
+"$bin" cluster add-learner --endpoint "$ep1" 2 "127.0.0.1:$port2" >/dev/null
+for _ in $(seq 1 12000); do
+  applied=$(status "http://127.0.0.1:$port2" | json_field "['applied_index']" || echo 0)
+  [ "${applied:-0}" -ge "$target_index" ] && break
+  sleep 0.05
+done
+learner_secs=$(since "$learner_started")
+learner_snapshot=$(status "http://127.0.0.1:$port2" | json_field "['snapshot_index']")
+
+python3 - "$results" <<PY
+import json, sys
+load = json.load(open("$results/load.json"))
+create = next(r for r in load["ops"] if r["op"] == "create")
+out = {
+  "sessions": $sessions,
+  "load_secs": $load_secs,
+  "load_ops_per_sec": create["ops_per_sec"],
+  "load_p99_ms": create["p99_ms"],
+  "disk_bytes": $disk_bytes,
+  "disk_bytes_per_session": $disk_bytes / $sessions,
+  "rss_mib": $rss_kb / 1024,
+  "rss_after_restart_mib": $rss_after_restart_kb / 1024,
+  "restart_secs": $restart_secs,
+  "leader_purged_index_when_learner_added": $purged_index,
+  "learner_catch_up_secs": $learner_secs,
+  "learner_snapshot_index": $learner_snapshot,
+  "log_index_caught_up_to": $target_index,
+}
+json.dump(out, open(sys.argv[1] + "/scale.json", "w"), indent=2)
+rows = [
+  ("sessions loaded", f"{out['sessions']:,} in {out['load_secs']:.0f} s ({out['load_ops_per_sec']:,.0f} creates/s, p99 {out['load_p99_ms']:.1f} ms)"),
+  ("disk (data dir, log + state + snapshot)", f"{out['disk_bytes']/2**20:,.0f} MiB = {out['disk_bytes_per_session']:,.0f} bytes/session"),
+  ("RSS after load / after restart", f"{out['rss_mib']:,.0f} MiB / {out['rss_after_restart_mib']:,.0f} MiB"),
+  ("restart until linearizable reads", f"{out['restart_secs']:.2f} s"),
+  ("new learner caught up (snapshot at index {:,})".format(out['learner_snapshot_index']), f"{out['learner_catch_up_secs']:.2f} s"),
+]
+with open(sys.argv[1] + "/scale.md", "w") as f:
+  f.write("| measure | value |\n|---|---|\n")
+  for k, v in rows:
+    f.write(f"| {k} | {v} |\n")
+print(open(sys.argv[1] + "/scale.md").read())
+PY
+echo "results in $results"
