@@ -10,6 +10,8 @@
 pub mod etcd;
 pub mod fanout;
 #[cfg(feature = "compare")]
+pub mod kv;
+#[cfg(feature = "compare")]
 pub mod redis;
 pub mod report;
 pub mod sessiond;

@@ -3,7 +3,8 @@
 //! The domain core applies commands to an ordered map of byte keys to byte values through
 //! [`StateRead`] and [`StateWrite`]. It never learns what stores the map: the sled state
 //! machine implements these traits over a write batch (so one command, or a group of them,
-//! commits atomically), and [`MemoryState`] implements them over a `BTreeMap` for tests.
+//! commits atomically), and [`MemoryState`] implements them over a `BTreeMap` for tests and
+//! benchmarks.
 //!
 //! Iteration order is byte order of keys, so everything derived from a scan is
 //! deterministic.
@@ -49,7 +50,7 @@ pub trait StateWrite: StateRead {
     fn delete(&mut self, key: &[u8]);
 }
 
-/// An in-memory key space, for tests and property tests of the domain core.
+/// An in-memory key space, for tests, property tests and benchmarks of the domain core.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MemoryState {
     entries: BTreeMap<Vec<u8>, Vec<u8>>,

@@ -146,6 +146,15 @@ impl GatewayCache {
         Ok(self.store(session_id, session, found.revision))
     }
 
+    /// Caches `session` as the authority returned it at `revision` through another call
+    /// (the session and revision of a CreateSession or Rotate response passing through the
+    /// gateway), so that its first lookup is a hit. A newer cached answer, such as a
+    /// revocation that arrived meanwhile, is kept.
+    pub fn prime(&self, session: Session, revision: u64) -> Arc<Cached> {
+        let session_id = session.session_id.clone();
+        self.store(&session_id, Some(session), revision)
+    }
+
     /// Stores an answer unless the cache holds a newer one (a revocation that raced with
     /// the fetch); returns what the cache holds afterwards.
     fn store(&self, session_id: &str, session: Option<Session>, revision: u64) -> Arc<Cached> {
@@ -305,5 +314,43 @@ impl GatewayCache {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: &str) -> Session {
+        Session {
+            session_id: id.into(),
+            tenant: "t".into(),
+            user_id: "u".into(),
+            status: SessionStatus::Active as i32,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn primed_session_is_a_hit_and_never_hides_a_newer_revocation() {
+        // Nothing listens there: every answer below must come from the cache.
+        let client = Client::for_cluster(&["http://127.0.0.1:1".into()]).unwrap();
+        let cache = GatewayCache::new(client, GatewayConfig::default());
+        cache.prime(session("sid_a"), 5);
+        let hit = cache.lookup("t", "sid_a").await.unwrap();
+        assert!(!hit.is_revoked());
+        assert_eq!(hit.revision, 5);
+        assert!(cache.cached("other", "sid_a").is_none());
+
+        cache.mark_revoked(&RevocationEvent {
+            revision: 7,
+            session_id: "sid_a".into(),
+            tenant: "t".into(),
+            ..Default::default()
+        });
+        assert!(cache.prime(session("sid_a"), 6).is_revoked());
+        assert!(cache.lookup("t", "sid_a").await.unwrap().is_revoked());
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses), (2, 0));
     }
 }
