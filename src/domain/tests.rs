@@ -6,8 +6,8 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::proto::internal::{
-    command, command_result, AcquireLease, CollectGarbage, CreateSession, LeaseResult, Revoke,
-    Rotate, RotateResult, SessionRecord, Touch,
+    command, command_result, AcquireLease, CollectGarbage, CreateSession, LeaseResult,
+    RevocationEvent, Revoke, Rotate, RotateResult, SessionRecord, Touch,
 };
 use crate::proto::v1::{
     CreateSessionOutcome, LeaseOutcome, RevocationReason, RevokeScope, RotateOutcome,
@@ -1023,4 +1023,88 @@ proptest! {
         prop_assert_eq!(a.entries(), b.entries());
         prop_assert!(a.entries().keys().all(|k| k.first() != Some(&0)));
     }
+
+    /// Group commit: commands grouped into batches (one log entry, one revision each) give
+    /// each command the result it would get alone, leave the same sessions, and retain
+    /// every event once, in order.
+    #[test]
+    fn batched_commands_apply_as_if_one_after_another(
+        steps in proptest::collection::vec(step(), 1..120),
+        sizes in proptest::collection::vec(1usize..8, 1..40),
+    ) {
+        let commands = workload(&steps);
+        let mut alone = MemoryState::new();
+        let mut batched = MemoryState::new();
+        let mut rest = commands.as_slice();
+        let (mut revision, mut alone_revision) = (0, 0);
+        for size in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (batch, tail) = rest.split_at((*size).min(rest.len()));
+            rest = tail;
+            revision += 1;
+            let mut expected = Vec::new();
+            for command in batch {
+                alone_revision += 1;
+                expected.push(apply(command, alone_revision, &mut alone).unwrap());
+            }
+            let entry = Command {
+                schema_version: SCHEMA_VERSION,
+                kind: Some(command::Kind::Batch(CommandBatch { commands: batch.to_vec() })),
+                ..Default::default()
+            };
+            let result = apply(&entry, revision, &mut batched).unwrap();
+            let flat: Vec<_> = expected.iter().flat_map(|r| r.events.clone()).collect();
+            prop_assert_eq!(&result.events, &flat);
+            prop_assert_eq!(result.kind, Some(command_result::Kind::Batch(BatchResult { results: expected })));
+        }
+        let outside_events = |state: &MemoryState| -> Vec<(Vec<u8>, Vec<u8>)> {
+            state
+                .entries()
+                .iter()
+                .filter(|(k, _)| !matches!(k.first(), Some(b'e' | b'E')))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        prop_assert_eq!(outside_events(&alone), outside_events(&batched));
+        let events = |state: &MemoryState| -> Vec<Vec<u8>> {
+            state
+                .scan_prefix(&keys::events_prefix(), None, usize::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect()
+        };
+        prop_assert_eq!(events(&alone), events(&batched));
+    }
+}
+
+#[test]
+fn event_pages_end_on_whole_revisions() {
+    let mut state = MemoryState::new();
+    let event = |n: u64| RevocationEvent {
+        session_id: format!("sid_{n}"),
+        ..Default::default()
+    };
+    events::retain(&mut state, 5, 0, &[event(1), event(2), event(3)]);
+    events::retain(&mut state, 6, 0, &[event(4)]);
+    events::retain(&mut state, 7, 0, &[event(5), event(6)]);
+    let revisions = |page: Vec<(u64, RevocationEvent)>| -> Vec<u64> {
+        page.into_iter().map(|(r, _)| r).collect()
+    };
+    assert_eq!(
+        revisions(events::retained_between(&state, 0, 10, 2).unwrap()),
+        vec![5, 5, 5],
+        "a page completes the revision it started"
+    );
+    assert_eq!(
+        revisions(events::retained_between(&state, 5, 10, 2).unwrap()),
+        vec![6, 7, 7]
+    );
+    assert_eq!(
+        revisions(events::retained_between(&state, 5, 6, 2).unwrap()),
+        vec![6]
+    );
+    assert!(events::retained_between(&state, 7, 10, 2).unwrap().is_empty());
 }
