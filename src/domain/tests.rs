@@ -1106,5 +1106,7 @@ fn event_pages_end_on_whole_revisions() {
         revisions(events::retained_between(&state, 5, 6, 2).unwrap()),
         vec![6]
     );
-    assert!(events::retained_between(&state, 7, 10, 2).unwrap().is_empty());
+    assert!(events::retained_between(&state, 7, 10, 2)
+        .unwrap()
+        .is_empty());
 }
