@@ -9,7 +9,7 @@
 # bench-results/<timestamp>). Stops exactly the processes it started.
 #
 # Knobs (environment): CONCURRENCY (64), DURATION (10 s), WARMUP (2 s), KEYSPACE (10000),
-# SUBSCRIBERS (100), FANOUT_CONCURRENCY (4), WORKLOADS (create rotate lookup-linearizable
+# SUBSCRIBERS (100), FANOUT_CONCURRENCY (4), FANOUT_RATE (200 revocations/s), WORKLOADS (create rotate lookup-linearizable
 # lookup-local mixed), TARGETS (sessiond etcd redis-always redis-everysec).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,7 @@ warmup=${WARMUP:-2}
 keyspace=${KEYSPACE:-10000}
 subscribers=${SUBSCRIBERS:-100}
 fanout_concurrency=${FANOUT_CONCURRENCY:-4}
+fanout_rate=${FANOUT_RATE:-200}
 workloads=${WORKLOADS:-create rotate lookup-linearizable lookup-local mixed}
 targets=${TARGETS:-sessiond etcd redis-always redis-everysec}
 mkdir -p "$results"
@@ -101,7 +102,7 @@ run_workload() { # target-label bench-target workload
   case $workload in
     lookup-linearizable) args=(--workload lookup --consistency linearizable) ;;
     lookup-local) args=(--workload lookup --consistency local) ;;
-    revoke-fanout) args=(--workload revoke-fanout --subscribers "$subscribers") ;;
+    revoke-fanout) args=(--workload revoke-fanout --subscribers "$subscribers" --rate "$fanout_rate") ;;
     *) args=(--workload "$workload") ;;
   esac
   local clients=$concurrency

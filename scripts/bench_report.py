@@ -148,7 +148,8 @@ def table(results):
             errors = sum(report["errors"].values())
             extra = ""
             if suffix == "revoke-fanout":
-                extra = f" ({report['subscribers']} subscribers, {report['concurrency']} revokers)"
+                rate = f" at {report['rate']:.0f}/s" if report.get("rate") else ""
+                extra = f" ({report['subscribers']} subscribers, {report['concurrency']} revokers{rate})"
                 throughput = op_row(report, "revoke")["ops_per_sec"]
             print(f"| {label}{extra} | {target} | {throughput:,.0f} | {row['p50_ms']:.2f} | "
                   f"{row['p90_ms']:.2f} | {row['p99_ms']:.2f} | {row['p999_ms']:.2f} | {errors} |")

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use super::report::Recorder;
 use super::sessiond::SessiondStore;
 use super::store::SessionStore;
-use super::workload::{Clock, Plan};
+use super::workload::{Clock, Pacer, Plan};
 use crate::client::Client;
 use crate::proto::v1::{
     watch_revocations_response::Kind, CountSessionsRequest, WatchRevocationsRequest,
@@ -114,7 +114,12 @@ async fn revoke_loop(
     let mut recorder = Recorder::default();
     let mut acks = Vec::new();
     let mut seq = 0u64;
-    while let Some(measured) = clock.next_op() {
+    let mut pacer = Pacer::new(plan.rate, plan.workers);
+    loop {
+        pacer.wait().await;
+        let Some(measured) = clock.next_op() else {
+            break;
+        };
         seq += 1;
         let user = format!("bench-{}-{worker}-{seq}", plan.run_tag);
         let started = Instant::now();

@@ -80,6 +80,10 @@ pub struct BenchArgs {
     /// Consistency of lookups.
     #[arg(long, value_enum, default_value = "linearizable")]
     pub consistency: ReadConsistency,
+    /// Offered load over all clients, ops/s (open loop); without it each client sends its
+    /// next request as soon as the last one is answered (closed loop).
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Revocation-stream subscribers for revoke-fanout, spread over the endpoints.
     #[arg(long, default_value_t = 100)]
     pub subscribers: usize,
@@ -134,6 +138,8 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         workload: args.workload,
         consistency: args.consistency,
         run_tag: run_tag.clone(),
+        rate: args.rate,
+        workers: args.concurrency,
     });
     let (recorder, elapsed) = match args.target {
         Target::Sessiond if args.workload == Workload::RevokeFanout => {
@@ -179,6 +185,7 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         workload: args.workload.name().to_owned(),
         consistency: format!("{:?}", args.consistency).to_ascii_lowercase(),
         concurrency: args.concurrency,
+        rate: args.rate,
         subscribers: if args.workload == Workload::RevokeFanout {
             args.subscribers
         } else {

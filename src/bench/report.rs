@@ -131,6 +131,8 @@ pub struct Report {
     pub consistency: String,
     /// Concurrent clients (workers).
     pub concurrency: usize,
+    /// Offered load, ops/s (`None`: closed loop).
+    pub rate: Option<f64>,
     /// Revocation-stream subscribers (revoke-fanout only).
     pub subscribers: usize,
     /// Length of the measured phase, seconds.
@@ -147,11 +149,13 @@ impl Report {
     /// The report as an aligned, human-readable table.
     pub fn to_table(&self) -> String {
         let mut out = format!(
-            "target={} workload={} consistency={} concurrency={}{} measured={:.1}s total={:.0} ops/s\n",
+            "target={} workload={} consistency={} concurrency={}{}{} measured={:.1}s total={:.0} ops/s\n",
             self.target,
             self.workload,
             self.consistency,
             self.concurrency,
+            self.rate
+                .map_or_else(String::new, |rate| format!(" rate={rate:.0}/s")),
             if self.subscribers > 0 {
                 format!(" subscribers={}", self.subscribers)
             } else {

@@ -89,6 +89,33 @@ impl Clock {
     }
 }
 
+/// Spaces one worker's operations so that all workers together offer `rate` operations per
+/// second (open loop); without a rate, each worker runs back to back (closed loop).
+pub struct Pacer {
+    interval: Option<Duration>,
+    next: tokio::time::Instant,
+}
+
+impl Pacer {
+    /// A pacer for one of `workers` workers sharing a total `rate` (ops/s).
+    pub fn new(rate: Option<f64>, workers: usize) -> Self {
+        Pacer {
+            interval: rate
+                .filter(|r| *r > 0.0)
+                .map(|r| Duration::from_secs_f64(workers as f64 / r)),
+            next: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Waits until this worker's next operation is due.
+    pub async fn wait(&mut self) {
+        if let Some(interval) = self.interval {
+            tokio::time::sleep_until(self.next).await;
+            self.next = self.next.max(tokio::time::Instant::now() - interval) + interval;
+        }
+    }
+}
+
 /// What to run, shared by every worker.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -98,6 +125,10 @@ pub struct Plan {
     pub consistency: ReadConsistency,
     /// A tag unique to this run, part of every user id.
     pub run_tag: String,
+    /// Offered load in operations per second over all workers; `None`: closed loop.
+    pub rate: Option<f64>,
+    /// Workers sharing the rate.
+    pub workers: usize,
 }
 
 /// Percentages of the mixed workload: lookups, then rotations; the rest are revocations.
@@ -142,7 +173,12 @@ pub async fn run_worker<S: SessionStore>(
     let mut rng = StdRng::from_rng(&mut rand::rng());
     let mut next_user = held.len() as u64;
     let mut turn = 0usize;
-    while let Some(measured) = clock.next_op() {
+    let mut pacer = Pacer::new(plan.rate, plan.workers);
+    loop {
+        pacer.wait().await;
+        let Some(measured) = clock.next_op() else {
+            break;
+        };
         let pick = rng.random_range(0..100u32);
         let op = match plan.workload {
             Workload::Create => Op::Create,
@@ -232,6 +268,20 @@ mod tests {
         let clock = Clock::start(Duration::ZERO, Limit::Ops(3));
         let admitted = std::iter::from_fn(|| clock.next_op()).count();
         assert_eq!(admitted, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pacer_spreads_the_rate_over_its_workers() {
+        let started = tokio::time::Instant::now();
+        let mut pacer = Pacer::new(Some(100.0), 4);
+        for _ in 0..5 {
+            pacer.wait().await;
+        }
+        // 4 workers share 100 ops/s: each runs every 40 ms; the first op is immediate.
+        assert_eq!(started.elapsed(), Duration::from_millis(160));
+        let mut unpaced = Pacer::new(None, 4);
+        unpaced.wait().await;
+        assert_eq!(started.elapsed(), Duration::from_millis(160));
     }
 
     #[test]
