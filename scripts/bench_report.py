@@ -184,7 +184,8 @@ def chart(results):
         top.bar(xs, throughput, width, label=target)
         bottom.bar(xs, p99, width, label=target)
     ticks = [j + width * (len(targets) - 1) / 2 for j in range(len(rows))]
-    for axis, title in [(top, "throughput (ops/s, higher is better)"),
+    top.set_yscale("log")
+    for axis, title in [(top, "throughput (ops/s, log scale, higher is better)"),
                         (bottom, "p99 latency (ms, lower is better)")]:
         axis.set_xticks(ticks)
         axis.set_xticklabels([label for _, label, _ in rows], fontsize=8)

@@ -19,6 +19,10 @@ else
   bin=$PWD/target/release/sessiond
 fi
 
+if "$bin" cluster status --endpoint http://127.0.0.1:50061 >/dev/null 2>&1; then
+  echo "something already serves on 127.0.0.1:50061 (another cluster?); stop it first" >&2
+  exit 1
+fi
 for i in 1 2 3; do
   "$bin" serve --config "cluster/node$i.toml" --data-dir "$dir/node$i" \
     >"$dir/node$i.log" 2>&1 &

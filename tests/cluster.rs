@@ -279,6 +279,11 @@ async fn a_client_of_the_whole_cluster_rides_out_a_stopped_node() {
         .await
         .unwrap();
     let leader = cluster.wait_for_leader(&[1, 2, 3]).await;
+    assert_eq!(
+        client.leader_endpoint().await,
+        Some(cluster.nodes[&leader].node.addr().to_string()),
+        "the client sends writes straight to the leader"
+    );
     cluster.stop_node(leader).await;
     let rotated = client
         .rotate(rotate_request(&first.refresh_token))

@@ -8,18 +8,21 @@
 //! Given several endpoints (any nodes of a cluster), a request that finds a node UNAVAILABLE
 //! (down, no leader yet, cut off from its quorum) is retried on the next one; the node that
 //! last answered is tried first. Any node accepts any request (followers forward writes to
-//! the leader), so callers never look for the leader. Retrying writes is safe: creates and
+//! the leader), so callers never look for the leader; but the client does, to save that
+//! hop: it asks a node for the cluster status every few seconds and sends writes straight
+//! to the leader when the leader's address is one of its endpoints. Retrying writes is safe: creates and
 //! revokes without a request id get a fresh one here, so a retried write that had committed
 //! returns its first result; a retried rotation within the reuse grace window returns the
 //! same successor.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::session_authority_client::SessionAuthorityClient;
 use crate::proto::v1::*;
 
@@ -31,11 +34,30 @@ const ROUNDS: usize = 3;
 /// Pause after a round in which every endpoint was unavailable.
 const ROUND_PAUSE: Duration = Duration::from_millis(200);
 
+/// How long a learned leader is trusted before the client asks again.
+const LEADER_HINT_TTL: Duration = Duration::from_secs(5);
+
 /// A connection to one or more sessiond nodes.
 #[derive(Clone)]
 pub struct Client {
-    nodes: Arc<Vec<SessionAuthorityClient<Channel>>>,
+    nodes: Arc<Vec<Node>>,
     preferred: Arc<AtomicUsize>,
+    leader: Arc<Mutex<LeaderHint>>,
+}
+
+/// One endpoint: its session client and its address as the cluster advertises it.
+struct Node {
+    sessions: SessionAuthorityClient<Channel>,
+    channel: Channel,
+    /// `host:port` of the endpoint URL.
+    addr: String,
+}
+
+/// Which endpoint the client believes leads, and when it last asked.
+#[derive(Default)]
+struct LeaderHint {
+    index: Option<usize>,
+    asked_at: Option<Instant>,
 }
 
 /// Failure to reach a node.
@@ -49,9 +71,12 @@ pub struct ConnectError {
 
 macro_rules! unary {
     ($(#[$doc:meta])* $name:ident, $request:ty, $response:ty) => {
+        unary!($(#[$doc])* $name, $request, $response, call);
+    };
+    ($(#[$doc:meta])* $name:ident, $request:ty, $response:ty, $route:ident) => {
         $(#[$doc])*
         pub async fn $name(&self, request: $request) -> Result<$response, Status> {
-            self.call(request, |mut node, request| async move {
+            self.$route(request, |mut node, request| async move {
                 node.$name(request).await.map(tonic::Response::into_inner)
             })
             .await
@@ -69,8 +94,14 @@ fn endpoint(url: &str) -> Result<Endpoint, ConnectError> {
         .tcp_nodelay(true))
 }
 
-fn node_client(channel: Channel) -> SessionAuthorityClient<Channel> {
-    SessionAuthorityClient::new(channel).max_decoding_message_size(16 * 1024 * 1024)
+fn node(url: &str, channel: Channel) -> Node {
+    let addr = url.split_once("://").map_or(url, |(_, rest)| rest);
+    Node {
+        sessions: SessionAuthorityClient::new(channel.clone())
+            .max_decoding_message_size(16 * 1024 * 1024),
+        channel,
+        addr: addr.trim_end_matches('/').to_owned(),
+    }
 }
 
 /// A fresh idempotency key for a write the caller sent without one.
@@ -89,8 +120,9 @@ impl Client {
                 source,
             })?;
         Ok(Client {
-            nodes: Arc::new(vec![node_client(channel)]),
+            nodes: Arc::new(vec![node(url, channel)]),
             preferred: Arc::new(AtomicUsize::new(0)),
+            leader: Arc::default(),
         })
     }
 
@@ -99,12 +131,71 @@ impl Client {
     pub fn for_cluster(urls: &[String]) -> Result<Self, ConnectError> {
         let nodes = urls
             .iter()
-            .map(|u| endpoint(u).map(|e| node_client(e.connect_lazy())))
+            .map(|u| endpoint(u).map(|e| node(u, e.connect_lazy())))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Client {
             nodes: Arc::new(nodes),
             preferred: Arc::new(AtomicUsize::new(0)),
+            leader: Arc::default(),
         })
+    }
+
+    /// The endpoint believed to lead, asking a node for the cluster status when the last
+    /// answer is older than [`LEADER_HINT_TTL`]. `None` with one endpoint, or when the leader
+    /// is not among the endpoints or unknown.
+    async fn leader_index(&self) -> Option<usize> {
+        if self.nodes.len() < 2 {
+            return None;
+        }
+        {
+            let mut hint = self.leader.lock().expect("leader hint lock");
+            if hint
+                .asked_at
+                .is_some_and(|at| at.elapsed() < LEADER_HINT_TTL)
+            {
+                return hint.index;
+            }
+            hint.asked_at = Some(Instant::now());
+        }
+        let asked = &self.nodes[self.preferred.load(Ordering::Relaxed) % self.nodes.len()];
+        let status = ClusterClient::new(asked.channel.clone())
+            .status(ClusterStatusRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        let index = status
+            .members
+            .iter()
+            .find(|m| m.leader)
+            .and_then(|leader| self.nodes.iter().position(|n| n.addr == leader.addr));
+        self.leader.lock().expect("leader hint lock").index = index;
+        index
+    }
+
+    /// The endpoint (`host:port`) writes are sent to directly: the leader, when this client
+    /// has several endpoints and the leader is one of them.
+    pub async fn leader_endpoint(&self) -> Option<String> {
+        let index = self.leader_index().await?;
+        Some(self.nodes[index].addr.clone())
+    }
+
+    /// Sends a write to the leader when it is known, else (or if the leader is unavailable)
+    /// as any other request.
+    async fn write<Req, Resp, F, Fut>(&self, request: Req, send: F) -> Result<Resp, Status>
+    where
+        Req: Clone,
+        F: Fn(SessionAuthorityClient<Channel>, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<Resp, Status>>,
+    {
+        if let Some(leader) = self.leader_index().await {
+            match send(self.nodes[leader].sessions.clone(), request.clone()).await {
+                Err(status) if status.code() == Code::Unavailable => {
+                    *self.leader.lock().expect("leader hint lock") = LeaderHint::default();
+                }
+                answered => return answered,
+            }
+        }
+        self.call(request, send).await
     }
 
     /// Sends `request` to the preferred node, moving on to the next on UNAVAILABLE.
@@ -119,7 +210,7 @@ impl Client {
         let mut last = Status::unavailable("no endpoints");
         for attempt in 0..count * ROUNDS {
             let index = (first + attempt) % count;
-            match send(self.nodes[index].clone(), request.clone()).await {
+            match send(self.nodes[index].sessions.clone(), request.clone()).await {
                 Err(status) if status.code() == Code::Unavailable => {
                     last = status;
                     if (attempt + 1) % count == 0 {
@@ -144,7 +235,7 @@ impl Client {
         if request.request_id.is_empty() {
             request.request_id = fresh_request_id();
         }
-        self.call(request, |mut node, request| async move {
+        self.write(request, |mut node, request| async move {
             node.create_session(request)
                 .await
                 .map(tonic::Response::into_inner)
@@ -158,7 +249,7 @@ impl Client {
         if request.request_id.is_empty() {
             request.request_id = fresh_request_id();
         }
-        self.call(request, |mut node, request| async move {
+        self.write(request, |mut node, request| async move {
             node.revoke(request).await.map(tonic::Response::into_inner)
         })
         .await
@@ -166,11 +257,11 @@ impl Client {
 
     unary!(
         /// Redeems a refresh token.
-        rotate, RotateRequest, RotateResponse
+        rotate, RotateRequest, RotateResponse, write
     );
     unary!(
         /// Claims a session's renewal lease.
-        acquire_renewal_lease, AcquireRenewalLeaseRequest, AcquireRenewalLeaseResponse
+        acquire_renewal_lease, AcquireRenewalLeaseRequest, AcquireRenewalLeaseResponse, write
     );
     unary!(
         /// Reads a session by id or token.
@@ -182,7 +273,7 @@ impl Client {
     );
     unary!(
         /// Extends a session's idle expiry.
-        touch, TouchRequest, TouchResponse
+        touch, TouchRequest, TouchResponse, write
     );
     unary!(
         /// Lists a user's sessions.
