@@ -80,7 +80,7 @@ mod tests {
         Suite::test_all(TempStores).expect("storage suite");
     }
 
-    fn create_entry(index: u64, n: u8) -> codec::Entry {
+    fn create_entry(index: u64, n: u32) -> codec::Entry {
         codec::Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(Command {
@@ -93,7 +93,7 @@ mod tests {
                     tenant: "t".into(),
                     user_id: "u".into(),
                     expires_at_ms: 10_000_000,
-                    refresh_hash: vec![n; 32],
+                    refresh_hash: n.to_be_bytes().repeat(8),
                     ..Default::default()
                 })),
             }),
@@ -122,7 +122,7 @@ mod tests {
                 .save_vote(&Vote::new_committed(3, 1))
                 .await
                 .unwrap();
-            let entries: Vec<_> = (1..=50).map(|i| create_entry(i, i as u8)).collect();
+            let entries: Vec<_> = (1..=50).map(|i| create_entry(i, i as u32)).collect();
             store.log.blocking_append(entries.clone()).await.unwrap();
             store.state_machine.apply(entries).await.unwrap();
             store.flusher.flush().await.unwrap();
@@ -151,11 +151,13 @@ mod tests {
         .is_some());
     }
 
+    /// Large enough that both clearing the old state and writing the new one take several
+    /// install batches.
     #[tokio::test]
     async fn a_snapshot_installed_elsewhere_reproduces_the_state_byte_for_byte() {
         let source_dir = tempfile::tempdir().unwrap();
         let mut source = Store::open(source_dir.path()).unwrap();
-        let entries: Vec<_> = (1..=20).map(|i| create_entry(i, i as u8)).collect();
+        let entries: Vec<_> = (1..=4_000).map(|i| create_entry(i, i as u32)).collect();
         source.state_machine.apply(entries).await.unwrap();
         let snapshot = source
             .state_machine
@@ -164,15 +166,14 @@ mod tests {
             .build_snapshot()
             .await
             .unwrap();
-        assert_eq!(snapshot.meta.last_log_id.map(|id| id.index), Some(20));
+        assert_eq!(snapshot.meta.last_log_id.map(|id| id.index), Some(4_000));
 
         let target_dir = tempfile::tempdir().unwrap();
         let mut target = Store::open(target_dir.path()).unwrap();
-        target
-            .state_machine
-            .apply(vec![create_entry(1, 99)])
-            .await
-            .unwrap();
+        let stale: Vec<_> = (1..=2_000)
+            .map(|i| create_entry(i, 1_000_000 + i as u32))
+            .collect();
+        target.state_machine.apply(stale).await.unwrap();
         target
             .state_machine
             .install_snapshot(&snapshot.meta, snapshot.snapshot)
@@ -181,12 +182,12 @@ mod tests {
         let all = |r: &StateReader| r.scan_prefix(b"", None, usize::MAX).unwrap();
         let expected = all(&source.state_machine.reader());
         let installed = all(&target.state_machine.reader());
-        assert!(!expected.is_empty());
+        assert!(expected.len() > 2 * state_machine::INSTALL_BATCH);
         assert_eq!(installed.len(), expected.len());
         for (got, want) in installed.iter().zip(&expected) {
             assert_eq!(got, want);
         }
-        assert_eq!(target.state_machine.reader().applied_index(), 20);
+        assert_eq!(target.state_machine.reader().applied_index(), 4_000);
         let current = target
             .state_machine
             .get_current_snapshot()

@@ -338,27 +338,39 @@ impl Shared {
     }
 
     /// Replaces the whole state with a snapshot's contents, durably.
+    ///
+    /// The work is split into batches of [`INSTALL_BATCH`] keys (one sled batch of millions
+    /// of keys needs many times the snapshot's size in memory). The applied log id is
+    /// removed and flushed first and written last, so a crash part-way leaves a state that
+    /// claims nothing applied and is replaced by the next snapshot the leader sends.
     fn install(&self, record: &SnapshotRecord, bytes: &[u8]) -> Result<(), StorageError<u64>> {
         {
             let _commit = self.commit.lock().map_err(sm_write_err)?;
-            let mut batch = sled::Batch::default();
+            let mut forget = sled::Batch::default();
+            forget.remove(APPLIED);
+            forget.remove(MEMBERSHIP);
+            self.tree.apply_batch(forget).map_err(sm_write_err)?;
+            self.db.flush().map_err(sm_write_err)?;
+            let mut batch = ChunkedBatch::new(&self.tree);
             for key in self.tree.iter().keys() {
-                batch.remove(key.map_err(sm_read_err)?);
+                batch.remove(key.map_err(sm_read_err)?)?;
             }
             for entry in &record.entries {
-                batch.insert(entry.key.as_slice(), entry.value.as_slice());
+                batch.insert(entry.key.as_slice(), entry.value.as_slice())?;
             }
+            batch.finish()?;
+            let mut applied = sled::Batch::default();
             if let Some(id) = &record.last_log_id {
-                batch.insert(APPLIED, id.encode_to_vec());
+                applied.insert(APPLIED, id.encode_to_vec());
             }
             if let Some(m) = record
                 .last_membership
                 .as_ref()
                 .filter(|m| m.log_id.is_some())
             {
-                batch.insert(MEMBERSHIP, m.encode_to_vec());
+                applied.insert(MEMBERSHIP, m.encode_to_vec());
             }
-            self.tree.apply_batch(batch).map_err(sm_write_err)?;
+            self.tree.apply_batch(applied).map_err(sm_write_err)?;
             self.applied.store(
                 record.last_log_id.as_ref().map_or(0, |id| id.index),
                 Ordering::Release,
@@ -366,6 +378,51 @@ impl Shared {
         }
         self.db.flush().map_err(sm_write_err)?;
         self.save_snapshot_file(bytes).map_err(snapshot_err)
+    }
+}
+
+/// Keys written per sled batch while installing a snapshot.
+pub(crate) const INSTALL_BATCH: usize = 10_000;
+
+/// Writes to a tree in sled batches of at most [`INSTALL_BATCH`] operations.
+struct ChunkedBatch<'a> {
+    tree: &'a sled::Tree,
+    batch: sled::Batch,
+    pending: usize,
+}
+
+impl<'a> ChunkedBatch<'a> {
+    fn new(tree: &'a sled::Tree) -> Self {
+        ChunkedBatch {
+            tree,
+            batch: sled::Batch::default(),
+            pending: 0,
+        }
+    }
+
+    fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError<u64>> {
+        self.batch.insert(key, value);
+        self.written()
+    }
+
+    fn remove(&mut self, key: sled::IVec) -> Result<(), StorageError<u64>> {
+        self.batch.remove(key);
+        self.written()
+    }
+
+    fn written(&mut self) -> Result<(), StorageError<u64>> {
+        self.pending += 1;
+        if self.pending >= INSTALL_BATCH {
+            self.finish()?;
+        }
+        Ok(())
+    }
+
+    /// Applies what is pending.
+    fn finish(&mut self) -> Result<(), StorageError<u64>> {
+        let batch = std::mem::take(&mut self.batch);
+        self.pending = 0;
+        self.tree.apply_batch(batch).map_err(sm_write_err)
     }
 }
 
