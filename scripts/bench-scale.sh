@@ -59,6 +59,7 @@ load_secs=$(since "$load_started")
 sleep 2 # let the periodic snapshot and log purge settle
 disk_bytes=$(du -sb "$work/node1" | cut -f1)
 rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$node1/status")
+echo "loaded in ${load_secs}s; disk $disk_bytes bytes; RSS $rss_kb KiB"
 
 echo "restarting node 1"
 kill -TERM "$node1"
@@ -68,17 +69,23 @@ start_node1
 wait_serving "$ep1"
 restart_secs=$(since "$restart_started")
 rss_after_restart_kb=$(awk '/VmRSS/ {print $2}' "/proc/$node1/status")
+echo "restarted in ${restart_secs}s; RSS $rss_after_restart_kb KiB"
 
 echo "adding a learner"
 "$bin" serve --node-id 2 --listen "127.0.0.1:$port2" --data-dir "$work/node2" --join \
   >"$work/node2.log" 2>&1 &
-pids+=($!)
+node2=$!
+pids+=("$node2")
 for _ in $(seq 1 200); do status "http://127.0.0.1:$port2" >/dev/null && break; sleep 0.05; done
 target_index=$(status "$ep1" | json_field "['last_log_index']")
 purged_index=$(status "$ep1" | json_field "['purged_index']")
 learner_started=$(now)
 "$bin" cluster add-learner --endpoint "$ep1" 2 "127.0.0.1:$port2" >/dev/null
 for _ in $(seq 1 12000); do
+  if ! kill -0 "$node2" 2>/dev/null; then
+    echo "the learner died while catching up (see dmesg for the OOM killer); logs in $work" >&2
+    exit 1
+  fi
   applied=$(status "http://127.0.0.1:$port2" | json_field "['applied_index']" || echo 0)
   [ "${applied:-0}" -ge "$target_index" ] && break
   sleep 0.05
