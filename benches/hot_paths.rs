@@ -12,10 +12,11 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use prost::Message;
 use tokio::runtime::Runtime;
 
+use sessiond::api::rotate;
 use sessiond::client::Client;
 use sessiond::domain::{self, query, MemoryState};
 use sessiond::gateway::{GatewayCache, GatewayConfig};
-use sessiond::proto::internal::{command, Command, CreateSession, Rotate, SessionRecord};
+use sessiond::proto::internal::{command, Command, CreateSession, SessionRecord};
 use sessiond::proto::v1::{Session, SessionStatus};
 use sessiond::proto::SCHEMA_VERSION;
 use sessiond::token::{self, IdKind, RawToken, TokenKind, TokenPair};
@@ -79,19 +80,13 @@ fn rotate_command(presented: &RawToken, now_ms: i64) -> (Command, RawToken) {
         refresh: RawToken::mint(TokenKind::Refresh),
         access: Some(RawToken::mint(TokenKind::Access)),
     };
-    let rotate = Rotate {
-        presented_hash: presented.hash().to_vec(),
-        new_refresh_hash: successor.refresh.hash().to_vec(),
-        new_access_hash: successor
-            .access
-            .as_ref()
-            .map(|a| a.hash().to_vec())
-            .unwrap_or_default(),
-        access_expires_at_ms: now_ms + HOUR_MS / 4,
-        sealed_successor: token::seal(presented.expose(), &successor),
-        grace_ms: 10_000,
-        lease_id: String::new(),
-    };
+    let rotate = rotate::rotate_command(
+        presented,
+        &successor,
+        now_ms + HOUR_MS / 4,
+        10_000,
+        String::new(),
+    );
     (
         command(now_ms, command::Kind::Rotate(rotate)),
         successor.refresh,

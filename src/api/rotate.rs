@@ -14,6 +14,30 @@ use crate::proto::v1::{RotateOutcome, RotateRequest, RotateResponse};
 use crate::token::{self, IdKind, RawToken, TokenKind, TokenPair};
 use crate::Error;
 
+/// The Rotate command redeeming `presented` for the freshly minted `successor`, sealed under
+/// the presented raw token (so a retry within `grace_ms` can get the same tokens back).
+pub fn rotate_command(
+    presented: &RawToken,
+    successor: &TokenPair,
+    access_expires_at_ms: i64,
+    grace_ms: i64,
+    lease_id: String,
+) -> Rotate {
+    Rotate {
+        presented_hash: presented.hash().to_vec(),
+        new_refresh_hash: successor.refresh.hash().to_vec(),
+        new_access_hash: successor
+            .access
+            .as_ref()
+            .map(|a| a.hash().to_vec())
+            .unwrap_or_default(),
+        access_expires_at_ms,
+        sealed_successor: token::seal(presented.expose(), successor),
+        grace_ms,
+        lease_id,
+    }
+}
+
 /// Handles one Rotate request.
 pub async fn handle(
     authority: &Authority,
@@ -35,23 +59,18 @@ pub async fn handle(
         refresh: RawToken::mint(TokenKind::Refresh),
         access: (!request.without_access_token).then(|| RawToken::mint(TokenKind::Access)),
     };
-    let command = Rotate {
-        presented_hash: presented.hash().to_vec(),
-        new_refresh_hash: successor.refresh.hash().to_vec(),
-        new_access_hash: successor
-            .access
-            .as_ref()
-            .map(|a| a.hash().to_vec())
-            .unwrap_or_default(),
-        access_expires_at_ms: if successor.access.is_some() {
-            now.saturating_add(access_ttl_ms)
-        } else {
-            0
-        },
-        sealed_successor: token::seal(presented.expose(), &successor),
-        grace_ms: policy.reuse_grace_ms,
-        lease_id: request.lease_id,
+    let access_expires_at_ms = if successor.access.is_some() {
+        now.saturating_add(access_ttl_ms)
+    } else {
+        0
     };
+    let command = rotate_command(
+        &presented,
+        &successor,
+        access_expires_at_ms,
+        policy.reuse_grace_ms,
+        request.lease_id,
+    );
     let applied = authority
         .propose(now, Vec::new(), command::Kind::Rotate(command))
         .await?;
