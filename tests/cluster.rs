@@ -32,6 +32,17 @@ fn assert_replicas_identical(cluster: &TestCluster) {
     }
 }
 
+/// Invariants 2, 1 and 5 at the end of a workload: every acknowledged write is on every
+/// node, no refresh token yielded two successors, replicas are byte-identical.
+async fn assert_holds_history_then_stop(cluster: TestCluster, history: &History) {
+    for (id, node) in &cluster.nodes {
+        workload::assert_history_present(&node.client, history, &format!("node {id}")).await;
+    }
+    history.assert_single_redemption();
+    assert_replicas_identical(&cluster);
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_failover_keeps_every_acknowledged_write_and_single_redemption() {
     let mut cluster = TestCluster::start(3, |_| {}).await;
@@ -56,12 +67,7 @@ async fn leader_failover_keeps_every_acknowledged_write_and_single_redemption() 
     println!("acknowledged {after} writes ({before} before the failover)");
 
     cluster.wait_converged().await;
-    for (id, node) in &cluster.nodes {
-        workload::assert_history_present(&node.client, &history, &format!("node {id}")).await;
-    }
-    history.assert_single_redemption();
-    assert_replicas_identical(&cluster);
-    cluster.stop().await;
+    assert_holds_history_then_stop(cluster, &history).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -215,12 +221,7 @@ async fn grows_1_3_5_3_under_load_and_a_late_learner_catches_up_by_snapshot() {
         .unwrap()
         .into_inner();
     assert_eq!(status.members.len(), 3);
-    for (id, node) in &cluster.nodes {
-        workload::assert_history_present(&node.client, &history, &format!("node {id}")).await;
-    }
-    history.assert_single_redemption();
-    assert_replicas_identical(&cluster);
-    cluster.stop().await;
+    assert_holds_history_then_stop(cluster, &history).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

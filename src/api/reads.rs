@@ -133,25 +133,12 @@ pub async fn list_sessions(
 ) -> Result<ListSessionsResponse, Error> {
     validate::tenant("tenant", &request.tenant)?;
     validate::name("user_id", &request.user_id)?;
-    let page_size = match request.page_size {
-        0 => DEFAULT_PAGE_SIZE,
-        n if n > MAX_PAGE_SIZE => {
-            return Err(Error::invalid(
-                "page_size",
-                format!("above {MAX_PAGE_SIZE}"),
-            ))
-        }
-        n => n,
-    };
-    let cursor = if request.page_token.is_empty() {
-        None
-    } else {
-        Some(
-            URL_SAFE_NO_PAD
-                .decode(&request.page_token)
-                .map_err(|_| Error::invalid("page_token", "not a token from a previous page"))?,
-        )
-    };
+    let (page_size, cursor) = validate::page(
+        request.page_size,
+        DEFAULT_PAGE_SIZE,
+        MAX_PAGE_SIZE,
+        &request.page_token,
+    )?;
     let consistency = validate::consistency("consistency", request.consistency)?;
     authority.read_barrier(consistency).await?;
     let state = authority.node().state();

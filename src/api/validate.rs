@@ -145,6 +145,29 @@ pub fn known_enum<E: TryFrom<i32>>(field: &'static str, value: i32) -> Result<E,
     E::try_from(value).map_err(|_| Error::invalid(field, format!("unknown value {value}")))
 }
 
+/// A list request's page: `page_size` (0: `default`, at most `max`) and the cursor decoded
+/// from `page_token` (empty: the first page).
+pub fn page(
+    page_size: u32,
+    default: u32,
+    max: u32,
+    page_token: &str,
+) -> Result<(u32, Option<Vec<u8>>), Error> {
+    use base64::Engine;
+    let size = match page_size {
+        0 => default,
+        n if n > max => return Err(Error::invalid("page_size", format!("above {max}"))),
+        n => n,
+    };
+    if page_token.is_empty() {
+        return Ok((size, None));
+    }
+    let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(page_token)
+        .map_err(|_| Error::invalid("page_token", "not a token from a previous page"))?;
+    Ok((size, Some(cursor)))
+}
+
 /// The requested read consistency; UNSPECIFIED means LINEARIZABLE.
 pub fn consistency(field: &'static str, value: i32) -> Result<Consistency, Error> {
     Ok(match known_enum(field, value)? {

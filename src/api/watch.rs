@@ -274,25 +274,12 @@ pub async fn list_revoked(
     request: ListRevokedRequest,
 ) -> Result<ListRevokedResponse, Error> {
     validate::tenant("tenant", &request.tenant)?;
-    let page_size = match request.page_size {
-        0 => 500,
-        n if n > MAX_REVOKED_PAGE => {
-            return Err(Error::invalid(
-                "page_size",
-                format!("above {MAX_REVOKED_PAGE}"),
-            ))
-        }
-        n => n,
-    };
-    let cursor = if request.page_token.is_empty() {
-        None
-    } else {
-        Some(
-            URL_SAFE_NO_PAD
-                .decode(&request.page_token)
-                .map_err(|_| Error::invalid("page_token", "not a token from a previous page"))?,
-        )
-    };
+    let (page_size, cursor) = validate::page(
+        request.page_size,
+        500,
+        MAX_REVOKED_PAGE,
+        &request.page_token,
+    )?;
     let consistency = validate::consistency("consistency", request.consistency)?;
     authority.read_barrier(consistency).await?;
     let state = authority.node().state();
