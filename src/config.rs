@@ -41,6 +41,8 @@ pub struct Config {
     pub watch: WatchConfig,
     /// Largest gRPC message accepted or sent, in bytes.
     pub max_message_bytes: usize,
+    /// Test-only: shift this node's clock by this many ms (simulates a skewed node).
+    pub clock_offset_ms: i64,
 }
 
 impl Default for Config {
@@ -58,6 +60,7 @@ impl Default for Config {
             raft: RaftConfig::default(),
             watch: WatchConfig::default(),
             max_message_bytes: 4 * 1024 * 1024,
+            clock_offset_ms: 0,
         }
     }
 }

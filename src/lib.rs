@@ -14,7 +14,7 @@
 //! - [`raft`]: openraft type configuration, network, and the [`raft::RaftNode`] handle.
 //! - [`api`]: gRPC services: validation, command building, outcome mapping.
 //! - [`client`]: a typed Rust client; [`cli`]: the `sessiond` command line.
-//! - [`config`]: node configuration (flags, environment, TOML file).
+//! - [`config`]: node configuration (flags, environment, TOML file); [`clock`]: the wall clock.
 //! - [`gateway`]: the gateway's session cache fed by the revocation stream.
 //! - [`bench`]: the `sessiond bench` load generator.
 
@@ -22,6 +22,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -148,6 +148,7 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
 
 /// Runs the node until SIGINT or SIGTERM, then shuts it down gracefully.
 pub async fn run(config: Config) -> Result<(), Error> {
+    crate::clock::set_offset_ms(config.clock_offset_ms);
     let running = start(config).await?;
     shutdown_signal().await;
     tracing::info!("shutdown signal received; draining");

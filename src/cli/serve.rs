@@ -47,6 +47,14 @@ pub struct ServeArgs {
     /// Garbage collection interval in ms.
     #[arg(long, env = "SESSIOND_GC_INTERVAL_MS")]
     pub gc_interval_ms: Option<u64>,
+    /// Test-only: shift this node's clock by this many ms (simulates a skewed node).
+    #[arg(
+        long,
+        env = "SESSIOND_CLOCK_OFFSET_MS",
+        hide = true,
+        allow_hyphen_values = true
+    )]
+    pub clock_offset_ms: Option<i64>,
 }
 
 impl ServeArgs {
@@ -69,6 +77,7 @@ impl ServeArgs {
         set(&mut s.access_token_ttl_ms, self.access_token_ttl_ms);
         set(&mut s.max_sessions_per_user, self.max_sessions_per_user);
         set(&mut config.gc.interval_ms, self.gc_interval_ms);
+        set(&mut config.clock_offset_ms, self.clock_offset_ms);
         if self.advertise.is_some() {
             config.advertise_addr = self.advertise.clone();
         }
