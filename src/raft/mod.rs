@@ -94,6 +94,15 @@ const LEADER_DEADLINE: Duration = Duration::from_secs(10);
 /// unknown (a leader cut off from its quorum cannot commit; a retry with the same request id
 /// is safe).
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// Deadline of each snapshot chunk RPC. The last chunk's answer waits for the whole install
+/// (openraft 0.9), which takes minutes for millions of sessions; a shorter deadline makes the
+/// leader restart the transfer while the first install still runs.
+const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(600);
+/// Snapshot bytes per chunk RPC (well under the peer message limit).
+const SNAPSHOT_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
+/// Most entries per AppendEntries (each can be a group-commit batch of up to 1 MiB; the
+/// network also refuses payloads above `network::MAX_APPEND_PAYLOAD_BYTES`).
+const MAX_PAYLOAD_ENTRIES: u64 = 64;
 /// Pause between attempts to find or reach the leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -108,6 +117,9 @@ impl RaftNode {
             election_timeout_max: options.election_timeout_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: options.max_in_snapshot_log_to_keep,
+            install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT.as_millis() as u64,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             ..Default::default()
         }
         .validate()

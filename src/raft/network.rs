@@ -10,22 +10,31 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
+use prost::Message;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use super::{wire, TypeConfig};
 use crate::proto::internal::raft_transport_client::RaftTransportClient;
-use crate::proto::internal::{Command, CommandResult, ProposeMessage, ReadIndexMessage};
+use crate::proto::internal::{
+    AppendEntriesMessage, Command, CommandResult, ProposeMessage, ReadIndexMessage,
+};
 
 /// Largest message between nodes (appends and snapshot chunks).
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest AppendEntries payload sent at once (more than one entry): a larger range is
+/// refused with `PayloadTooLarge`, and openraft retries at once with fewer entries. It also
+/// keeps each catch-up RPC well inside its deadline (the heartbeat interval).
+pub const MAX_APPEND_PAYLOAD_BYTES: usize = 2 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -184,14 +193,43 @@ impl PeerLink {
     }
 }
 
+/// `None` if `message` fits in `budget` bytes or carries a single entry (always sent, so a
+/// follower can make progress); otherwise how many leading entries fit (at least one).
+fn entries_fitting(message: &AppendEntriesMessage, budget: usize) -> Option<u64> {
+    if message.entries.len() <= 1 || message.encoded_len() <= budget {
+        return None;
+    }
+    let mut used = message.encoded_len()
+        - message
+            .entries
+            .iter()
+            .map(|e| prost::length_delimiter_len(e.encoded_len()) + 1 + e.encoded_len())
+            .sum::<usize>();
+    let fitting = message
+        .entries
+        .iter()
+        .take_while(|e| {
+            used += prost::length_delimiter_len(e.encoded_len()) + 1 + e.encoded_len();
+            used <= budget
+        })
+        .count();
+    Some(fitting.max(1) as u64)
+}
+
 impl RaftNetwork<TypeConfig> for PeerLink {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>> {
+        let message = wire::append_entries_message(&rpc);
+        if let Some(fitting) = entries_fitting(&message, MAX_APPEND_PAYLOAD_BYTES) {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fitting),
+            ));
+        }
         let mut client = self.peers.client(self.target, &self.addr)?;
-        let request = self.request(wire::append_entries_message(&rpc), &option);
+        let request = self.request(message, &option);
         let reply = client
             .append_entries(request)
             .await
@@ -225,5 +263,52 @@ impl RaftNetwork<TypeConfig> for PeerLink {
             .await
             .map_err(|s| status_error(self.target, s))?;
         wire::vote_response(reply.get_ref()).map_err(undecodable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::internal::LogEntryRecord;
+
+    fn message_with_entries(sizes: &[usize]) -> AppendEntriesMessage {
+        AppendEntriesMessage {
+            entries: sizes
+                .iter()
+                .map(|n| LogEntryRecord {
+                    payload: Some(crate::proto::internal::log_entry_record::Payload::Command(
+                        vec![7; *n],
+                    )),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_oversized_append_is_refused_with_the_number_of_entries_that_fit() {
+        let budget = 10_000;
+        assert_eq!(
+            entries_fitting(&message_with_entries(&[4_000; 2]), budget),
+            None
+        );
+        assert_eq!(
+            entries_fitting(&message_with_entries(&[50_000]), budget),
+            None
+        );
+        assert_eq!(
+            entries_fitting(&message_with_entries(&[4_000; 5]), budget),
+            Some(2)
+        );
+        assert_eq!(
+            entries_fitting(&message_with_entries(&[20_000, 10]), budget),
+            Some(1)
+        );
+        let fitting = entries_fitting(&message_with_entries(&[1_000; 40]), budget).unwrap();
+        let sent = message_with_entries(&vec![1_000; fitting as usize]);
+        assert!(sent.encoded_len() <= budget);
+        let one_more = message_with_entries(&vec![1_000; fitting as usize + 1]);
+        assert!(one_more.encoded_len() > budget);
     }
 }
