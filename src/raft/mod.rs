@@ -9,7 +9,6 @@ pub mod transport;
 mod wire;
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +32,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::store::snapshot::SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
@@ -109,7 +108,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 impl RaftNode {
     /// Opens the node's storage under `options.data_dir` and starts Raft on it.
     pub async fn open(options: NodeOptions) -> Result<Self, Error> {
-        let store = Store::open(&options.data_dir)?;
+        let store = Store::open(&options.data_dir, crate::store::DEFAULT_CACHE_BYTES)?;
         let config = Config {
             cluster_name: "sessiond".into(),
             heartbeat_interval: options.heartbeat_ms,
@@ -356,7 +355,8 @@ impl RaftNode {
         tokio::time::timeout(Duration::from_secs(10), self.inner.flusher.flush())
             .await
             .map_err(|_| Error::Unavailable("final flush timed out".into()))?
-            .map_err(Error::Unavailable)
+            .map_err(Error::Unavailable)?;
+        self.inner.state.flush().await.map_err(Error::Unavailable)
     }
 }
 

@@ -1,9 +1,20 @@
-//! Durable storage for one node: the Raft log, vote and state machine in one sled database
-//! (`<data_dir>/sled`), snapshots under `<data_dir>/snapshots`. Every record is a prost
-//! message carrying a schema version ([`codec`]).
+//! Durable storage for one node, under its data directory:
+//!
+//! - `log/`: the Raft log, vote and commit point, in their own sled database with group
+//!   commit ([`log`]); log churn (appends, then purges) never touches the state files.
+//! - `state/gen-<n>/`: the state machine, one sled database per generation; `state/CURRENT`
+//!   names the live one ([`generation`], [`state_machine`]).
+//! - `snapshots/current.snap`: the newest snapshot, a streamed, checksummed file
+//!   ([`snapshot`]); `received.snap` while a received snapshot awaits its install.
+//!
+//! Every record is a prost message carrying a schema version ([`codec`]). A data directory
+//! of the first format (one sled database) is migrated once at start ([`migrate`]).
 
 pub mod codec;
+pub mod generation;
 pub mod log;
+mod migrate;
+pub mod snapshot;
 pub mod state_machine;
 
 use std::path::Path;
@@ -13,32 +24,42 @@ pub use state_machine::{StateMachine, StateReader};
 
 use crate::Error;
 
+/// Default sled page cache of the state database (per generation; two exist only while a
+/// snapshot is installed).
+pub const DEFAULT_CACHE_BYTES: u64 = 96 * 1024 * 1024;
+/// sled page cache of the log database: it holds the entries since the last snapshot.
+const LOG_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 /// The opened storage of a node.
 pub struct Store {
     /// The Raft log and vote.
     pub log: LogStore,
     /// The state machine.
     pub state_machine: StateMachine,
-    /// Flushes the whole database (group commit).
+    /// Flushes the log database (group commit).
     pub flusher: Flusher,
 }
 
 impl Store {
-    /// Opens (creating if needed) the storage under `data_dir`. Must run inside a tokio
-    /// runtime (it starts the flusher task).
-    pub fn open(data_dir: &Path) -> Result<Self, Error> {
+    /// Opens (creating if needed) the storage under `data_dir`, with a sled page cache of
+    /// `cache_bytes` for the state. Must run inside a tokio runtime (it starts the flusher
+    /// task).
+    pub fn open(data_dir: &Path, cache_bytes: u64) -> Result<Self, Error> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             Error::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
         })?;
         let db = sled::Config::new()
-            .path(data_dir.join("sled"))
-            .mode(sled::Mode::HighThroughput)
+            .path(data_dir.join("log"))
+            .cache_capacity(LOG_CACHE_BYTES)
             .open()
-            .map_err(|e| Error::Unavailable(format!("cannot open the database: {e}")))?;
+            .map_err(|e| Error::Unavailable(format!("cannot open the log database: {e}")))?;
+        let state_dir = data_dir.join("state");
+        let snapshot_dir = data_dir.join("snapshots");
+        migrate::from_format_1(data_dir, &db, &state_dir, &snapshot_dir, cache_bytes)?;
         let flusher = Flusher::start(db.clone());
         let log = LogStore::open(&db, flusher.clone())
             .map_err(|e| Error::Unavailable(format!("cannot open the log: {e}")))?;
-        let state_machine = StateMachine::open(&db, &data_dir.join("snapshots"))
+        let state_machine = StateMachine::open(&state_dir, &snapshot_dir, cache_bytes)
             .map_err(|e| Error::Unavailable(format!("cannot open the state machine: {e}")))?;
         Ok(Store {
             log,
@@ -69,7 +90,7 @@ mod tests {
             &self,
         ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
             let dir = tempfile::tempdir().expect("temp dir");
-            let store = Store::open(dir.path()).expect("open store");
+            let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).expect("open store");
             Ok((dir, store.log, store.state_machine))
         }
     }
@@ -104,7 +125,7 @@ mod tests {
     /// the database lock.
     async fn reopen(dir: &Path) -> Store {
         for _ in 0..200 {
-            if let Ok(store) = Store::open(dir) {
+            if let Ok(store) = Store::open(dir, DEFAULT_CACHE_BYTES) {
                 return store;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -116,7 +137,7 @@ mod tests {
     async fn log_vote_and_applied_state_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut store = Store::open(dir.path()).unwrap();
+            let mut store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
             store
                 .log
                 .save_vote(&Vote::new_committed(3, 1))
@@ -156,7 +177,7 @@ mod tests {
     #[tokio::test]
     async fn a_snapshot_installed_elsewhere_reproduces_the_state_byte_for_byte() {
         let source_dir = tempfile::tempdir().unwrap();
-        let mut source = Store::open(source_dir.path()).unwrap();
+        let mut source = Store::open(source_dir.path(), DEFAULT_CACHE_BYTES).unwrap();
         let entries: Vec<_> = (1..=4_000).map(|i| create_entry(i, i as u32)).collect();
         source.state_machine.apply(entries).await.unwrap();
         let snapshot = source
@@ -169,7 +190,7 @@ mod tests {
         assert_eq!(snapshot.meta.last_log_id.map(|id| id.index), Some(4_000));
 
         let target_dir = tempfile::tempdir().unwrap();
-        let mut target = Store::open(target_dir.path()).unwrap();
+        let mut target = Store::open(target_dir.path(), DEFAULT_CACHE_BYTES).unwrap();
         let stale: Vec<_> = (1..=2_000)
             .map(|i| create_entry(i, 1_000_000 + i as u32))
             .collect();
