@@ -11,6 +11,8 @@ const SECRET_BEARING: &[&str] = &[
     ".sessiond.v1.CreateSessionResponse",
     ".sessiond.v1.RotateRequest",
     ".sessiond.v1.RotateResponse",
+    ".sessiond.v1.TouchRequest",
+    ".sessiond.v1.AcquireRenewalLeaseRequest",
     ".sessiond.v1.LookupRequest",
     ".sessiond.v1.ValidateAccessTokenRequest",
     ".sessiond.v1.RevokeRequest",

@@ -253,6 +253,7 @@ pub async fn run(endpoint: &str, command: SessionCommand) -> anyhow::Result<()> 
                 .touch(TouchRequest {
                     tenant,
                     session_id: id,
+                    ..Default::default()
                 })
                 .await?;
             println!("outcome:       {:?}", r.outcome());

@@ -119,6 +119,7 @@ mod tests {
                     refresh_hash: n.to_be_bytes().repeat(8),
                     ..Default::default()
                 })),
+                ..Default::default()
             }),
         }
     }
