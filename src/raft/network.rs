@@ -7,7 +7,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use openraft::error::{
@@ -37,6 +37,24 @@ pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 pub const MAX_APPEND_PAYLOAD_BYTES: usize = 2 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Test-only: `peer=dial,…` pairs of addresses; a peer advertised at `peer` is dialled at
+/// `dial` (the fault harness puts a fault-injecting proxy there).
+const PEER_DIAL_ENV: &str = "SESSIOND_TEST_PEER_DIAL";
+
+/// The address to dial for a peer advertised at `addr`: itself, unless [`PEER_DIAL_ENV`]
+/// maps it elsewhere.
+fn dial_addr(addr: &str) -> String {
+    static MAP: OnceLock<HashMap<String, String>> = OnceLock::new();
+    let map = MAP.get_or_init(|| {
+        std::env::var(PEER_DIAL_ENV)
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(peer, dial)| (peer.trim().to_owned(), dial.trim().to_owned()))
+            .collect()
+    });
+    map.get(addr).cloned().unwrap_or_else(|| addr.to_owned())
+}
 
 /// The connections to this node's peers, shared by Raft replication and forwarding.
 #[derive(Clone, Default)]
@@ -91,7 +109,7 @@ impl Peers {
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = Endpoint::from_shared(format!("http://{addr}"))
+                let channel = Endpoint::from_shared(format!("http://{}", dial_addr(addr)))
                     .map_err(|e| PeerError::Unreachable(target, e.to_string()))?
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
