@@ -55,6 +55,8 @@ pub struct NodeOptions {
     pub snapshot_logs_since_last: u64,
     /// Entries kept in the log behind a snapshot (for slow followers).
     pub max_in_snapshot_log_to_keep: u64,
+    /// sled page cache of the state database, in bytes.
+    pub cache_capacity_bytes: u64,
 }
 
 /// A command applied by the state machine.
@@ -108,7 +110,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 impl RaftNode {
     /// Opens the node's storage under `options.data_dir` and starts Raft on it.
     pub async fn open(options: NodeOptions) -> Result<Self, Error> {
-        let store = Store::open(&options.data_dir, crate::store::DEFAULT_CACHE_BYTES)?;
+        let store = Store::open(&options.data_dir, options.cache_capacity_bytes)?;
         let config = Config {
             cluster_name: "sessiond".into(),
             heartbeat_interval: options.heartbeat_ms,

@@ -24,9 +24,6 @@ pub use state_machine::{StateMachine, StateReader};
 
 use crate::Error;
 
-/// Default sled page cache of the state database (per generation; two exist only while a
-/// snapshot is installed).
-pub const DEFAULT_CACHE_BYTES: u64 = 96 * 1024 * 1024;
 /// sled page cache of the log database: it holds the entries since the last snapshot.
 const LOG_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
@@ -85,6 +82,8 @@ mod tests {
     use crate::proto::SCHEMA_VERSION;
     use crate::raft::TypeConfig;
 
+    const TEST_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
     struct TempStores;
 
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for TempStores {
@@ -92,7 +91,7 @@ mod tests {
             &self,
         ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
             let dir = tempfile::tempdir().expect("temp dir");
-            let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).expect("open store");
+            let store = Store::open(dir.path(), TEST_CACHE_BYTES).expect("open store");
             Ok((dir, store.log, store.state_machine))
         }
     }
@@ -128,7 +127,7 @@ mod tests {
     /// the database lock.
     async fn reopen(dir: &Path) -> Store {
         for _ in 0..200 {
-            if let Ok(store) = Store::open(dir, DEFAULT_CACHE_BYTES) {
+            if let Ok(store) = Store::open(dir, TEST_CACHE_BYTES) {
                 return store;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -140,7 +139,7 @@ mod tests {
     async fn log_vote_and_applied_state_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+            let mut store = Store::open(dir.path(), TEST_CACHE_BYTES).unwrap();
             store
                 .log
                 .save_vote(&Vote::new_committed(3, 1))
@@ -180,7 +179,7 @@ mod tests {
     #[tokio::test]
     async fn a_snapshot_installed_elsewhere_reproduces_the_state_byte_for_byte() {
         let source_dir = tempfile::tempdir().unwrap();
-        let mut source = Store::open(source_dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let mut source = Store::open(source_dir.path(), TEST_CACHE_BYTES).unwrap();
         let entries: Vec<_> = (1..=4_000).map(|i| create_entry(i, i as u32)).collect();
         source.state_machine.apply(entries).await.unwrap();
         let snapshot = source
@@ -193,7 +192,7 @@ mod tests {
         assert_eq!(snapshot.meta.last_log_id.map(|id| id.index), Some(4_000));
 
         let target_dir = tempfile::tempdir().unwrap();
-        let mut target = Store::open(target_dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let mut target = Store::open(target_dir.path(), TEST_CACHE_BYTES).unwrap();
         let stale: Vec<_> = (1..=2_000)
             .map(|i| create_entry(i, 1_000_000 + i as u32))
             .collect();
@@ -233,7 +232,7 @@ mod tests {
         Vec<crate::domain::StateEntry>,
     ) {
         let source_dir = tempfile::tempdir().unwrap();
-        let mut source = Store::open(source_dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let mut source = Store::open(source_dir.path(), TEST_CACHE_BYTES).unwrap();
         let entries: Vec<_> = (1..=4_000).map(|i| create_entry(i, i as u32)).collect();
         source.state_machine.apply(entries).await.unwrap();
         source
@@ -245,7 +244,7 @@ mod tests {
             .unwrap();
         let expected = everything(&source.state_machine.reader());
         let target_dir = tempfile::tempdir().unwrap();
-        let mut target = Store::open(target_dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let mut target = Store::open(target_dir.path(), TEST_CACHE_BYTES).unwrap();
         let stale: Vec<_> = (1..=1_500)
             .map(|i| create_entry(i, 1_000_000 + i as u32))
             .collect();

@@ -293,6 +293,9 @@ struct Shared {
     snapshot_file: Mutex<()>,
     snapshot_dir: PathBuf,
     snapshots_built: AtomicU64,
+    /// Longest wait of an apply for the commit lock since the current build started, in µs
+    /// (reported when the build ends: builds must not stall writes).
+    worst_apply_wait_us: AtomicU64,
 }
 
 fn sm_read_err(e: impl ToString) -> StorageError<u64> {
@@ -331,7 +334,7 @@ impl StateMachine {
         cache_bytes: u64,
     ) -> Result<Self, StorageError<u64>> {
         std::fs::create_dir_all(snapshot_dir).map_err(snapshot_err)?;
-        remove_partial_snapshots(snapshot_dir).map_err(snapshot_err)?;
+        remove_partial_snapshots(snapshot_dir, true).map_err(snapshot_err)?;
         let generations = Generations::new(state_dir, cache_bytes).map_err(sm_read_err)?;
         let number = match generations.current_number().map_err(sm_read_err)? {
             Some(number) => number,
@@ -357,6 +360,7 @@ impl StateMachine {
             snapshot_file: Mutex::new(()),
             snapshot_dir: snapshot_dir.to_path_buf(),
             snapshots_built: AtomicU64::new(0),
+            worst_apply_wait_us: AtomicU64::new(0),
         });
         shared.recover_from_local_snapshots(applied)?;
         Ok(StateMachine { shared })
@@ -371,13 +375,14 @@ impl StateMachine {
     }
 }
 
-/// Removes snapshots whose receive or build did not finish.
-fn remove_partial_snapshots(dir: &Path) -> io::Result<()> {
+/// Removes snapshots whose receive did not finish, and, at start (`builds`), whose build
+/// did not finish.
+fn remove_partial_snapshots(dir: &Path, builds: bool) -> io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(INCOMING_PREFIX) || name.ends_with(".tmp") {
+        if name.starts_with(INCOMING_PREFIX) || (builds && name.ends_with(".tmp")) {
             std::fs::remove_file(entry.path())?;
         }
     }
@@ -464,6 +469,8 @@ impl Shared {
     /// durable up to the snapshot before the log behind the snapshot is purged.
     fn build_snapshot(&self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
         let _one_build = lock(&self.building)?;
+        let started = std::time::Instant::now();
+        self.worst_apply_wait_us.store(0, Ordering::Relaxed);
         let generation = self.generation();
         let (applied, membership) = {
             let _commit = lock(&self.commit)?;
@@ -484,8 +491,16 @@ impl Shared {
         let tmp = self.snapshot_dir.join(BUILDING_FILE);
         let written = self.copy_to(&generation, &tmp, &header);
         generation.stop_copy();
-        written?;
+        let entries = written?;
         generation.db.flush().map_err(sm_write_err)?;
+        tracing::info!(
+            snapshot = %header.snapshot_id,
+            entries,
+            bytes = std::fs::metadata(&tmp).map_or(0, |m| m.len()),
+            secs = started.elapsed().as_secs_f64(),
+            worst_apply_wait_ms = self.worst_apply_wait_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            "snapshot built"
+        );
         let path = self.publish_snapshot(&tmp, applied)?;
         let file = std::fs::File::open(&path).map_err(snapshot_err)?;
         if path == tmp {
@@ -550,6 +565,7 @@ impl Shared {
         path: &Path,
         expected: Option<Option<LogId<u64>>>,
     ) -> Result<(), StorageError<u64>> {
+        let started = std::time::Instant::now();
         let mut reader = SnapshotReader::open(path).map_err(sm_read_err)?;
         let header = reader.header().clone();
         let last = header_log_id(&header);
@@ -587,7 +603,13 @@ impl Shared {
         );
         let number = old.number;
         drop(old);
-        self.generations.remove(number).map_err(sm_write_err)
+        self.generations.remove(number).map_err(sm_write_err)?;
+        tracing::info!(
+            snapshot = %header.snapshot_id,
+            secs = started.elapsed().as_secs_f64(),
+            "snapshot installed"
+        );
+        Ok(())
     }
 }
 
@@ -705,7 +727,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(results);
         };
         {
+            let waiting = std::time::Instant::now();
             let _commit = lock(&shared.commit)?;
+            shared
+                .worst_apply_wait_us
+                .fetch_max(waiting.elapsed().as_micros() as u64, Ordering::Relaxed);
             generation
                 .record_pre_images(overlay.written_keys())
                 .map_err(sm_read_err)?;
@@ -731,7 +757,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError<u64>> {
         let dir = self.shared.snapshot_dir.clone();
-        tokio::task::spawn_blocking(move || remove_partial_snapshots(&dir))
+        tokio::task::spawn_blocking(move || remove_partial_snapshots(&dir, false))
             .await
             .map_err(snapshot_err)?
             .map_err(snapshot_err)?;
