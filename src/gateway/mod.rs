@@ -170,7 +170,6 @@ impl GatewayCache {
     /// Caches `session` as the authority returned it at `revision` through another call
     /// (the session and revision of a CreateSession or Rotate response passing through the
     /// gateway), so that its first lookup is a hit. A newer cached answer, such as a
-    /// revocation that arrived meanwhile, is kept.
     /// revocation that arrived meanwhile, is kept; an answer older than the last RESYNC is
     /// returned as given but not cached.
     pub fn prime(&self, session: Session, revision: u64) -> Arc<Cached> {
