@@ -1,14 +1,17 @@
 //! Retries and idempotency keys, driven over gRPC against an in-process single-node cluster:
 //! a retried write gets its first answer (tokens and revision included) and never logs the
 //! user out; a request id is scoped to its tenant and operation and bound to the request's
-//! parameters; answers that need no write cost no log entry; undecodable input is
-//! INVALID_ARGUMENT naming the field.
+//! parameters; answers that need no write cost no log entry; one connection holds a bounded
+//! number of streams; undecodable input is INVALID_ARGUMENT naming the field; a collected
+//! session's access token tells another tenant nothing.
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
+use sessiond::api::limits::MAX_STREAMS_PER_CONNECTION;
+use sessiond::client::Client;
 use sessiond::config::Config;
 use sessiond::proto::v1::cluster_client::ClusterClient;
 use sessiond::proto::v1::*;
@@ -356,5 +359,81 @@ async fn invalid_utf8_is_invalid_argument_naming_the_field() {
         .await
         .unwrap();
     assert_eq!(count.active, 0, "nothing was written");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn one_connection_holds_a_bounded_number_of_streams() {
+    let (t, _dir) = node_with(|_| {}).await;
+    let watch = WatchRevocationsRequest::default;
+    let mut open = Vec::new();
+    for _ in 0..MAX_STREAMS_PER_CONNECTION {
+        open.push(t.client.watch_revocations(watch()).await.unwrap());
+    }
+    let refused = t.client.watch_revocations(watch()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+
+    let other = Client::connect(&format!("http://{}", t.node.addr()))
+        .await
+        .unwrap();
+    let _elsewhere = other.watch_revocations(watch()).await.unwrap();
+
+    // A stream the client drops frees its slot.
+    open.pop();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match t.client.watch_revocations(watch()).await {
+            Ok(stream) => {
+                open.push(stream);
+                break;
+            }
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                assert!(std::time::Instant::now() < deadline, "slot never freed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_collected_sessions_access_token_is_unknown_to_every_tenant() {
+    let (t, _dir) = node_with(|c| c.gc.interval_ms = 200).await;
+    let created = t
+        .client
+        .create_session(CreateSessionRequest {
+            idle_timeout_ms: 1_000,
+            access_token_ttl_ms: 600_000,
+            ..create_request("acme", "erin")
+        })
+        .await
+        .unwrap();
+    let sid = session_of(&created).session_id;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while t
+        .client
+        .lookup(lookup_by_id("acme", &sid))
+        .await
+        .unwrap()
+        .outcome()
+        != LookupOutcome::NotFound
+    {
+        assert!(std::time::Instant::now() < deadline, "never collected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for tenant in ["globex", "acme"] {
+        let r = t
+            .client
+            .validate_access_token(ValidateAccessTokenRequest {
+                tenant: tenant.into(),
+                access_token: created.access_token.clone(),
+                consistency: 0,
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.outcome(), AccessTokenOutcome::Unknown, "{tenant}");
+        assert!(r.session.is_none());
+    }
     t.stop().await;
 }
