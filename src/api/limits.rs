@@ -16,7 +16,7 @@ use tokio_stream::Stream;
 use tonic::Status;
 
 /// Most revocation streams one connection may hold open at once.
-pub const MAX_STREAMS_PER_CONNECTION: usize = 16;
+pub const MAX_STREAMS_PER_CONNECTION: usize = 32;
 
 /// Counts the open streams of each connection.
 #[derive(Debug, Default)]
