@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::limits::{Admitted, StreamLimiter};
 use crate::config::Config;
 use crate::domain::StateError;
 use crate::proto::internal::{command, Command};
@@ -23,6 +24,7 @@ pub struct Authority {
     node: RaftNode,
     config: Arc<Config>,
     stopping: tokio::sync::watch::Receiver<bool>,
+    streams: Arc<StreamLimiter>,
 }
 
 impl Authority {
@@ -37,6 +39,7 @@ impl Authority {
             node,
             config,
             stopping,
+            streams: Arc::default(),
         }
     }
 
@@ -221,13 +224,15 @@ impl SessionAuthority for Authority {
         reply(super::reads::count_sessions(self, request.into_inner()).await)
     }
 
-    type WatchRevocationsStream = super::watch::RevocationStream;
+    type WatchRevocationsStream = Admitted<super::watch::RevocationStream>;
 
     async fn watch_revocations(
         &self,
         request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        reply(super::watch::watch(self, request.into_inner()))
+        let slot = self.streams.admit(request.remote_addr())?;
+        let stream = super::watch::watch(self, request.into_inner())?;
+        Ok(Response::new(Admitted::new(stream, slot)))
     }
 
     async fn list_revoked(

@@ -23,6 +23,8 @@ mod touch;
 #[cfg(test)]
 mod dedup_tests;
 #[cfg(test)]
+mod paging_tests;
+#[cfg(test)]
 mod tests;
 
 use crate::proto::internal::{
