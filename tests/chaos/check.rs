@@ -233,7 +233,10 @@ fn session_history(
     end_us: u64,
 ) -> Vec<SessionOp> {
     let mut out = Vec::new();
-    for op in ops {
+    for op in ops
+        .iter()
+        .filter(|o| !matches!(o.outcome, Outcome::Fail(_)))
+    {
         let (mop, ret) = match (&op.kind, &op.outcome) {
             (OpKind::Create { .. }, o) if op.id == s.created_by => (
                 MOp::Create,

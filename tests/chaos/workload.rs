@@ -81,14 +81,17 @@ async fn timed<T>(
 ) -> Result<T, String> {
     match tokio::time::timeout(CALL_TIMEOUT + Duration::from_secs(1), f).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
-        Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+        Ok(Err(s)) => Err(format!("{s:?}")),
         Err(_) => Err("timed out".into()),
     }
 }
 
+/// A write's outcome: unknown on any error, except a refused connection (the request never
+/// left the client).
 fn write_outcome(r: Result<Ret, String>) -> Outcome {
     match r {
         Ok(ret) => Outcome::Ok(ret),
+        Err(e) if e.contains("Connection refused") => Outcome::Fail(e),
         Err(e) => Outcome::Unknown(e),
     }
 }
