@@ -71,7 +71,7 @@ impl Cluster {
         std::fs::write(
             &config,
             "[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 800\n\
-             election_timeout_max_ms = 1600\nsnapshot_logs_since_last = 400\n\
+             election_timeout_max_ms = 1600\nsnapshot_logs_since_last = 5000\n\
              max_in_snapshot_log_to_keep = 20\n\n[gc]\ninterval_ms = 5000\n\n\
              [watch]\nprogress_interval_ms = 300\n",
         )

@@ -841,8 +841,11 @@ fn seeds_from_env(default: &[u64]) -> Vec<u64> {
     }
 }
 
-/// The CI set: schedules that pass on this base (see README "How we test faults").
-const CI_SEEDS: &[u64] = &[1, 2, 3, 4];
+/// The CI set: schedules without forced snapshot installs (which still break on this base,
+/// see [`REGRESSION_SEEDS`]) covering every other fault kind: one-way, clock offset,
+/// isolated leader, kill, majority/minority, pause, kill twice, membership, slow links,
+/// quorum loss.
+const CI_SEEDS: &[u64] = &[7, 52, 69, 98];
 
 /// Random schedules (`CHAOS_SEED` / `CHAOS_SCHEDULES`; by default the CI set): every
 /// invariant holds.
@@ -866,4 +869,13 @@ const REGRESSION_SEEDS: &[u64] = &[1, 3];
 fn regression_schedules() {
     let failed = run_seeds(REGRESSION_SEEDS);
     assert!(failed.is_empty(), "violations in seeds {failed:?}");
+}
+
+#[test]
+fn a_seed_gives_the_same_schedule_every_time() {
+    let a = schedule::generate(42, 3, 20_000);
+    let b = schedule::generate(42, 3, 20_000);
+    assert!(!a.steps.is_empty());
+    assert_eq!(a.to_string(), b.to_string());
+    assert_ne!(a.to_string(), schedule::generate(43, 3, 20_000).to_string());
 }
