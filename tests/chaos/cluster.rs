@@ -125,8 +125,10 @@ impl Cluster {
         format!("http://{}", self.nodes[&id].addr)
     }
 
-    /// Starts node `id` (the first node bootstraps, the others wait to be added).
-    pub fn start(&mut self, id: u64, bootstrap: bool) {
+    /// Starts node `id` with the same flags every time, as an operator's config would: node
+    /// 1 bootstraps the cluster (a no-op once it has state), the others wait to be added.
+    pub fn start(&mut self, id: u64) {
+        let bootstrap = id == 1;
         let dial = self.proxies.dial_map(id, &self.addrs);
         let node = self.nodes.get_mut(&id).expect("known node");
         if node.child.is_some() {
