@@ -228,6 +228,15 @@ impl Cluster {
         self.proxies.split(isolated, &rest, mode);
     }
 
+    /// How many lines of node `id`'s log contain `needle`.
+    pub fn log_count(&self, id: u64, needle: &str) -> usize {
+        std::fs::read_to_string(&self.nodes[&id].log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
     /// The last `lines` error lines of node `id`'s log, for a report.
     pub fn log_errors(&self, id: u64, lines: usize) -> Vec<String> {
         let text = std::fs::read_to_string(&self.nodes[&id].log).unwrap_or_default();

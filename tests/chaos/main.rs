@@ -48,7 +48,7 @@ const PRELOAD: usize = 1_500;
 /// reset before they were accepted).
 const ABANDONED: usize = 32;
 /// Concurrent client tasks.
-const CLIENTS: usize = 4;
+const CLIENTS: usize = 8;
 /// How long the cluster may take to converge once the faults healed.
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -284,9 +284,11 @@ impl Runner {
         })
     }
 
-    /// After a pause: whether requests on the clients' connection to `id` are refused with
-    /// GOAWAY too_many_resets (issue (c)).
+    /// After a pause: whether the node refused a connection with GOAWAY too_many_resets
+    /// (h2 logs it), and whether requests on the clients' connection to it fail so (issue (c)).
     async fn probe_after_pause(&mut self, id: u64) {
+        const H2_LIMIT: &str = "remotely-reset pending-accept streams reached limit";
+        let before = self.cluster.log_count(id, H2_LIMIT);
         let mut refused = 0;
         for _ in 0..5 {
             let request = LookupRequest {
@@ -300,8 +302,10 @@ impl Runner {
                 }
             }
         }
+        let goaways = self.cluster.log_count(id, H2_LIMIT) - before;
         self.report.notes.push(format!(
-            "node {id} resumed after a pause with {ABANDONED} abandoned requests: {refused} of 5 requests got GOAWAY too_many_resets"
+            "node {id} resumed after a pause with {ABANDONED} abandoned requests: \
+             {goaways} GOAWAY too_many_resets logged, {refused} of 5 probes refused"
         ));
     }
 

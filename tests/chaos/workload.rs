@@ -19,7 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::history::*;
 
 /// How long one client call may take before its outcome is unknown.
-const CALL_TIMEOUT: Duration = Duration::from_secs(8);
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Operations aimed at one session before the workload leaves it (keeps the per-session
 /// linearizability search small).
 const OPS_PER_SESSION: usize = 8;
