@@ -99,9 +99,13 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
     health_reporter
         .set_serving::<SessionAuthorityServer<Authority>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl speaks v1, many stock clients (grpcio-reflection,
+    // GUI tools) still speak only v1alpha.
+    let reflection = reflection_builder()
         .build_v1()
+        .map_err(|e| Error::Internal(format!("reflection service: {e}")))?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
         .map_err(|e| Error::Internal(format!("reflection service: {e}")))?;
     let sessions = SessionAuthorityServer::new(authority.clone())
         .max_decoding_message_size(config.max_message_bytes)
@@ -120,6 +124,7 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
         let served = Server::builder()
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(sessions)
             .add_service(transport)
             .add_service(cluster)
@@ -155,6 +160,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
     running.stop().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Server reflection over every proto file of the API and of gRPC health.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 async fn shutdown_signal() {
