@@ -110,6 +110,7 @@ fn public_event(revision: u64, e: internal::RevocationEvent) -> RevocationEvent 
 
 impl Subscriber {
     async fn run(mut self, live: Feed) {
+        let _counted = crate::metrics::stream_subscribed();
         let stopped = match self.backlog().await {
             Ok(()) => self.follow(live).await,
             Err(stop) => stop,
@@ -145,6 +146,7 @@ impl Subscriber {
 
     /// Tells the subscriber where to resume; it is then dropped.
     fn cut_off(&self) {
+        crate::metrics::STREAM_CUT_OFFS.inc();
         let _ = self
             .tx
             .try_send(Ok(message(watch_revocations_response::Kind::CutOff(
