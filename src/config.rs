@@ -360,5 +360,7 @@ mod tests {
         assert!(Config::from_toml("[sessions]\ndefault_ttl_ms = 10\nmax_ttl_ms = 5").is_err());
         assert!(Config::from_toml("[raft]\nheartbeat_ms = 900").is_err());
         assert!(Config::from_toml("node_id = 0").is_err());
+        assert!(Config::from_toml("[sessions]\nttl_jitter_pct = 51").is_err());
+        assert!(Config::from_toml("[sessions]\nttl_jitter_pct = 50").is_ok());
     }
 }
