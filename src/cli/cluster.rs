@@ -50,12 +50,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// Connects to the first of the comma-separated `endpoints` that answers.
 pub async fn connect_any(endpoints: &str) -> anyhow::Result<Channel> {
     let mut failures = Vec::new();
-    for endpoint in endpoints
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-    {
-        let connected = match Channel::from_shared(endpoint.to_owned()) {
+    for endpoint in super::endpoint_list(endpoints) {
+        let connected = match Channel::from_shared(endpoint.clone()) {
             Ok(c) => c.connect_timeout(Duration::from_secs(3)).connect().await,
             Err(e) => anyhow::bail!("invalid endpoint {endpoint:?}: {e}"),
         };
@@ -64,7 +60,7 @@ pub async fn connect_any(endpoints: &str) -> anyhow::Result<Channel> {
             Err(e) => failures.push(format!("{endpoint}: {e}")),
         }
     }
-    anyhow::bail!("no endpoint answered ({})", failures.join("; "))
+    Err(super::Unreachable(failures.join("; ")).into())
 }
 
 /// Adds the learner, printing its progress (to stderr) while the call waits.
@@ -103,12 +99,9 @@ async fn add_learner(
 
 /// Runs one cluster command against the first answering node of `endpoints`, printing the
 /// resulting status.
-pub async fn run(
-    endpoints: &str,
-    json_output: bool,
-    command: ClusterCommand,
-) -> anyhow::Result<()> {
-    let mut client = ClusterClient::new(connect_any(endpoints).await?);
+pub async fn run(target: &super::Target, command: ClusterCommand) -> anyhow::Result<()> {
+    let json_output = target.json;
+    let mut client = ClusterClient::new(connect_any(&target.endpoint).await?);
     let (what, status) = match command {
         ClusterCommand::AddLearner {
             node_id,
