@@ -16,6 +16,7 @@
 //! - [`client`]: a typed Rust client; [`cli`]: the `sessiond` command line.
 //! - [`config`]: node configuration (flags, environment, TOML file); [`clock`]: the wall clock.
 //! - [`gateway`]: the gateway's session cache fed by the revocation stream.
+//! - [`health`]: the node's health verdict; [`metrics`]: Prometheus metrics and probes.
 //! - [`bench`]: the `sessiond bench` load generator.
 
 pub mod api;
@@ -27,6 +28,8 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod gateway;
+pub mod health;
+pub mod metrics;
 pub mod proto;
 pub mod raft;
 pub mod server;

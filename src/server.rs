@@ -1,6 +1,6 @@
 //! Wires a node together: the Raft node on its data directory, the gRPC services (session
-//! authority, health, reflection) on one listener, the periodic garbage collection, and a
-//! graceful shutdown that stops accepting requests, lets in-flight ones finish, then stops
+//! authority, health, reflection) on one listener, the health watcher, the optional metrics
+//! and probe listener, the periodic garbage collection, and a graceful shutdown that stops accepting requests, lets in-flight ones finish, then stops
 //! Raft and flushes storage.
 
 use std::net::SocketAddr;
@@ -17,6 +17,8 @@ use crate::api::cluster::ClusterAdmin;
 use crate::api::service::now_ms;
 use crate::api::Authority;
 use crate::config::{Config, LogFormat};
+use crate::metrics::layer::RpcMetricsLayer;
+use crate::metrics::sampler;
 use crate::proto::internal::raft_transport_server::RaftTransportServer;
 use crate::proto::internal::{command, command_result, CollectGarbage};
 use crate::proto::v1::cluster_server::ClusterServer;
@@ -33,6 +35,7 @@ const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// does.
 pub struct RunningNode {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     node: RaftNode,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), Error>>,
@@ -42,6 +45,11 @@ impl RunningNode {
     /// The address the gRPC server is bound to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address the metrics and probe listener is bound to, when enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The Raft node, for status and tests.
@@ -72,6 +80,15 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("listener has no address: {e}")))?;
+    let metrics_listener = match config.metrics_listen {
+        Some(at) => Some(
+            TcpListener::bind(at)
+                .await
+                .map_err(|e| Error::Unavailable(format!("cannot bind {at}: {e}")))?,
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let advertise_addr = config
         .advertise_addr
         .clone()
@@ -97,12 +114,34 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
     let (stop, stopped) = watch::channel(false);
     let authority = Authority::new(node.clone(), config.clone(), stopped.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<SessionAuthorityServer<Authority>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+    let (health, verdict_seen) = crate::health::start(
+        node.clone(),
+        config.health.clone(),
+        health_reporter,
+        stopped.clone(),
+    )
+    .await;
+    let metrics = metrics_listener.map(|listener| {
+        tokio::spawn(sampler::run(
+            node.clone(),
+            config.data_dir.clone(),
+            verdict_seen.clone(),
+            stopped.clone(),
+        ));
+        tokio::spawn(crate::metrics::http::serve(
+            listener,
+            node.clone(),
+            verdict_seen,
+            stopped.clone(),
+        ))
+    });
+    // Both reflection versions: grpcurl speaks v1, many stock clients (grpcio-reflection,
+    // GUI tools) still speak only v1alpha.
+    let reflection = reflection_builder()
         .build_v1()
+        .map_err(|e| Error::Internal(format!("reflection service: {e}")))?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
         .map_err(|e| Error::Internal(format!("reflection service: {e}")))?;
     let sessions = SessionAuthorityServer::new(authority.clone())
         .max_decoding_message_size(config.max_message_bytes)
@@ -119,8 +158,10 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
     let task = tokio::spawn(async move {
         let mut stopped = stopped;
         let served = Server::builder()
+            .layer(RpcMetricsLayer)
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(sessions)
             .add_service(transport)
             .add_service(cluster)
@@ -134,13 +175,21 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
             )
             .await;
         let _ = gc.await;
+        let _ = health.await;
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         let closed = serving_node.shutdown().await;
         served.map_err(|e| Error::Internal(format!("gRPC server: {e}")))?;
         closed
     });
+    if let Some(at) = metrics_addr {
+        tracing::info!(addr = %at, "metrics and probes on http://{at}/metrics, /healthz, /readyz");
+    }
     tracing::info!(%addr, node_id = config.node_id, data_dir = %config.data_dir.display(), "sessiond serving");
     Ok(RunningNode {
         addr,
+        metrics_addr,
         node,
         stop,
         task,
@@ -156,6 +205,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
     running.stop().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Server reflection over every proto file of the API and of gRPC health.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 async fn shutdown_signal() {
@@ -213,9 +269,12 @@ async fn collect_garbage_periodically(authority: Authority, mut stopped: watch::
                 .await
             {
                 Ok(applied) => match applied.result.kind {
-                    Some(command_result::Kind::CollectGarbage(r))
-                        if r.removed >= u64::from(gc.batch_limit) => {}
                     Some(command_result::Kind::CollectGarbage(r)) => {
+                        crate::metrics::GC_COLLECTIONS.inc();
+                        crate::metrics::GC_REMOVED.inc_by(r.removed);
+                        if r.removed >= u64::from(gc.batch_limit) {
+                            continue;
+                        }
                         if r.removed > 0 {
                             tracing::debug!(removed = r.removed, "garbage collected");
                         }

@@ -112,6 +112,7 @@ fn public_event(revision: u64, e: internal::RevocationEvent) -> RevocationEvent 
 
 impl Subscriber {
     async fn run(mut self, live: Feed, applied: u64) {
+        let _counted = crate::metrics::stream_subscribed();
         let stopped = match self.backlog(applied).await {
             Ok(()) => self.follow(live).await,
             Err(stop) => stop,
@@ -147,6 +148,7 @@ impl Subscriber {
 
     /// Tells the subscriber where to resume; it is then dropped.
     fn cut_off(&self) {
+        crate::metrics::STREAM_CUT_OFFS.inc();
         let _ = self
             .tx
             .try_send(Ok(message(watch_revocations_response::Kind::CutOff(

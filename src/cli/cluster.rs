@@ -1,6 +1,8 @@
 //! `sessiond cluster …`: grow, shrink and inspect a running cluster. Any node accepts these
 //! commands (followers relay membership changes to the leader).
 
+use std::time::Duration;
+
 use clap::Subcommand;
 use serde_json::json;
 use tonic::transport::Channel;
@@ -14,17 +16,24 @@ use crate::proto::v1::{
 /// Cluster subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Add a node as a learner; returns once it has caught up.
+    /// Add a node as a learner; returns once it holds the leader's log as of the call
+    /// (printing its progress meanwhile), or fails after --timeout.
     AddLearner {
         /// The new node's id (never reused).
         node_id: u64,
         /// The new node's address, host:port.
         addr: String,
+        /// Seconds to wait for the learner to catch up.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
     },
-    /// Make a learner a voter.
+    /// Make a learner a voter (refused while it has not caught up, unless --force).
     Promote {
         /// The learner's id.
         node_id: u64,
+        /// Promote even a learner that has not caught up.
+        #[arg(long)]
+        force: bool,
     },
     /// Remove a node (voter or learner); stop it afterwards.
     Remove {
@@ -44,10 +53,64 @@ pub enum ClusterCommand {
     },
 }
 
-/// Runs one cluster command against `endpoint`, printing the resulting status.
-pub async fn run(endpoint: &str, json_output: bool, command: ClusterCommand) -> anyhow::Result<()> {
-    let channel = Channel::from_shared(endpoint.to_owned())?.connect().await?;
-    let mut client = ClusterClient::new(channel);
+/// How often add-learner reports the learner's progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Connects to the first of the comma-separated `endpoints` that answers.
+pub async fn connect_any(endpoints: &str) -> anyhow::Result<Channel> {
+    let mut failures = Vec::new();
+    for endpoint in super::endpoint_list(endpoints) {
+        let connected = match Channel::from_shared(endpoint.clone()) {
+            Ok(c) => c.connect_timeout(Duration::from_secs(3)).connect().await,
+            Err(e) => anyhow::bail!("invalid endpoint {endpoint:?}: {e}"),
+        };
+        match connected {
+            Ok(channel) => return Ok(channel),
+            Err(e) => failures.push(format!("{endpoint}: {e}")),
+        }
+    }
+    Err(super::Unreachable(failures.join("; ")).into())
+}
+
+/// Adds the learner, printing its progress (to stderr) while the call waits.
+async fn add_learner(
+    client: &mut ClusterClient<Channel>,
+    request: AddLearnerRequest,
+    quiet: bool,
+) -> anyhow::Result<Option<ClusterStatusResponse>> {
+    let id = request.node_id;
+    let mut watcher = client.clone();
+    let added = client.add_learner(request);
+    tokio::pin!(added);
+    let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            done = &mut added => return Ok(done?.into_inner().status),
+            _ = ticker.tick() => {
+                if quiet {
+                    continue;
+                }
+                if let Ok(s) = watcher.status(ClusterStatusRequest {}).await {
+                    let s = s.into_inner();
+                    match s.members.iter().find(|m| m.node_id == id) {
+                        Some(m) if m.matched_index > 0 => eprintln!(
+                            "node {id} catching up: holds {} of {} entries",
+                            m.matched_index, s.last_log_index
+                        ),
+                        _ => eprintln!("node {id} catching up (receiving the log or a snapshot)"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs one cluster command against the first answering node of `endpoints`, printing the
+/// resulting status.
+pub async fn run(target: &super::Target, command: ClusterCommand) -> anyhow::Result<()> {
+    let json_output = target.json;
+    let mut client = ClusterClient::new(connect_any(&target.endpoint).await?);
     let (what, status) = match command {
         ClusterCommand::Digest => {
             let d = client
@@ -83,19 +146,25 @@ pub async fn run(endpoint: &str, json_output: bool, command: ClusterCommand) -> 
             println!("node {} is purging its log up to {upto}", r.node_id);
             return Ok(());
         }
-        ClusterCommand::AddLearner { node_id, addr } => {
-            let r = client
-                .add_learner(AddLearnerRequest { node_id, addr })
-                .await?
-                .into_inner();
+        ClusterCommand::AddLearner {
+            node_id,
+            addr,
+            timeout,
+        } => {
+            let request = AddLearnerRequest {
+                node_id,
+                addr,
+                timeout_ms: timeout.saturating_mul(1000),
+            };
+            let status = add_learner(&mut client, request, json_output).await?;
             (
                 format!("node {node_id} added as a learner and caught up"),
-                r.status,
+                status,
             )
         }
-        ClusterCommand::Promote { node_id } => {
+        ClusterCommand::Promote { node_id, force } => {
             let r = client
-                .promote(PromoteRequest { node_id })
+                .promote(PromoteRequest { node_id, force })
                 .await?
                 .into_inner();
             (format!("node {node_id} is now a voter"), r.status)

@@ -3,7 +3,7 @@
 use clap::Args;
 use serde_json::json;
 
-use crate::client::Client;
+use super::output::rfc3339;
 use crate::proto::v1::watch_revocations_response::Kind;
 use crate::proto::v1::{RevocationReason, RevokeScope, WatchRevocationsRequest};
 
@@ -16,14 +16,13 @@ pub struct WatchArgs {
     /// Only this tenant's events (repeatable; none: every tenant).
     #[arg(long = "tenant")]
     pub tenants: Vec<String>,
-    /// Print one JSON object per line.
-    #[arg(long)]
-    pub json: bool,
 }
 
-/// Streams until the server ends the stream or the process is interrupted.
-pub async fn run(endpoint: &str, args: WatchArgs) -> anyhow::Result<()> {
-    let client = Client::connect(endpoint).await?;
+/// Streams until the server ends the stream or the process is interrupted; with `--json`,
+/// one JSON object per line.
+pub async fn run(target: &super::Target, args: WatchArgs) -> anyhow::Result<()> {
+    let json = target.json;
+    let client = super::client(&target.endpoint).await?;
     let mut stream = client
         .watch_revocations(WatchRevocationsRequest {
             from_revision: args.from_revision,
@@ -38,16 +37,18 @@ pub async fn run(endpoint: &str, args: WatchArgs) -> anyhow::Result<()> {
                 .map(|e| {
                     let reason = RevocationReason::try_from(e.reason).unwrap_or_default();
                     let scope = RevokeScope::try_from(e.scope).unwrap_or_default();
-                    if args.json {
+                    if json {
                         json!({"revision": e.revision, "tenant": e.tenant, "user_id": e.user_id,
                             "family_id": e.family_id, "session_id": e.session_id,
                             "reason": reason.as_str_name(), "scope": scope.as_str_name(),
+                            "revoked_at": rfc3339(e.revoked_at_ms),
                             "revoked_at_ms": e.revoked_at_ms})
                         .to_string()
                     } else {
                         format!(
-                            "{:>8}  revoked {}  tenant {:?} user {:?} family {}  ({}, {})",
+                            "{:>8}  {}  revoked {}  tenant {:?} user {:?} family {}  ({}, {})",
                             e.revision,
+                            rfc3339(e.revoked_at_ms),
                             e.session_id,
                             e.tenant,
                             e.user_id,
@@ -59,7 +60,7 @@ pub async fn run(endpoint: &str, args: WatchArgs) -> anyhow::Result<()> {
                 })
                 .collect::<Vec<_>>()
                 .join("\n"),
-            Some(Kind::Progress(p)) if args.json => json!({"progress": p.revision}).to_string(),
+            Some(Kind::Progress(p)) if json => json!({"progress": p.revision}).to_string(),
             Some(Kind::Progress(_)) | None => continue,
             Some(Kind::ResyncRequired(r)) => {
                 anyhow::bail!(

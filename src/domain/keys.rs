@@ -193,6 +193,18 @@ pub fn tenant_live(tenant: &str) -> Vec<u8> {
     Key::new(TENANT_LIVE).part(tenant.as_bytes()).done()
 }
 
+/// The prefix of every tenant's live-session counter.
+pub fn tenant_live_prefix() -> Vec<u8> {
+    vec![TENANT_LIVE]
+}
+
+/// The tenant named by a live-session counter key.
+pub fn tenant_of_live(key: &[u8]) -> Option<String> {
+    let len = u32::from_be_bytes(key.get(1..5)?.try_into().ok()?) as usize;
+    let name = key.get(5..5usize.checked_add(len)?)?;
+    String::from_utf8(name.to_vec()).ok()
+}
+
 /// The tenant's replay counter.
 pub fn tenant_replays(tenant: &str) -> Vec<u8> {
     Key::new(TENANT_REPLAYS).part(tenant.as_bytes()).done()
@@ -269,6 +281,16 @@ mod tests {
         assert!(!a.starts_with(&tenant_sessions("ab")));
         assert!(!user_session("ab", "c", 1, "sid").starts_with(&tenant_sessions("a")));
         assert!(!a.starts_with(&user_sessions("a", "b")));
+    }
+
+    #[test]
+    fn a_live_counter_key_names_its_tenant() {
+        for tenant in ["", "acme", "a\u{e9}b"] {
+            let key = tenant_live(tenant);
+            assert!(key.starts_with(&tenant_live_prefix()));
+            assert_eq!(tenant_of_live(&key).as_deref(), Some(tenant));
+        }
+        assert_eq!(tenant_of_live(&[TENANT_LIVE, 0, 0, 0, 9, b'x']), None);
     }
 
     #[test]

@@ -162,6 +162,22 @@ pub fn count_active(
     }
 }
 
+/// The live-session counters (sessions neither revoked nor collected) of the first `limit`
+/// tenants in name order, for metrics.
+pub fn live_sessions_per_tenant(
+    state: &impl StateRead,
+    limit: usize,
+) -> Result<Vec<(String, u64)>, StateError> {
+    let mut counts = Vec::new();
+    for (key, _) in state.scan_prefix(&keys::tenant_live_prefix(), None, limit)? {
+        if let Some(tenant) = keys::tenant_of_live(&key) {
+            let live = counter(state, &key)?;
+            counts.push((tenant, live));
+        }
+    }
+    Ok(counts)
+}
+
 /// Replay anomalies detected: (tenant total, the user's total or 0).
 pub fn replay_counts(
     state: &impl StateRead,

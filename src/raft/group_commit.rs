@@ -86,6 +86,7 @@ async fn drive(raft: Raft<TypeConfig>, mut waiting: mpsc::UnboundedReceiver<Queu
 
 /// Proposes `batch` as one entry and answers each command with its own result.
 async fn write_batch(raft: &Raft<TypeConfig>, mut batch: Vec<Queued>) {
+    crate::metrics::COMMANDS_PER_ENTRY.observe(batch.len() as f64);
     if batch.len() == 1 {
         let Queued { command, reply } = batch.remove(0);
         let _ = reply.send(write_entry(raft, command).await);
@@ -130,6 +131,7 @@ async fn write_batch(raft: &Raft<TypeConfig>, mut batch: Vec<Queued>) {
 
 /// Proposes one entry to the local Raft instance (this node must lead).
 async fn write_entry(raft: &Raft<TypeConfig>, command: Command) -> Result<Applied, Error> {
+    let _timer = crate::metrics::ENTRY_COMMIT_SECONDS.start_timer();
     let written = tokio::time::timeout(WRITE_DEADLINE, raft.client_write(command))
         .await
         .map_err(|_| {

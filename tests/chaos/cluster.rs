@@ -306,6 +306,7 @@ impl Cluster {
         let request = AddLearnerRequest {
             node_id: id,
             addr: self.nodes[&id].addr.clone(),
+            ..Default::default()
         };
         tokio::time::timeout(Duration::from_secs(30), admin.add_learner(request))
             .await
@@ -318,7 +319,10 @@ impl Cluster {
     pub async fn promote(&self, via: u64, id: u64) -> Result<(), String> {
         let mut admin = self.admin(via).await.ok_or("admin unreachable")?;
         admin
-            .promote(PromoteRequest { node_id: id })
+            .promote(PromoteRequest {
+                node_id: id,
+                ..Default::default()
+            })
             .await
             .map(|_| ())
             .map_err(|s| s.message().to_owned())
