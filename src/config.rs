@@ -267,6 +267,12 @@ impl Config {
                 "raft timeouts must satisfy heartbeat < election min < election max",
             ));
         }
+        if self.gc.batch_limit == 0 {
+            return Err(Error::invalid(
+                "config",
+                "gc.batch_limit must be at least 1",
+            ));
+        }
         if self.node_id == 0 {
             return Err(Error::invalid("config", "node_id must be at least 1"));
         }

@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod convert;
 pub mod create;
 pub mod lease;
+pub mod proposal;
 pub mod reads;
 pub mod redact;
 pub mod revoke;

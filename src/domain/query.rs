@@ -2,6 +2,7 @@
 //! isolation is enforced here: a record of another tenant is reported as absent.
 
 use super::records::{counter, load};
+use super::sessions::load as load_session;
 use super::{keys, StateError, StateRead};
 use crate::proto::internal::{AccessTokenRecord, RefreshTokenRecord, SessionRecord};
 use crate::proto::v1::SessionStatus;
@@ -23,7 +24,7 @@ pub fn session_by_id(
     tenant: &str,
     session_id: &str,
 ) -> Result<Option<SessionRecord>, StateError> {
-    Ok(load::<SessionRecord>(state, &keys::session(session_id))?.filter(|s| s.tenant == tenant))
+    Ok(load_session(state, session_id.as_bytes())?.filter(|s| s.tenant == tenant))
 }
 
 /// The session a refresh-token hash belongs to (current or retired), if it belongs to
@@ -49,7 +50,7 @@ pub fn access_token(
     let Some(token) = load::<AccessTokenRecord>(state, &keys::access(hash))? else {
         return Ok(None);
     };
-    match load::<SessionRecord>(state, &keys::session(&token.session_id))? {
+    match load_session(state, token.session_id.as_bytes())? {
         Some(s) if s.tenant != tenant => Ok(None),
         session => Ok(Some((token, session))),
     }
@@ -82,8 +83,7 @@ pub fn list_user_sessions(
         let entries = state.scan_prefix(&prefix, after.as_deref(), batch)?;
         let exhausted = entries.len() < batch;
         for (key, session_id) in entries {
-            let Some(session) = load::<SessionRecord>(state, &keys::session_bytes(&session_id))?
-            else {
+            let Some(session) = load_session(state, &session_id)? else {
                 continue;
             };
             if !include_inactive && status_at(&session, now_ms) != SessionStatus::Active {
@@ -109,17 +109,16 @@ pub fn list_user_sessions(
     }
 }
 
-/// Every session record in a user's index, oldest first.
+/// The session records of the oldest `limit` entries of a user's index, oldest first.
 pub fn user_session_records(
     state: &impl StateRead,
     tenant: &str,
     user_id: &str,
+    limit: usize,
 ) -> Result<Vec<SessionRecord>, StateError> {
     let mut sessions = Vec::new();
-    for (_, session_id) in
-        state.scan_prefix(&keys::user_sessions(tenant, user_id), None, usize::MAX)?
-    {
-        if let Some(session) = load(state, &keys::session_bytes(&session_id))? {
+    for (_, session_id) in state.scan_prefix(&keys::user_sessions(tenant, user_id), None, limit)? {
+        if let Some(session) = load_session(state, &session_id)? {
             sessions.push(session);
         }
     }
@@ -136,7 +135,7 @@ pub fn count_active(
 ) -> Result<u64, StateError> {
     match user_id {
         None => counter(state, &keys::tenant_live(tenant)),
-        Some(user_id) => Ok(user_session_records(state, tenant, user_id)?
+        Some(user_id) => Ok(user_session_records(state, tenant, user_id, usize::MAX)?
             .iter()
             .filter(|s| status_at(s, now_ms) == SessionStatus::Active)
             .count() as u64),
@@ -174,8 +173,7 @@ pub fn revoked_sessions(
         let exhausted = entries.len() < batch;
         for (key, session_id) in entries {
             after = Some(key);
-            let Some(session) = load::<SessionRecord>(state, &keys::session_bytes(&session_id))?
-            else {
+            let Some(session) = load_session(state, &session_id)? else {
                 continue;
             };
             if session.revoked && super::sessions::effective_expiry(&session) > now_ms {

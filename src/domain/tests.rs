@@ -5,6 +5,7 @@ use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::*;
+use crate::domain::events::Position;
 use crate::proto::internal::{
     command, command_result, AcquireLease, CollectGarbage, CreateSession, LeaseResult,
     RevocationEvent, Revoke, Rotate, RotateResult, SessionRecord, Touch,
@@ -36,6 +37,13 @@ impl World {
             revision: 0,
             minted: 0,
         }
+    }
+
+    /// Every entry but the cluster clock (which every command moves forward).
+    fn data(&self) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+        let mut entries = self.state.entries().clone();
+        entries.remove(&keys::applied_time());
+        entries
     }
 
     fn mint(&mut self) -> Vec<u8> {
@@ -260,7 +268,7 @@ fn a_retry_within_the_grace_window_returns_the_same_successor_and_changes_nothin
     let mut w = World::new();
     let (_, first) = w.create(0);
     let (_, second) = w.rotate(10, &first, "");
-    let before = w.state.entries().clone();
+    let before = w.data();
     let (retry, _) = w.rotate(10 + GRACE, &first, "");
     assert_eq!(retry.outcome(), RotateOutcome::Rotated);
     assert!(retry.retried);
@@ -270,7 +278,7 @@ fn a_retry_within_the_grace_window_returns_the_same_successor_and_changes_nothin
     );
     assert_eq!(retry.access_expires_at_ms, 10 + 60_000);
     assert_eq!(retry.session.unwrap().generation, 1);
-    assert_eq!(&before, w.state.entries());
+    assert_eq!(before, w.data());
 }
 
 #[test]
@@ -356,10 +364,10 @@ fn a_zero_grace_window_makes_every_reuse_a_replay() {
 fn an_unknown_token_is_invalid_and_changes_nothing() {
     let mut w = World::new();
     w.create(0);
-    let before = w.state.entries().clone();
+    let before = w.data();
     let (r, _) = w.rotate(5, &hash(424242), "");
     assert_eq!(r.outcome(), RotateOutcome::InvalidToken);
-    assert_eq!(&before, w.state.entries());
+    assert_eq!(before, w.data());
 }
 
 #[test]
@@ -373,6 +381,7 @@ fn sessions_expire_absolutely_and_when_idle_and_touch_slides_the_idle_deadline()
     );
     assert_eq!(w.touch(HOUR, "t", &s.session_id), TouchOutcome::Expired);
 
+    let mut w = World::new();
     let (s, token) = w.create(0);
     let mut now = 0;
     while now < 25 * HOUR {
@@ -616,7 +625,7 @@ fn garbage_collection_removes_expired_sessions_with_every_index_entry() {
         .state
         .entries()
         .keys()
-        .filter(|k| !matches!(k[0], b'n' | b'c' | b'C' | b'E'))
+        .filter(|k| !matches!(k[0], b'n' | b'c' | b'C' | b'E' | b'K' | b'T'))
         .collect();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
     assert_eq!(
@@ -672,34 +681,25 @@ fn retained_events_are_read_by_revision_range() {
     let first = w.revision;
     w.revoke(2, "t", RevokeScope::Session, &b.session_id);
     let second = w.revision;
-    let all = events::retained_between(&w.state, 0, second, 10).unwrap();
+    let whole = |r| Position::after(r, 0, true);
+    let all = events::retained_after(&w.state, whole(0), second, 10).unwrap();
     assert_eq!(
         all.iter()
-            .map(|(r, e)| (*r, e.session_id.clone()))
+            .map(|(r, _, e)| (*r, e.session_id.clone()))
             .collect::<Vec<_>>(),
         vec![
             (first, a.session_id.clone()),
             (second, b.session_id.clone())
         ]
     );
-    assert_eq!(
-        events::retained_between(&w.state, first, second, 10)
+    let count = |from, upto, limit| {
+        events::retained_after(&w.state, whole(from), upto, limit)
             .unwrap()
-            .len(),
-        1
-    );
-    assert_eq!(
-        events::retained_between(&w.state, 0, first, 10)
-            .unwrap()
-            .len(),
-        1
-    );
-    assert_eq!(
-        events::retained_between(&w.state, 0, second, 1)
-            .unwrap()
-            .len(),
-        1
-    );
+            .len()
+    };
+    assert_eq!(count(first, second, 10), 1);
+    assert_eq!(count(0, first, 10), 1);
+    assert_eq!(count(0, second, 1), 1);
 }
 
 #[test]
@@ -1081,7 +1081,7 @@ proptest! {
 }
 
 #[test]
-fn event_pages_end_on_whole_revisions() {
+fn event_pages_resume_inside_a_revision_without_skipping_or_repeating() {
     let mut state = MemoryState::new();
     let event = |n: u64| RevocationEvent {
         session_id: format!("sid_{n}"),
@@ -1090,23 +1090,35 @@ fn event_pages_end_on_whole_revisions() {
     events::retain(&mut state, 5, 0, &[event(1), event(2), event(3)]);
     events::retain(&mut state, 6, 0, &[event(4)]);
     events::retain(&mut state, 7, 0, &[event(5), event(6)]);
-    let revisions = |page: Vec<(u64, RevocationEvent)>| -> Vec<u64> {
-        page.into_iter().map(|(r, _)| r).collect()
-    };
+    for page_size in 1..=4 {
+        let mut from = Position::default();
+        let mut seen = Vec::new();
+        loop {
+            let page = events::retained_after(&state, from, 10, page_size).unwrap();
+            let Some((revision, sequence, _)) = page.last() else {
+                break;
+            };
+            assert!(page.len() <= page_size);
+            from = Position::after(*revision, *sequence, false);
+            seen.extend(page.into_iter().map(|(r, s, e)| (r, s, e.session_id)));
+        }
+        let ids: Vec<&str> = seen.iter().map(|(_, _, id)| id.as_str()).collect();
+        assert_eq!(ids, ["sid_1", "sid_2", "sid_3", "sid_4", "sid_5", "sid_6"]);
+        assert_eq!((seen[2].0, seen[2].1), (5, 2));
+    }
+    let whole = |r| Position::after(r, 0, true);
+    let revisions =
+        |page: Vec<events::Retained>| -> Vec<u64> { page.into_iter().map(|(r, _, _)| r).collect() };
     assert_eq!(
-        revisions(events::retained_between(&state, 0, 10, 2).unwrap()),
-        vec![5, 5, 5],
-        "a page completes the revision it started"
-    );
-    assert_eq!(
-        revisions(events::retained_between(&state, 5, 10, 2).unwrap()),
+        revisions(events::retained_after(&state, whole(5), 10, 10).unwrap()),
         vec![6, 7, 7]
     );
     assert_eq!(
-        revisions(events::retained_between(&state, 5, 6, 2).unwrap()),
+        revisions(events::retained_after(&state, whole(5), 6, 10).unwrap()),
         vec![6]
     );
-    assert!(events::retained_between(&state, 7, 10, 2)
+    assert!(events::retained_after(&state, whole(7), 10, 2)
         .unwrap()
         .is_empty());
+    assert!(!whole(5).owes(5, 2) && Position::after(5, 1, false).owes(5, 2));
 }
