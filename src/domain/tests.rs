@@ -1206,7 +1206,10 @@ fn a_user_or_tenant_revocation_writes_a_few_keys_and_one_event_whatever_its_size
     assert_eq!(query::count_active(&w.state, "t2", None, 2).unwrap(), 1);
     assert_eq!(all_revoked(&w, "t", 2).len(), MANY);
     let joined = w.create_in(3, "t", "u", Some(&first.family_id), 0).0;
-    assert_eq!(created(&joined).outcome(), CreateSessionOutcome::FamilyRevoked);
+    assert_eq!(
+        created(&joined).outcome(),
+        CreateSessionOutcome::FamilyRevoked
+    );
     // Revoking again, or one of the covered sessions, changes nothing.
     assert_eq!(
         revoked_count(&w.revoke(3, "t", RevokeScope::Session, &last.session_id)),
@@ -1248,7 +1251,10 @@ fn a_user_or_tenant_revocation_writes_a_few_keys_and_one_event_whatever_its_size
     // Collection of the covered sessions keeps the counters right.
     while w.collect(25 * HOUR, 1_000) > 0 {}
     assert!(w.session(&first.session_id).is_none());
-    assert_eq!(query::count_active(&w.state, "t", None, 25 * HOUR).unwrap(), 0);
+    assert_eq!(
+        query::count_active(&w.state, "t", None, 25 * HOUR).unwrap(),
+        0
+    );
     let (fresh, _) = w.create_in(25 * HOUR, "t", "u", None, 0);
     assert!(!created(&fresh).session.as_ref().unwrap().revoked);
     assert_eq!(
@@ -1323,7 +1329,10 @@ fn the_session_limit_reads_a_bounded_part_of_the_users_index() {
     assert_eq!(created(&result).outcome(), CreateSessionOutcome::Created);
     assert!(created(&result).evicted_session_ids.is_empty());
     let rows = counting.rows.get();
-    assert!(rows < 100, "a create under the limit scanned {rows} index rows");
+    assert!(
+        rows < 100,
+        "a create under the limit scanned {rows} index rows"
+    );
 }
 
 #[test]
@@ -1335,7 +1344,11 @@ fn time_never_goes_back_and_deadlines_move_with_it() {
     let r = created(&r);
     let s = r.session.clone().unwrap();
     assert_eq!(s.created_at_ms, 10 * HOUR);
-    assert_eq!(s.expires_at_ms, 10 * HOUR + 24 * HOUR, "the lifetime is kept");
+    assert_eq!(
+        s.expires_at_ms,
+        10 * HOUR + 24 * HOUR,
+        "the lifetime is kept"
+    );
     assert_eq!(r.access_expires_at_ms, 10 * HOUR + 15 * 60_000);
     let revoked = w.revoke(HOUR, "t", RevokeScope::Session, &s.session_id);
     assert_eq!(revoked.events[0].revoked_at_ms, 10 * HOUR);
