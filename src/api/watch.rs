@@ -23,7 +23,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use super::service::{now_ms, Authority};
+use super::service::Authority;
 use super::validate;
 use crate::config::WatchConfig;
 use crate::domain::events::{self, Position};
@@ -359,7 +359,7 @@ pub async fn list_revoked(
     let page = query::revoked_sessions(
         state,
         &request.tenant,
-        now_ms(),
+        authority.read_now_ms()?,
         page_size as usize,
         cursor.as_deref(),
     )?;
