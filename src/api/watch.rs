@@ -287,7 +287,8 @@ impl Subscriber {
                 self.deliver(revision, batch, complete).await?;
             }
         }
-        if upto > self.delivered.revision {
+        // Every revision up to `upto` was read whole (the last page may have ended on one).
+        if upto >= self.delivered.revision {
             self.delivered = Position::after(upto, 0, true);
         }
         Ok(())

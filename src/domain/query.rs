@@ -28,16 +28,26 @@ pub fn session_by_id(
 }
 
 /// The session a refresh-token hash belongs to (current or retired), if it belongs to
-/// `tenant`, with the token's index record.
+/// `tenant`, with the token's index record (marked retired when the session's current token
+/// is another one).
 pub fn session_by_refresh_hash(
     state: &impl StateRead,
     tenant: &str,
     hash: &[u8],
 ) -> Result<Option<(SessionRecord, RefreshTokenRecord)>, StateError> {
-    let Some(token) = load::<RefreshTokenRecord>(state, &keys::refresh(hash))? else {
+    let Some(mut token) = load::<RefreshTokenRecord>(state, &keys::refresh(hash))? else {
         return Ok(None);
     };
-    Ok(session_by_id(state, tenant, &token.session_id)?.map(|s| (s, token)))
+    let Some(session) = session_by_id(state, tenant, &token.session_id)? else {
+        return Ok(None);
+    };
+    // The two records are read one after the other (the store isolates single reads only):
+    // a session whose current token is another one proves this token was retired, even if
+    // its own record was read before the rotation that retired it.
+    if session.current_refresh_hash != hash {
+        token.retired = true;
+    }
+    Ok(Some((session, token)))
 }
 
 /// The access token's record and its session (None if the session was collected). A token

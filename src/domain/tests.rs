@@ -1389,3 +1389,19 @@ fn commands_this_binary_does_not_understand_stop_apply() {
         assert!(state.entries().is_empty(), "nothing was written");
     }
 }
+
+#[test]
+fn a_token_read_before_its_rotation_is_reported_retired_when_the_session_moved_on() {
+    let mut w = World::new();
+    let (_, first) = w.create(0);
+    let token_before = w.state.get(&keys::refresh(&first)).unwrap().unwrap();
+    w.rotate(1, &first, "");
+    // What a reader sees if it read the token record before the rotation's batch and the
+    // session after it.
+    w.state.put(keys::refresh(&first), token_before);
+    let (session, token) = query::session_by_refresh_hash(&w.state, "t", &first)
+        .unwrap()
+        .unwrap();
+    assert_eq!(session.generation, 1);
+    assert!(token.retired);
+}
