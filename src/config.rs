@@ -302,6 +302,15 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_gc_batch_limit_is_refused() {
+        // The GC loop proposes again while a batch comes back full: with a limit of 0 every
+        // batch is "full" and it never stops.
+        let mut c = Config::default();
+        c.gc.batch_limit = 0;
+        assert!(c.check().is_err());
+    }
+
+    #[test]
     fn toml_overrides_only_what_it_names() {
         let c = Config::from_toml(
             r#"
