@@ -325,6 +325,12 @@ impl Config {
                 "raft timeouts must satisfy heartbeat < election min < election max",
             ));
         }
+        if self.gc.batch_limit == 0 {
+            return Err(Error::invalid(
+                "config",
+                "gc.batch_limit must be at least 1",
+            ));
+        }
         if self.node_id == 0 {
             return Err(Error::invalid("config", "node_id must be at least 1"));
         }
@@ -363,6 +369,15 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("data"));
         assert_eq!(c.sessions.reuse_grace_ms, 10_000);
         assert_eq!(c.sessions.access_token_ttl_ms, 15 * 60_000);
+    }
+
+    #[test]
+    fn a_zero_gc_batch_limit_is_refused() {
+        // The GC loop proposes again while a batch comes back full: with a limit of 0 every
+        // batch is "full" and it never stops.
+        let mut c = Config::default();
+        c.gc.batch_limit = 0;
+        assert!(c.check().is_err());
     }
 
     #[test]

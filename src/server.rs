@@ -24,7 +24,7 @@ use crate::proto::internal::{command, command_result, CollectGarbage};
 use crate::proto::v1::cluster_server::ClusterServer;
 use crate::proto::v1::session_authority_server::SessionAuthorityServer;
 use crate::raft::network::MAX_PEER_MESSAGE_BYTES;
-use crate::raft::transport::TransportService;
+use crate::raft::transport::{CommandCheck, TransportService};
 use crate::raft::{NodeOptions, RaftNode};
 use crate::Error;
 
@@ -147,7 +147,11 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
 
-    let transport = RaftTransportServer::new(TransportService::new(node.clone()))
+    let proposal_config = config.clone();
+    let check_proposal: CommandCheck = Arc::new(move |command| {
+        crate::api::proposal::check(&proposal_config, command, crate::clock::now_ms())
+    });
+    let transport = RaftTransportServer::new(TransportService::new(node.clone(), check_proposal))
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
 

@@ -33,7 +33,7 @@ async fn subscribe(client: &Client, from_revision: u64) -> Streaming<WatchRevoca
     client
         .watch_revocations(WatchRevocationsRequest {
             from_revision,
-            tenants: vec![],
+            ..Default::default()
         })
         .await
         .expect("subscribed")

@@ -13,6 +13,9 @@ pub struct WatchArgs {
     /// Deliver events after this revision (0: everything retained).
     #[arg(long = "from", default_value_t = 0)]
     pub from_revision: u64,
+    /// Resume inside revision `--from` at this event sequence (as a CUT_OFF message says).
+    #[arg(long = "from-sequence", default_value_t = 0)]
+    pub from_sequence: u32,
     /// Only this tenant's events (repeatable; none: every tenant).
     #[arg(long = "tenant")]
     pub tenants: Vec<String>,
@@ -27,6 +30,7 @@ pub async fn run(target: &super::Target, args: WatchArgs) -> anyhow::Result<()> 
         .watch_revocations(WatchRevocationsRequest {
             from_revision: args.from_revision,
             tenants: args.tenants,
+            from_sequence: args.from_sequence,
         })
         .await?;
     while let Some(message) = stream.message().await? {
@@ -42,8 +46,18 @@ pub async fn run(target: &super::Target, args: WatchArgs) -> anyhow::Result<()> 
                             "family_id": e.family_id, "session_id": e.session_id,
                             "reason": reason.as_str_name(), "scope": scope.as_str_name(),
                             "revoked_at": rfc3339(e.revoked_at_ms),
+                            "sequence": e.sequence,
                             "revoked_at_ms": e.revoked_at_ms})
                         .to_string()
+                    } else if e.session_id.is_empty() {
+                        format!(
+                            "{:>8}  revoked every session of {} {:?} user {:?} created before  ({})",
+                            e.revision,
+                            scope.as_str_name(),
+                            e.tenant,
+                            e.user_id,
+                            reason.as_str_name(),
+                        )
                     } else {
                         format!(
                             "{:>8}  {}  revoked {}  tenant {:?} user {:?} family {}  ({}, {})",
@@ -71,8 +85,9 @@ pub async fn run(target: &super::Target, args: WatchArgs) -> anyhow::Result<()> 
             }
             Some(Kind::CutOff(c)) => {
                 anyhow::bail!(
-                    "cut off for falling behind; resume with --from {}",
-                    c.resume_from_revision
+                    "cut off for falling behind; resume with --from {} --from-sequence {}",
+                    c.resume_from_revision,
+                    c.resume_from_sequence
                 )
             }
         };

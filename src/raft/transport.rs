@@ -1,27 +1,35 @@
 //! The node-to-node gRPC service: Raft RPCs into the local openraft instance, and the
 //! requests followers forward to this node while it leads.
 
+use std::sync::Arc;
+
 use openraft::error::{InstallSnapshotError, RaftError};
 use tonic::{Request, Response, Status};
 
 use super::{wire, RaftNode};
 use crate::proto::internal::raft_transport_server::RaftTransport;
 use crate::proto::internal::{
-    AppendEntriesMessage, AppendEntriesReply, ProposeMessage, ProposeReply, ReadIndexMessage,
-    ReadIndexReply, SnapshotChunkMessage, SnapshotChunkReply, VoteMessage, VoteReply,
+    AppendEntriesMessage, AppendEntriesReply, Command, ProposeMessage, ProposeReply,
+    ReadIndexMessage, ReadIndexReply, SnapshotChunkMessage, SnapshotChunkReply, VoteMessage,
+    VoteReply,
 };
 use crate::Error;
+
+/// Checks a command proposed by a peer (as strictly as the public API checks requests) and
+/// may put this node's policy into it; an error refuses the proposal.
+pub type CommandCheck = Arc<dyn Fn(&mut Command) -> Result<(), Error> + Send + Sync>;
 
 /// Serves this node's Raft RPCs and forwarded requests.
 #[derive(Clone)]
 pub struct TransportService {
     node: RaftNode,
+    check: CommandCheck,
 }
 
 impl TransportService {
-    /// The service of `node`.
-    pub fn new(node: RaftNode) -> Self {
-        TransportService { node }
+    /// The service of `node`, holding proposed commands to `check`.
+    pub fn new(node: RaftNode, check: CommandCheck) -> Self {
+        TransportService { node, check }
     }
 }
 
@@ -86,10 +94,11 @@ impl RaftTransport for TransportService {
         &self,
         request: Request<ProposeMessage>,
     ) -> Result<Response<ProposeReply>, Status> {
-        let command = request
+        let mut command = request
             .into_inner()
             .command
-            .ok_or_else(|| bad_message("no command"))?;
+            .ok_or_else(|| Status::invalid_argument("command: must be set"))?;
+        (self.check)(&mut command).map_err(forwarded_failed)?;
         let applied = self
             .node
             .propose_here(command)

@@ -401,10 +401,7 @@ async fn preload(url: &str) {
 async fn all_events(url: &str, upto: u64) -> Option<Vec<(u64, String)>> {
     let mut client = SessionAuthorityClient::connect(url.to_owned()).await.ok()?;
     let mut stream = client
-        .watch_revocations(WatchRevocationsRequest {
-            from_revision: 0,
-            tenants: Vec::new(),
-        })
+        .watch_revocations(WatchRevocationsRequest::default())
         .await
         .ok()?
         .into_inner();
@@ -423,7 +420,7 @@ async fn all_events(url: &str, upto: u64) -> Option<Vec<(u64, String)>> {
                         .into_iter()
                         .map(|e| (batch.revision, e.session_id)),
                 );
-                if batch.revision >= upto {
+                if batch.revision >= upto && !batch.partial {
                     return Some(events);
                 }
             }
