@@ -658,6 +658,15 @@ async fn check_final(
     let (leader, index) = match converge(&mut runner.cluster, &members).await {
         Ok(x) => x,
         Err(state) => {
+            for id in &members {
+                if !runner.cluster.running(*id) {
+                    report.violations.push(Violation {
+                        invariant: 0,
+                        message: format!("node {id} exited by itself and does not start again"),
+                        history: runner.cluster.log_errors(*id, 2),
+                    });
+                }
+            }
             let tails: Vec<String> = members
                 .iter()
                 .flat_map(|id| runner.cluster.log_errors(*id, 2))
