@@ -39,6 +39,8 @@ pub struct Config {
     pub raft: RaftConfig,
     /// Revocation stream subscribers.
     pub watch: WatchConfig,
+    /// Storage engine settings.
+    pub storage: StorageConfig,
     /// Largest gRPC message accepted or sent, in bytes.
     pub max_message_bytes: usize,
     /// Address of the HTTP listener serving `/metrics`, `/healthz` and `/readyz` (off unless
@@ -64,6 +66,7 @@ impl Default for Config {
             gc: GcConfig::default(),
             raft: RaftConfig::default(),
             watch: WatchConfig::default(),
+            storage: StorageConfig::default(),
             max_message_bytes: 4 * 1024 * 1024,
             metrics_listen: None,
             health: HealthConfig::default(),
@@ -234,6 +237,30 @@ impl Default for RaftConfig {
     }
 }
 
+/// Storage engine settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// sled page cache of the state database, in MiB. sled's heap is a multiple of it;
+    /// while a snapshot is installed, two state databases are open.
+    pub cache_capacity_mb: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            cache_capacity_mb: 96,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The page cache in bytes.
+    pub fn cache_capacity_bytes(&self) -> u64 {
+        self.cache_capacity_mb * 1024 * 1024
+    }
+}
+
 impl Config {
     /// Reads a TOML file; fields it leaves out keep their defaults.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
@@ -314,6 +341,12 @@ impl Config {
                 "watch.buffer must be at least 2 and its intervals positive",
             ));
         }
+        if !(8..=65_536).contains(&self.storage.cache_capacity_mb) {
+            return Err(Error::invalid(
+                "config",
+                "storage.cache_capacity_mb must be between 8 and 65536",
+            ));
+        }
         Ok(())
     }
 }
@@ -362,5 +395,8 @@ mod tests {
         assert!(Config::from_toml("node_id = 0").is_err());
         assert!(Config::from_toml("[sessions]\nttl_jitter_pct = 51").is_err());
         assert!(Config::from_toml("[sessions]\nttl_jitter_pct = 50").is_ok());
+        assert!(Config::from_toml("[storage]\ncache_capacity_mb = 1").is_err());
+        let c = Config::from_toml("[storage]\ncache_capacity_mb = 64").unwrap();
+        assert_eq!(c.storage.cache_capacity_bytes(), 64 << 20);
     }
 }

@@ -321,6 +321,7 @@ pub async fn run(target: &super::Target, command: SessionCommand) -> anyhow::Res
                 .touch(TouchRequest {
                     tenant,
                     session_id: id,
+                    ..Default::default()
                 })
                 .await?;
             answer(
