@@ -135,7 +135,14 @@ pub async fn run(target: &super::Target, command: ClusterCommand) -> anyhow::Res
                 .trigger_snapshot(TriggerSnapshotRequest {})
                 .await?
                 .into_inner();
-            println!("node {} is building a snapshot", r.node_id);
+            if json_output {
+                println!(
+                    "{}",
+                    json!({"node_id": r.node_id, "building_snapshot": true})
+                );
+            } else {
+                println!("node {} is building a snapshot", r.node_id);
+            }
             return Ok(());
         }
         ClusterCommand::PurgeLog { upto } => {
@@ -143,7 +150,11 @@ pub async fn run(target: &super::Target, command: ClusterCommand) -> anyhow::Res
                 .purge_log(PurgeLogRequest { upto })
                 .await?
                 .into_inner();
-            println!("node {} is purging its log up to {upto}", r.node_id);
+            if json_output {
+                println!("{}", json!({"node_id": r.node_id, "purging_up_to": upto}));
+            } else {
+                println!("node {} is purging its log up to {upto}", r.node_id);
+            }
             return Ok(());
         }
         ClusterCommand::AddLearner {

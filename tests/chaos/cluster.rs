@@ -306,7 +306,8 @@ impl Cluster {
         let request = AddLearnerRequest {
             node_id: id,
             addr: self.nodes[&id].addr.clone(),
-            ..Default::default()
+            // The server answers (DEADLINE_EXCEEDED) before the client gives up.
+            timeout_ms: 25_000,
         };
         tokio::time::timeout(Duration::from_secs(30), admin.add_learner(request))
             .await
@@ -321,7 +322,7 @@ impl Cluster {
         admin
             .promote(PromoteRequest {
                 node_id: id,
-                ..Default::default()
+                force: false,
             })
             .await
             .map(|_| ())
