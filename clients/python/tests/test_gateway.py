@@ -37,7 +37,9 @@ def test_revocations_of_every_scope_mark_cached_sessions(node):
     assert not cache.is_active("t", a2.session_id)
     assert cache.is_active("u", other.session_id), "another tenant's ann is untouched"
     assert cache.stats().misses == misses, "every answer after the warm-up came from the cache"
-    assert cache.stats().events_applied >= 3
+    # One event for the session, one scoped event for the whole user (a user revocation is
+    # one O(1) command whatever the user's number of sessions).
+    assert cache.stats().events_applied >= 2
     cache.stop()
     client.close()
 
