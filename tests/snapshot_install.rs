@@ -367,4 +367,13 @@ async fn a_learner_killed_at_random_points_of_snapshot_installs_recovers_on_its_
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let log = std::fs::read_to_string(&learner_files.log).unwrap();
+    let installs = log.matches("snapshot installed").count();
+    let resumed = log.matches("install was interrupted").count()
+        + log.matches("newer than the applied state").count();
+    eprintln!("learner: {installs} snapshot installs, {resumed} resumed at start");
+    assert!(
+        installs >= 2,
+        "the learner caught up by snapshots ({installs})"
+    );
 }
