@@ -4,8 +4,8 @@
 # while 64 clients keep creating sessions, and reports how long the revocation took to be
 # acknowledged and the creates' latency during that window (max and p99.9) next to a
 # baseline window without a revocation. Writes bulk-revoke.json under $RESULTS (default
-# bench-results/bulk-revoke-<timestamp>). Free loopback port, temporary directory; stops
-# exactly what it started.
+# bench-results/bulk-revoke-<timestamp>). SESSIOND_BIN runs that binary instead of building
+# the release one. Free loopback port, temporary directory; stops exactly what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -22,8 +22,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release --quiet
-bin=$root/target/release/sessiond
+bin=${SESSIOND_BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release --quiet
+  bin=$root/target/release/sessiond
+fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ep=http://127.0.0.1:$port
 "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/node" >>"$work/node.log" 2>&1 &
