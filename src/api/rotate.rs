@@ -114,10 +114,14 @@ pub async fn handle(
         _ => return Err(mismatched(applied.result.deduplicated)),
     };
     let outcome = RotateOutcome::try_from(result.outcome).unwrap_or_default();
+    // The successor is sealed in the retired token when this answer repeats an earlier one:
+    // a grace-window retry, or a retry of the caller's request id. (A node's own re-forward
+    // of this very command is not one: the successor minted here is the one committed.)
+    let retried = result.retried || applied.result.deduplicated;
     let mut response = RotateResponse {
         outcome: outcome as i32,
         session: convert::optional_session(result.session.as_ref(), now),
-        retried: result.retried,
+        retried,
         revoked_count: result.revoked_count,
         lease_holder: result.lease_holder,
         lease_expires_at_ms: result.lease_expires_at_ms,
@@ -125,7 +129,7 @@ pub async fn handle(
         ..Default::default()
     };
     if outcome == RotateOutcome::Rotated {
-        let tokens = if result.retried {
+        let tokens = if retried {
             token::unseal(presented.expose(), b"", &result.sealed_successor)
                 .ok_or_else(|| Error::Internal("sealed successor does not open".into()))?
         } else {

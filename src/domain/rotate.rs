@@ -136,8 +136,8 @@ pub fn apply(
 /// Whether a retry of `command` (same request id and parameters) gets `first`, its first
 /// result, again: a first ROTATED answer stands only while its successor is still the
 /// session's current token and the session is not revoked. Then `first` is completed with
-/// the successor sealed at the first rotation and the session as it is now, and marked
-/// `retried`. Otherwise (the successor was itself redeemed, or the session revoked) the
+/// the successor sealed at the first rotation and the session as it is now (the result
+/// says `deduplicated`; the API then unseals the successor). Otherwise (the successor was itself redeemed, or the session revoked) the
 /// retry must be decided anew, exactly as a grace retry would be. Other first outcomes
 /// always stand.
 pub fn deduplicated(
@@ -158,7 +158,6 @@ pub fn deduplicated(
     if session.revoked || token.successor_hash != session.current_refresh_hash {
         return Ok(false);
     }
-    first.retried = true;
     first.sealed_successor = token.sealed_successor;
     first.session = Some(session);
     Ok(true)
