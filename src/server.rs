@@ -138,26 +138,26 @@ macro_rules! serve {
     ($router:expr, $listener:expr, $tls:expr, $stopped:expr) => {{
         let (router, listener, tls, mut stopped) = ($router, $listener, $tls, $stopped);
         async move {
-        let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        match tls {
-            Some(tls) => {
-                router
-                    .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
-                    .await
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            match tls {
+                Some(tls) => {
+                    router
+                        .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
+                        .await
+                }
+                // A caller-supplied listener skips the builder's socket options: set TCP_NODELAY
+                // here, or small responses wait on delayed ACKs (tens of milliseconds).
+                None => {
+                    router
+                        .serve_with_incoming_shutdown(
+                            TcpIncoming::from(listener).with_nodelay(Some(true)),
+                            shutdown,
+                        )
+                        .await
+                }
             }
-            // A caller-supplied listener skips the builder's socket options: set TCP_NODELAY
-            // here, or small responses wait on delayed ACKs (tens of milliseconds).
-            None => {
-                router
-                    .serve_with_incoming_shutdown(
-                        TcpIncoming::from(listener).with_nodelay(Some(true)),
-                        shutdown,
-                    )
-                    .await
-            }
-        }
         }
     }};
 }

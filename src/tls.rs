@@ -151,10 +151,8 @@ impl Material {
         let builder = match clients {
             ClientCertPolicy::None => builder.with_no_client_auth(),
             policy => {
-                let verifier = WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(self.roots()?),
-                    provider,
-                );
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider);
                 let verifier = if policy == ClientCertPolicy::Optional {
                     verifier.allow_unauthenticated()
                 } else {

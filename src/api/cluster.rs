@@ -173,7 +173,9 @@ fn membership_failed(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Err
 }
 
 /// The caller's `authorization` header, to relay with its request.
-fn relayed_key<T>(request: &Request<T>) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+fn relayed_key<T>(
+    request: &Request<T>,
+) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
     request.metadata().get("authorization").cloned()
 }
 

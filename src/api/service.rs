@@ -112,11 +112,9 @@ impl Authority {
         let Some(tenants) = principal.limited_tenants() else {
             return Ok(());
         };
-        let Ok(token) = super::validate::raw_token(
-            "refresh_token",
-            TokenKind::Refresh,
-            &request.refresh_token,
-        ) else {
+        let Ok(token) =
+            super::validate::raw_token("refresh_token", TokenKind::Refresh, &request.refresh_token)
+        else {
             return Ok(()); // the handler answers INVALID_ARGUMENT
         };
         let hash = token.hash();
@@ -209,8 +207,19 @@ impl SessionAuthority for Authority {
         let (tenant, user) = (request.tenant.clone(), request.id.clone());
         let revoked = super::revoke::handle(self, request).await;
         if let (Ok(r), RevokeScope::User | RevokeScope::Tenant) = (&revoked, scope) {
-            let scope = if scope == RevokeScope::User { "user" } else { "tenant" };
-            audit::bulk_revocation(&principal, &tenant, scope, &user, r.revoked_count, r.revision);
+            let scope = if scope == RevokeScope::User {
+                "user"
+            } else {
+                "tenant"
+            };
+            audit::bulk_revocation(
+                &principal,
+                &tenant,
+                scope,
+                &user,
+                r.revoked_count,
+                r.revision,
+            );
         }
         reply(revoked)
     }

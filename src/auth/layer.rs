@@ -62,9 +62,7 @@ impl<S> AuthService<S> {
     fn check<B>(&self, request: &http::Request<B>) -> Result<Principal, Status> {
         let method = request.uri().path();
         let required = access(method);
-        let connection = request
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>();
+        let connection = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
         let remote = connection
             .and_then(|c| c.get_ref().remote_addr())
             .or_else(|| {
@@ -76,7 +74,10 @@ impl<S> AuthService<S> {
         let certs = connection.and_then(|c| c.peer_certs());
         let authenticated = bearer(request.headers())
             .map_err(super::Unauthenticated)
-            .and_then(|key| self.auth.authenticate(key, certs.as_deref().map(|c| &c[..])));
+            .and_then(|key| {
+                self.auth
+                    .authenticate(key, certs.as_deref().map(|c| &c[..]))
+            });
         let principal = match authenticated {
             Ok(p) => p,
             Err(_) if required == Access::Public => Principal::open(),

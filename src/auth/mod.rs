@@ -110,8 +110,14 @@ pub fn access(path: &str) -> Access {
         ("sessiond.v1.SessionAuthority", m) => Access::Roles(match m {
             "Lookup" | "ValidateAccessToken" => READERS,
             "WatchRevocations" | "ListRevoked" => GATEWAY,
-            "CreateSession" | "Rotate" | "AcquireRenewalLease" | "Touch" | "Revoke"
-            | "ListSessions" | "CountSessions" | "GetAnomalyCounters" => SERVICE,
+            "CreateSession"
+            | "Rotate"
+            | "AcquireRenewalLease"
+            | "Touch"
+            | "Revoke"
+            | "ListSessions"
+            | "CountSessions"
+            | "GetAnomalyCounters" => SERVICE,
             _ => OPERATOR,
         }),
         // Status names the leader: every client library asks it to route writes.
@@ -144,7 +150,10 @@ pub fn check_principals(auth: &AuthConfig) -> Result<(), Error> {
         if p.tenants.is_empty() && p.role != Role::Operator {
             return Err(Error::invalid(
                 "auth.principals",
-                format!("principal '{}' names no tenant (use [\"*\"] for all)", p.name),
+                format!(
+                    "principal '{}' names no tenant (use [\"*\"] for all)",
+                    p.name
+                ),
             ));
         }
         if let Some(digest) = &p.api_key_sha256 {

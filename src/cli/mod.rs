@@ -2,6 +2,7 @@
 //! operators debugging a user's sessions; `cluster …` grows, shrinks and inspects a cluster; `watch` prints
 //! revocations as they happen; `bench` measures throughput and latency.
 
+pub mod certs;
 pub mod cluster;
 pub mod serve;
 pub mod session;
@@ -55,6 +56,12 @@ pub enum Command {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
+    /// Make a development CA, node and client certificates, and API keys.
+    Certs {
+        /// What to make.
+        #[command(subcommand)]
+        command: certs::CertsCommand,
+    },
     /// Load-test a cluster (or, built with `--features compare`, etcd or Redis).
     Bench(crate::bench::BenchArgs),
 }
@@ -71,6 +78,7 @@ pub async fn main() -> anyhow::Result<()> {
             json,
             command,
         } => cluster::run(&endpoint, json, command).await,
+        Command::Certs { command } => certs::run(command),
         Command::Bench(args) => crate::bench::run(args).await,
     }
 }

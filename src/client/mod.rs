@@ -224,18 +224,14 @@ impl Client {
             .await
             .ok()?
             .into_inner();
-        let index = status
-            .members
-            .iter()
-            .find(|m| m.leader)
-            .and_then(|leader| {
-                let addr = if leader.client_addr.is_empty() {
-                    &leader.addr
-                } else {
-                    &leader.client_addr
-                };
-                self.nodes.iter().position(|n| &n.addr == addr)
-            });
+        let index = status.members.iter().find(|m| m.leader).and_then(|leader| {
+            let addr = if leader.client_addr.is_empty() {
+                &leader.addr
+            } else {
+                &leader.client_addr
+            };
+            self.nodes.iter().position(|n| &n.addr == addr)
+        });
         self.leader.lock().expect("leader hint lock").index = index;
         index
     }
