@@ -1,9 +1,9 @@
 //! `sessiond cluster …`: grow, shrink and inspect a running cluster. Any node accepts these
 //! commands (followers relay membership changes to the leader).
 
+use crate::client::{connect_transport, ClientOptions};
 use clap::Subcommand;
 use serde_json::json;
-use tonic::transport::Channel;
 
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::{
@@ -36,8 +36,13 @@ pub enum ClusterCommand {
 }
 
 /// Runs one cluster command against `endpoint`, printing the resulting status.
-pub async fn run(endpoint: &str, json_output: bool, command: ClusterCommand) -> anyhow::Result<()> {
-    let channel = Channel::from_shared(endpoint.to_owned())?.connect().await?;
+pub async fn run(
+    endpoint: &str,
+    options: &ClientOptions,
+    json_output: bool,
+    command: ClusterCommand,
+) -> anyhow::Result<()> {
+    let channel = connect_transport(endpoint, options).await?;
     let mut client = ClusterClient::new(channel);
     let (what, status) = match command {
         ClusterCommand::AddLearner { node_id, addr } => {
@@ -105,6 +110,7 @@ fn to_json(done: &str, s: &ClusterStatusResponse) -> serde_json::Value {
         "members": s.members.iter().map(|m| json!({
             "node_id": m.node_id,
             "addr": m.addr,
+            "client_addr": m.client_addr,
             "role": role(m.role),
             "leader": m.leader,
             "matched_index": m.matched_index,
@@ -136,13 +142,14 @@ fn render(s: &ClusterStatusResponse) -> String {
         s.purged_index,
     );
     out.push_str(&format!(
-        "{:>6}  {:<24} {:<8} {:>8} {:>8}\n",
-        "id", "addr", "role", "matched", "lag"
+        "{:>6}  {:<24} {:<24} {:<8} {:>8} {:>8}\n",
+        "id", "client addr", "peer addr", "role", "matched", "lag"
     ));
     for m in &s.members {
         out.push_str(&format!(
-            "{:>6}  {:<24} {:<8} {:>8} {:>8}{}\n",
+            "{:>6}  {:<24} {:<24} {:<8} {:>8} {:>8}{}\n",
             m.node_id,
+            if m.client_addr.is_empty() { "?" } else { &m.client_addr },
             m.addr,
             role(m.role),
             m.matched_index,

@@ -8,9 +8,11 @@ pub mod serve;
 pub mod session;
 pub mod watch;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 
-use crate::client::DEFAULT_ENDPOINT;
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{ClientOptions, DEFAULT_ENDPOINT};
 
 /// sessiond: a Raft-replicated session authority.
 #[derive(Debug, Parser)]
@@ -19,6 +21,39 @@ pub struct Cli {
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How the client commands reach a cluster with TLS and authentication.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConnectArgs {
+    /// CA certificate (PEM) to trust for https:// endpoints.
+    #[arg(long, env = "SESSIOND_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS; needs --key and --ca.
+    #[arg(long, env = "SESSIOND_CERT", global = true, requires_all = ["key", "ca"])]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, env = "SESSIOND_KEY", global = true, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// API key, sent as `authorization: Bearer <key>` (prefer the environment variable).
+    #[arg(long, env = "SESSIOND_API_KEY", global = true, hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+impl ConnectArgs {
+    /// The client options these flags describe.
+    pub fn options(&self) -> anyhow::Result<ClientOptions> {
+        let identity = self.cert.as_deref().zip(self.key.as_deref());
+        let tls = self
+            .ca
+            .as_deref()
+            .map(|ca| crate::tls::client_config(ca, identity))
+            .transpose()?;
+        Ok(ClientOptions {
+            tls,
+            api_key: self.api_key.clone(),
+        })
+    }
 }
 
 /// Top-level commands.
@@ -31,6 +66,9 @@ pub enum Command {
         /// The node to talk to, or several comma-separated nodes of one cluster.
         #[arg(long, env = "SESSIOND_ENDPOINT", default_value = DEFAULT_ENDPOINT, global = true)]
         endpoint: String,
+        /// TLS and credentials.
+        #[command(flatten)]
+        connect: ConnectArgs,
         /// What to do.
         #[command(subcommand)]
         command: session::SessionCommand,
@@ -40,6 +78,9 @@ pub enum Command {
         /// The node to subscribe on (any member).
         #[arg(long, env = "SESSIOND_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
         endpoint: String,
+        /// TLS and credentials.
+        #[command(flatten)]
+        connect: ConnectArgs,
         /// What to watch.
         #[command(flatten)]
         args: watch::WatchArgs,
@@ -52,6 +93,9 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long, global = true)]
         json: bool,
+        /// TLS and credentials.
+        #[command(flatten)]
+        connect: ConnectArgs,
         /// What to do.
         #[command(subcommand)]
         command: cluster::ClusterCommand,
@@ -71,13 +115,22 @@ pub async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
-        Command::Session { endpoint, command } => session::run(&endpoint, command).await,
-        Command::Watch { endpoint, args } => watch::run(&endpoint, args).await,
+        Command::Session {
+            endpoint,
+            connect,
+            command,
+        } => session::run(&endpoint, &connect.options()?, command).await,
+        Command::Watch {
+            endpoint,
+            connect,
+            args,
+        } => watch::run(&endpoint, &connect.options()?, args).await,
         Command::Cluster {
             endpoint,
             json,
+            connect,
             command,
-        } => cluster::run(&endpoint, json, command).await,
+        } => cluster::run(&endpoint, &connect.options()?, json, command).await,
         Command::Certs { command } => certs::run(command),
         Command::Bench(args) => crate::bench::run(args).await,
     }

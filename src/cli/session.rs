@@ -4,7 +4,7 @@
 
 use clap::{Subcommand, ValueEnum};
 
-use crate::client::Client;
+use crate::client::{Client, ClientOptions};
 use crate::proto::v1::*;
 
 /// Session subcommands.
@@ -141,12 +141,16 @@ fn parse_attribute(text: &str) -> Result<(String, String), String> {
 
 /// Runs one session subcommand against `endpoint` (one URL, or several separated by
 /// commas: any nodes of a cluster) and prints the result.
-pub async fn run(endpoint: &str, command: SessionCommand) -> anyhow::Result<()> {
+pub async fn run(
+    endpoint: &str,
+    options: &ClientOptions,
+    command: SessionCommand,
+) -> anyhow::Result<()> {
     let urls: Vec<String> = endpoint.split(',').map(|u| u.trim().to_owned()).collect();
     let client = if urls.len() == 1 {
-        Client::connect(&urls[0]).await?
+        Client::connect_with(&urls[0], options).await?
     } else {
-        Client::for_cluster(&urls)?
+        Client::for_cluster_with(&urls, options)?
     };
     match command {
         SessionCommand::Create {

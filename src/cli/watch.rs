@@ -3,7 +3,7 @@
 use clap::Args;
 use serde_json::json;
 
-use crate::client::Client;
+use crate::client::{Client, ClientOptions};
 use crate::proto::v1::watch_revocations_response::Kind;
 use crate::proto::v1::{RevocationReason, RevokeScope, WatchRevocationsRequest};
 
@@ -22,8 +22,8 @@ pub struct WatchArgs {
 }
 
 /// Streams until the server ends the stream or the process is interrupted.
-pub async fn run(endpoint: &str, args: WatchArgs) -> anyhow::Result<()> {
-    let client = Client::connect(endpoint).await?;
+pub async fn run(endpoint: &str, options: &ClientOptions, args: WatchArgs) -> anyhow::Result<()> {
+    let client = Client::connect_with(endpoint, options).await?;
     let mut stream = client
         .watch_revocations(WatchRevocationsRequest {
             from_revision: args.from_revision,

@@ -152,6 +152,22 @@ fn node(url: &str, channel: Channel, options: &ClientOptions) -> Node {
     }
 }
 
+/// A connected channel to `url` that sends the credentials of `options`, for the other
+/// services' generated clients (e.g. cluster administration).
+pub async fn connect_transport(
+    url: &str,
+    options: &ClientOptions,
+) -> Result<Transport, ConnectError> {
+    let channel = endpoint(url, options)?
+        .connect()
+        .await
+        .map_err(|source| ConnectError {
+            endpoint: url.to_owned(),
+            source,
+        })?;
+    Ok(InterceptedService::new(channel, Credentials::new(options)))
+}
+
 /// A fresh idempotency key for a write the caller sent without one.
 fn fresh_request_id() -> String {
     format!("auto-{:032x}", rand::random::<u128>())
