@@ -324,7 +324,8 @@ async fn every_role_against_every_rpc_over_tls() {
     // (caller, API key, client certificate, role whose column applies; None: no valid
     // credential, every call UNAUTHENTICATED)
     let bad_key = "sdk_not-a-configured-key".to_string();
-    let callers: Vec<(&str, Option<&String>, Option<&Pem>, Option<Role>)> = vec![
+    type Caller<'a> = (&'a str, Option<&'a String>, Option<&'a Pem>, Option<Role>);
+    let callers: Vec<Caller> = vec![
         (
             "service key",
             Some(&keys.service),

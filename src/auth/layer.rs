@@ -82,7 +82,7 @@ impl<S> AuthService<S> {
             Ok(p) => p,
             Err(_) if required == Access::Public => Principal::open(),
             Err(e) => {
-                audit::credential_refused(remote, method, &e.0);
+                audit::credential_refused(remote, method, e.0);
                 return Err(Status::unauthenticated(e.0));
             }
         };

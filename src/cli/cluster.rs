@@ -149,7 +149,11 @@ fn render(s: &ClusterStatusResponse) -> String {
         out.push_str(&format!(
             "{:>6}  {:<24} {:<24} {:<8} {:>8} {:>8}{}\n",
             m.node_id,
-            if m.client_addr.is_empty() { "?" } else { &m.client_addr },
+            if m.client_addr.is_empty() {
+                "?"
+            } else {
+                &m.client_addr
+            },
             m.addr,
             role(m.role),
             m.matched_index,
