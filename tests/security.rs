@@ -845,3 +845,101 @@ async fn a_tls_cluster_forms_and_replicates_over_the_peer_listener() {
         node.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_names_principals_and_holds_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, digest) = certs::api_key();
+    let (ops_key, ops_digest) = certs::api_key();
+    let config = dir.path().join("sessiond.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.principals]]\nname = \"login-service\"\nrole = \"service\"\ntenants = [\"acme\"]\napi_key_sha256 = \"{digest}\"\n\n\
+             [[auth.principals]]\nname = \"ops\"\nrole = \"operator\"\napi_key_sha256 = \"{ops_digest}\"\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("sessiond.log");
+    let server = common::ServerProcess::spawn(
+        &dir.path().join("data"),
+        &log,
+        &["--config", config.to_str().unwrap()],
+    );
+    let with = |key: &str| {
+        Client::for_cluster_with(
+            &[server.endpoint()],
+            &ClientOptions {
+                tls: None,
+                api_key: Some(key.to_owned()),
+            },
+        )
+        .unwrap()
+    };
+    let wrong_key = certs::api_key().0;
+    let refused = with(&wrong_key)
+        .create_session(create_request("acme", "alice"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert_eq!(refused.message(), "unknown API key");
+    let service = with(&key);
+    service
+        .create_session(create_request("acme", "alice"))
+        .await
+        .unwrap();
+    service
+        .revoke(RevokeRequest {
+            tenant: "acme".into(),
+            scope: RevokeScope::User as i32,
+            id: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut admin = ClusterClient::new(
+        Endpoint::from_shared(server.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let denied = admin
+        .remove(with_key(RemoveRequest { node_id: 1 }, Some(&key)))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    admin
+        .status(with_key(ClusterStatusRequest {}, Some(&ops_key)))
+        .await
+        .unwrap();
+    server.terminate();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let audit: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "sessiond::audit")
+        .collect();
+    let event = |name: &str| {
+        audit
+            .iter()
+            .find(|v| v["fields"]["event"] == name)
+            .unwrap_or_else(|| panic!("no {name} audit event in {audit:?}"))
+            .clone()
+    };
+    assert_eq!(
+        event("credential_refused")["fields"]["reason"],
+        "unknown API key"
+    );
+    let revoked = event("bulk_revocation");
+    assert_eq!(revoked["fields"]["principal"], "login-service");
+    assert_eq!(revoked["fields"]["user_id"], "alice");
+    assert_eq!(revoked["fields"]["revoked"], 1);
+    let refused = event("permission_refused");
+    assert_eq!(refused["fields"]["principal"], "login-service");
+    assert_eq!(refused["fields"]["method"], "/sessiond.v1.Cluster/Remove");
+    for secret in [&key, &ops_key, &wrong_key] {
+        assert!(!text.contains(secret.as_str()), "a key reached the log");
+    }
+}
