@@ -6,11 +6,12 @@
 # exactly the processes started here. $SESSIOND_BIN runs a binary built elsewhere instead of
 # building target/release/sessiond.
 #
-# --tls: TLS on both listeners and mTLS for clients. A development CA, node certificates and
-# client certificates for the principals `operator`, `service` and `gateway` (all tenants)
-# are made under $dir/certs with `sessiond certs`; each node runs with its cluster/nodeN.toml
-# plus a [tls] and [auth] section written to $dir/nodeN.toml. The script prints the
-# environment a client needs.
+# --tls: TLS on both listeners (peers always mTLS) and client authentication. A development
+# CA, node certificates and client certificates for the principals `operator`, `service` and
+# `gateway` (all tenants) are made under $dir/certs with `sessiond certs`, and an API key for
+# the principal `service-key` (service, all tenants) in $dir/certs/service.api-key; each node
+# runs with its cluster/nodeN.toml plus a [tls] and [auth] section written to
+# $dir/nodeN.toml. The script prints the environment a client needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tls=false
@@ -43,6 +44,11 @@ if $tls; then
     for name in operator service gateway; do
       "$bin" certs client --dir "$certs" --name "$name" >/dev/null
     done
+    "$bin" certs api-key >"$certs/api-key.txt"
+    sed -n 's/^api key.*: //p' "$certs/api-key.txt" >"$certs/service.api-key"
+    sed -n 's/^api_key_sha256 = //p' "$certs/api-key.txt" >"$certs/service.api-key.sha256"
+    rm "$certs/api-key.txt"
+    chmod 600 "$certs/service.api-key"
   fi
   client_flags=(--ca "$certs/ca.pem" --cert "$certs/client-operator.pem"
     --key "$certs/client-operator.key")
@@ -63,11 +69,17 @@ for i in 1 2 3; do
 ca_file = "$certs/ca.pem"
 cert_file = "$certs/node-$i.pem"
 key_file = "$certs/node-$i.key"
-client_certs = "required"
+client_certs = "optional"
 
 [[auth.principals]]
 name = "operator"
 role = "operator"
+
+[[auth.principals]]
+name = "service-key"
+role = "service"
+tenants = ["*"]
+api_key_sha256 = $(cat "$certs/service.api-key.sha256")
 
 [[auth.principals]]
 name = "service"
@@ -107,6 +119,7 @@ done
 echo "cluster running; data and logs in $dir"
 echo "endpoints: $scheme://127.0.0.1:50061,$scheme://127.0.0.1:50062,$scheme://127.0.0.1:50063"
 if $tls; then
-  echo "client environment (service principal):"
+  echo "client environment (service principal, mTLS):"
   echo "  export SESSIOND_CA=$certs/ca.pem SESSIOND_CERT=$certs/client-service.pem SESSIOND_KEY=$certs/client-service.key"
+  echo "or with an API key: export SESSIOND_CA=$certs/ca.pem SESSIOND_API_KEY=\$(cat $certs/service.api-key)"
 fi
