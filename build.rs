@@ -11,6 +11,8 @@ const SECRET_BEARING: &[&str] = &[
     ".sessiond.v1.CreateSessionResponse",
     ".sessiond.v1.RotateRequest",
     ".sessiond.v1.RotateResponse",
+    ".sessiond.v1.TouchRequest",
+    ".sessiond.v1.AcquireRenewalLeaseRequest",
     ".sessiond.v1.LookupRequest",
     ".sessiond.v1.ValidateAccessTokenRequest",
     ".sessiond.v1.RevokeRequest",
@@ -20,9 +22,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    // The public API, with its descriptor set for server reflection.
+    // The public API, with its descriptor set for server reflection, and a codec that answers
+    // an undecodable request INVALID_ARGUMENT naming the field (src/proto/codec.rs).
     tonic_prost_build::configure()
         .btree_map(".")
+        .codec_path("crate::proto::codec::Codec")
         .skip_debug(SECRET_BEARING.iter().copied())
         .file_descriptor_set_path(out_dir.join("sessiond_descriptor.bin"))
         .compile_protos(

@@ -99,6 +99,7 @@ fn command(now_ms: i64, kind: command::Kind) -> Command {
         now_ms,
         request_key: Vec::new(),
         kind: Some(kind),
+        ..Default::default()
     }
 }
 

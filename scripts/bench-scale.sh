@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Scale benchmark: loads SESSIONS (default 1,000,000) sessions into a fresh node through
-# `sessiond bench --workload create`, then reports disk bytes per session, the node's RSS,
-# how long a restart takes until the node serves linearizable reads again, and how long a
-# new learner takes to catch up (by snapshot: the log behind it is purged). Writes
+# `sessiond bench --workload create`, then reports disk bytes per session (every file of the
+# data directory, and per part: log, state, snapshots), peak RSS (VmHWM) per phase (load,
+# restart, building and sending a snapshot, the learner receiving and installing it), how
+# long a restart takes until the node serves linearizable reads again, how long a new
+# learner takes to catch up (by snapshot: the log behind it is purged), and the worst wait
+# of an apply for the commit lock while a snapshot was built (from the node's log). Writes
 # scale.json and scale.md under $RESULTS (default bench-results/scale-<timestamp>).
 # Uses free loopback ports and a temporary directory; stops exactly what it started.
 set -euo pipefail
@@ -58,8 +61,14 @@ load_started=$(now)
 load_secs=$(since "$load_started")
 sleep 2 # let the periodic snapshot and log purge settle
 disk_bytes=$(du -sb "$work/node1" | cut -f1)
+part_bytes() { du -sb "$work/node1/$1" 2>/dev/null | cut -f1 || echo 0; }
+log_bytes=$(part_bytes log)
+state_bytes=$(part_bytes state)
+snapshot_bytes=$(part_bytes snapshots)
 rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$node1/status")
-echo "loaded in ${load_secs}s; disk $disk_bytes bytes; RSS $rss_kb KiB"
+hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+load_hwm_kb=$(hwm "$node1")
+echo "loaded in ${load_secs}s; disk $disk_bytes bytes (log $log_bytes, state $state_bytes, snapshots $snapshot_bytes); RSS $rss_kb KiB, peak $load_hwm_kb KiB"
 
 echo "restarting node 1"
 kill -TERM "$node1"
@@ -69,7 +78,9 @@ start_node1
 wait_serving "$ep1"
 restart_secs=$(since "$restart_started")
 rss_after_restart_kb=$(awk '/VmRSS/ {print $2}' "/proc/$node1/status")
-echo "restarted in ${restart_secs}s; RSS $rss_after_restart_kb KiB"
+restart_hwm_kb=$(hwm "$node1")
+echo "restarted in ${restart_secs}s; RSS $rss_after_restart_kb KiB, peak $restart_hwm_kb KiB"
+echo 5 >"/proc/$node1/clear_refs" # the peak from here on: building and sending a snapshot
 
 echo "adding a learner"
 "$bin" serve --node-id 2 --listen "127.0.0.1:$port2" --data-dir "$work/node2" --join \
@@ -92,6 +103,11 @@ for _ in $(seq 1 12000); do
 done
 learner_secs=$(since "$learner_started")
 learner_snapshot=$(status "http://127.0.0.1:$port2" | json_field "['snapshot_index']")
+send_hwm_kb=$(hwm "$node1")
+learner_hwm_kb=$(hwm "$node2")
+worst_apply_wait_ms=$(grep -ho 'worst_apply_wait_ms=[0-9.]*' "$work"/node1.log | cut -d= -f2 | sort -g | tail -1)
+builds=$(grep -c 'snapshot built' "$work/node1.log" || true)
+echo "learner caught up in ${learner_secs}s; peak RSS leader $send_hwm_kb KiB, learner $learner_hwm_kb KiB"
 
 python3 - "$results" <<PY
 import json, sys
@@ -104,8 +120,17 @@ out = {
   "load_p99_ms": create["p99_ms"],
   "disk_bytes": $disk_bytes,
   "disk_bytes_per_session": $disk_bytes / $sessions,
+  "log_bytes": $log_bytes,
+  "state_bytes": $state_bytes,
+  "snapshot_bytes": $snapshot_bytes,
   "rss_mib": $rss_kb / 1024,
   "rss_after_restart_mib": $rss_after_restart_kb / 1024,
+  "peak_rss_load_mib": $load_hwm_kb / 1024,
+  "peak_rss_restart_mib": $restart_hwm_kb / 1024,
+  "peak_rss_build_and_send_mib": $send_hwm_kb / 1024,
+  "peak_rss_learner_receive_and_install_mib": $learner_hwm_kb / 1024,
+  "snapshot_builds": ${builds:-0},
+  "worst_apply_wait_during_build_ms": ${worst_apply_wait_ms:-0},
   "restart_secs": $restart_secs,
   "leader_purged_index_when_learner_added": $purged_index,
   "learner_catch_up_secs": $learner_secs,
@@ -115,8 +140,10 @@ out = {
 json.dump(out, open(sys.argv[1] + "/scale.json", "w"), indent=2)
 rows = [
   ("sessions loaded", f"{out['sessions']:,} in {out['load_secs']:.0f} s ({out['load_ops_per_sec']:,.0f} creates/s, p99 {out['load_p99_ms']:.1f} ms)"),
-  ("disk (data dir, log + state + snapshot)", f"{out['disk_bytes']/2**20:,.0f} MiB = {out['disk_bytes_per_session']:,.0f} bytes/session"),
+  ("disk (data dir, log + state + snapshot)", f"{out['disk_bytes']/2**20:,.0f} MiB = {out['disk_bytes_per_session']:,.0f} bytes/session (log {out['log_bytes']/2**20:,.0f}, state {out['state_bytes']/2**20:,.0f}, snapshots {out['snapshot_bytes']/2**20:,.0f} MiB)"),
   ("RSS after load / after restart", f"{out['rss_mib']:,.0f} MiB / {out['rss_after_restart_mib']:,.0f} MiB"),
+  ("peak RSS: load / restart / build + send / learner install", f"{out['peak_rss_load_mib']:,.0f} / {out['peak_rss_restart_mib']:,.0f} / {out['peak_rss_build_and_send_mib']:,.0f} / {out['peak_rss_learner_receive_and_install_mib']:,.0f} MiB"),
+  ("worst apply wait during a snapshot build ({} builds)".format(out['snapshot_builds']), f"{out['worst_apply_wait_during_build_ms']:.1f} ms"),
   ("restart until linearizable reads", f"{out['restart_secs']:.2f} s"),
   ("new learner caught up (snapshot at index {:,})".format(out['learner_snapshot_index']), f"{out['learner_catch_up_secs']:.2f} s"),
 ]

@@ -54,6 +54,8 @@ pub struct Config {
     pub raft: RaftConfig,
     /// Revocation stream subscribers.
     pub watch: WatchConfig,
+    /// Storage engine settings.
+    pub storage: StorageConfig,
     /// Largest gRPC message accepted or sent, in bytes.
     pub max_message_bytes: usize,
     /// Test-only: shift this node's clock by this many ms (simulates a skewed node).
@@ -80,6 +82,7 @@ impl Default for Config {
             gc: GcConfig::default(),
             raft: RaftConfig::default(),
             watch: WatchConfig::default(),
+            storage: StorageConfig::default(),
             max_message_bytes: 4 * 1024 * 1024,
             clock_offset_ms: 0,
         }
@@ -293,6 +296,30 @@ impl Default for RaftConfig {
     }
 }
 
+/// Storage engine settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// sled page cache of the state database, in MiB. sled's heap is a multiple of it;
+    /// while a snapshot is installed, two state databases are open.
+    pub cache_capacity_mb: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            cache_capacity_mb: 96,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The page cache in bytes.
+    pub fn cache_capacity_bytes(&self) -> u64 {
+        self.cache_capacity_mb * 1024 * 1024
+    }
+}
+
 impl Config {
     /// Reads a TOML file; fields it leaves out keep their defaults.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
@@ -420,6 +447,12 @@ impl Config {
                 "watch.buffer must be at least 2 and its intervals positive",
             ));
         }
+        if !(8..=65_536).contains(&self.storage.cache_capacity_mb) {
+            return Err(Error::invalid(
+                "config",
+                "storage.cache_capacity_mb must be between 8 and 65536",
+            ));
+        }
         Ok(())
     }
 }
@@ -467,6 +500,9 @@ mod tests {
         assert!(Config::from_toml("[raft]\nheartbeat_ms = 900").is_err());
         assert!(Config::from_toml("node_id = 0").is_err());
         assert!(Config::from_toml("cluster_id = \"a/b\"").is_err());
+        assert!(Config::from_toml("[storage]\ncache_capacity_mb = 1").is_err());
+        let c = Config::from_toml("[storage]\ncache_capacity_mb = 64").unwrap();
+        assert_eq!(c.storage.cache_capacity_bytes(), 64 << 20);
     }
 
     #[test]

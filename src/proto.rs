@@ -1,6 +1,8 @@
 //! Generated protobuf types: the public API, the cluster admin API, the internal records and
 //! the node-to-node transport.
 
+pub mod codec;
+
 /// The public gRPC API, `sessiond.v1`: the session authority and cluster administration.
 pub mod v1 {
     #![allow(missing_docs, clippy::all)]

@@ -8,13 +8,19 @@
 //! retrying after a lost response). To hand out the *same* successor again without storing
 //! it, the proposer seals the successor's raw tokens under a key derived from the presented
 //! raw token ([`seal`]); only a caller holding that raw token can open the seal ([`unseal`]).
-//! Idempotent creates seal their tokens under the request id the same way. No server-wide
-//! secret exists, and nothing on disk opens a seal.
+//! Idempotent creates seal their tokens under the request id the same way, bound to the
+//! request's parameters ([`Fingerprint`]) as associated data. No server-wide secret exists,
+//! and nothing on disk opens a seal. Every seal has its own random salt (mixed into the key)
+//! and random 192-bit nonce (XChaCha20-Poly1305), so no key and nonce pair is ever used twice
+//! and a guess of the key material must be checked against each seal separately.
+//!
+//! Idempotency keys are scoped ([`request_key`]): the stored key hashes the tenant (or
+//! another scope), the operation and the client's request id together.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use chacha20poly1305::aead::{Aead, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -170,9 +176,53 @@ pub fn is_valid_id(kind: IdKind, text: &str) -> bool {
         .is_some_and(|body| body.len() == ID_TEXT_LEN && is_base64url(body))
 }
 
-/// The SHA-256 of a client's idempotency key: the form in which it is stored.
-pub fn hash_request_id(request_id: &str) -> TokenHash {
-    TokenHash(Sha256::digest(request_id.as_bytes()).into())
+/// The stored idempotency key of a request: SHA-256 over `scope` (the tenant, or for a
+/// rotation the presented token's hash), `operation` and the client's `request_id`, each
+/// length-prefixed. The same request id used in two scopes or by two operations names two
+/// different requests.
+pub fn request_key(scope: &[u8], operation: &str, request_id: &str) -> TokenHash {
+    let mut hasher = Sha256::new();
+    hasher.update(b"sessiond/request-key/v2\0");
+    for part in [scope, operation.as_bytes(), request_id.as_bytes()] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    TokenHash(hasher.finalize().into())
+}
+
+/// A digest of a request's canonical parameters, to tell a retry (same parameters) from a
+/// reuse of its request id for another request. Each part is length-prefixed, so no two
+/// different parameter lists digest alike by concatenation.
+pub struct Fingerprint(Sha256);
+
+impl Fingerprint {
+    /// Starts the fingerprint of one `operation`.
+    pub fn new(operation: &str) -> Self {
+        Fingerprint(Sha256::new_with_prefix(b"sessiond/fingerprint/v1\0"))
+            .bytes(operation.as_bytes())
+    }
+
+    /// Adds a byte string.
+    pub fn bytes(mut self, part: &[u8]) -> Self {
+        self.0.update((part.len() as u64).to_be_bytes());
+        self.0.update(part);
+        self
+    }
+
+    /// Adds a text field.
+    pub fn text(self, part: &str) -> Self {
+        self.bytes(part.as_bytes())
+    }
+
+    /// Adds an integer field.
+    pub fn int(self, value: i64) -> Self {
+        self.bytes(&value.to_be_bytes())
+    }
+
+    /// The digest.
+    pub fn finish(self) -> Vec<u8> {
+        self.0.finalize().to_vec()
+    }
 }
 
 fn is_base64url(text: &str) -> bool {
@@ -189,33 +239,59 @@ pub struct TokenPair {
     pub access: Option<RawToken>,
 }
 
-fn seal_cipher(key_material: &str) -> ChaCha20Poly1305 {
+/// Format tag of a seal: salt, nonce, then the XChaCha20-Poly1305 ciphertext.
+const SEAL_V2: u8 = 2;
+/// Random bytes mixed into each seal's key.
+const SEAL_SALT_BYTES: usize = 16;
+/// Random nonce bytes of each seal.
+const SEAL_NONCE_BYTES: usize = 24;
+
+fn seal_key(label: &[u8], salt: &[u8], key_material: &str) -> [u8; 32] {
     let mut hasher = Sha256::new();
-    hasher.update(b"sessiond/seal/v1\0");
+    hasher.update(label);
+    hasher.update(salt);
     hasher.update(key_material.as_bytes());
-    let key: [u8; 32] = hasher.finalize().into();
-    ChaCha20Poly1305::new(Key::from_slice(&key))
+    hasher.finalize().into()
 }
 
 /// Seals `tokens` under a key derived from `key_material` (a presented raw refresh token or
-/// a raw request id). Each key seals exactly one payload, so a fixed nonce is safe.
-pub fn seal(key_material: &str, tokens: &TokenPair) -> Vec<u8> {
+/// a raw request id) and a fresh random salt, with a fresh random nonce; `bound_to` (a
+/// request fingerprint, or empty) must be given again to open it.
+pub fn seal(key_material: &str, bound_to: &[u8], tokens: &TokenPair) -> Vec<u8> {
     let mut plain = tokens.refresh.expose().as_bytes().to_vec();
     if let Some(access) = &tokens.access {
         plain.push(b' ');
         plain.extend_from_slice(access.expose().as_bytes());
     }
-    seal_cipher(key_material)
-        .encrypt(Nonce::from_slice(&[0u8; 12]), plain.as_slice())
-        .expect("chacha20poly1305 encryption of a small buffer cannot fail")
+    let mut header = [0u8; 1 + SEAL_SALT_BYTES + SEAL_NONCE_BYTES];
+    header[0] = SEAL_V2;
+    rand::rng().fill_bytes(&mut header[1..]);
+    let (salt, nonce) = header[1..].split_at(SEAL_SALT_BYTES);
+    let key = seal_key(b"sessiond/seal/v2\0", salt, key_material);
+    let sealed = XChaCha20Poly1305::new(Key::from_slice(&key))
+        .encrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: &plain,
+                aad: bound_to,
+            },
+        )
+        .expect("xchacha20poly1305 encryption of a small buffer cannot fail");
+    [header.as_slice(), &sealed].concat()
 }
 
-/// Opens a seal made by [`seal`] with the same key material; None if the material is wrong
-/// or the blob was altered.
-pub fn unseal(key_material: &str, sealed: &[u8]) -> Option<TokenPair> {
-    let plain = seal_cipher(key_material)
-        .decrypt(Nonce::from_slice(&[0u8; 12]), sealed)
-        .ok()?;
+/// Opens a seal made by [`seal`] with the same key material and binding; None if either is
+/// wrong or the blob was altered. Seals written before salts and random nonces (a bare
+/// ChaCha20-Poly1305 ciphertext, never bound) still open, so that a rolling upgrade does not
+/// break a retry in flight.
+pub fn unseal(key_material: &str, bound_to: &[u8], sealed: &[u8]) -> Option<TokenPair> {
+    let plain = open_v2(key_material, bound_to, sealed).or_else(|| {
+        let key = seal_key(b"sessiond/seal/v1\0", &[], key_material);
+        ChaCha20Poly1305::new(Key::from_slice(&key))
+            .decrypt(Nonce::from_slice(&[0u8; 12]), sealed)
+            .ok()
+            .filter(|_| bound_to.is_empty())
+    })?;
     let text = String::from_utf8(plain).ok()?;
     let mut parts = text.splitn(2, ' ');
     let refresh = RawToken::parse(TokenKind::Refresh, parts.next()?).ok()?;
@@ -224,6 +300,25 @@ pub fn unseal(key_material: &str, sealed: &[u8]) -> Option<TokenPair> {
         None => None,
     };
     Some(TokenPair { refresh, access })
+}
+
+fn open_v2(key_material: &str, bound_to: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    let (&tag, rest) = sealed.split_first()?;
+    if tag != SEAL_V2 || rest.len() < SEAL_SALT_BYTES + SEAL_NONCE_BYTES {
+        return None;
+    }
+    let (salt, rest) = rest.split_at(SEAL_SALT_BYTES);
+    let (nonce, ciphertext) = rest.split_at(SEAL_NONCE_BYTES);
+    let key = seal_key(b"sessiond/seal/v2\0", salt, key_material);
+    XChaCha20Poly1305::new(Key::from_slice(&key))
+        .decrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: bound_to,
+            },
+        )
+        .ok()
 }
 
 #[cfg(test)]
@@ -274,26 +369,80 @@ mod tests {
     }
 
     #[test]
-    fn seal_opens_only_with_the_same_material() {
+    fn seal_opens_only_with_the_same_material_and_binding() {
         let presented = RawToken::mint(TokenKind::Refresh);
         let pair = TokenPair {
             refresh: RawToken::mint(TokenKind::Refresh),
             access: Some(RawToken::mint(TokenKind::Access)),
         };
-        let sealed = seal(presented.expose(), &pair);
-        assert_eq!(unseal(presented.expose(), &sealed), Some(pair.clone()));
+        let sealed = seal(presented.expose(), b"", &pair);
+        assert_eq!(unseal(presented.expose(), b"", &sealed), Some(pair.clone()));
+        assert_eq!(unseal(presented.expose(), b"other", &sealed), None);
         let other = RawToken::mint(TokenKind::Refresh);
-        assert_eq!(unseal(other.expose(), &sealed), None);
-        let mut tampered = sealed.clone();
-        tampered[0] ^= 1;
-        assert_eq!(unseal(presented.expose(), &tampered), None);
+        assert_eq!(unseal(other.expose(), b"", &sealed), None);
+        for at in [0, 1, 20, sealed.len() - 1] {
+            let mut tampered = sealed.clone();
+            tampered[at] ^= 1;
+            assert_eq!(
+                unseal(presented.expose(), b"", &tampered),
+                None,
+                "byte {at}"
+            );
+        }
         let no_access = TokenPair {
             access: None,
             ..pair
         };
-        assert_eq!(
-            unseal("req-123", &seal("req-123", &no_access)),
-            Some(no_access)
+        let bound = seal("req-123", b"fingerprint", &no_access);
+        assert_eq!(unseal("req-123", b"fingerprint", &bound), Some(no_access));
+        assert_eq!(unseal("req-123", b"", &bound), None);
+    }
+
+    #[test]
+    fn every_seal_has_its_own_salt_and_nonce() {
+        let pair = TokenPair {
+            refresh: RawToken::mint(TokenKind::Refresh),
+            access: None,
+        };
+        let a = seal("same material", b"", &pair);
+        let b = seal("same material", b"", &pair);
+        let header = 1 + SEAL_SALT_BYTES + SEAL_NONCE_BYTES;
+        assert_eq!(a[0], SEAL_V2);
+        assert_ne!(a[1..header], b[1..header], "salt and nonce are fresh");
+        assert_ne!(a[header..], b[header..], "so the ciphertexts differ");
+    }
+
+    #[test]
+    fn seals_of_the_previous_format_still_open_unbound() {
+        let pair = TokenPair {
+            refresh: RawToken::mint(TokenKind::Refresh),
+            access: None,
+        };
+        let key = seal_key(b"sessiond/seal/v1\0", &[], "material");
+        let legacy = ChaCha20Poly1305::new(Key::from_slice(&key))
+            .encrypt(
+                Nonce::from_slice(&[0u8; 12]),
+                pair.refresh.expose().as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(unseal("material", b"", &legacy), Some(pair));
+        assert_eq!(unseal("material", b"bound", &legacy), None);
+    }
+
+    #[test]
+    fn request_keys_are_scoped_and_fingerprints_separate_fields() {
+        let id = "0123456789abcdef";
+        let key = request_key(b"acme", "revoke", id);
+        assert_eq!(key, request_key(b"acme", "revoke", id));
+        assert_ne!(key, request_key(b"other", "revoke", id));
+        assert_ne!(key, request_key(b"acme", "create", id));
+        assert_ne!(request_key(b"ab", "c", id), request_key(b"a", "bc", id));
+        let f = |a: &str, b: &str| Fingerprint::new("op").text(a).text(b).finish();
+        assert_eq!(f("ab", "c"), f("ab", "c"));
+        assert_ne!(f("ab", "c"), f("a", "bc"));
+        assert_ne!(
+            Fingerprint::new("op").int(1).finish(),
+            Fingerprint::new("op").int(2).finish()
         );
     }
 

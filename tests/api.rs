@@ -236,6 +236,7 @@ async fn renewal_lease_excludes_other_holders() {
         session_id: sid.clone(),
         holder: holder.into(),
         ttl_ms: 60_000,
+        ..Default::default()
     };
     let mine = t
         .client
@@ -465,6 +466,7 @@ async fn list_count_touch_and_session_limit() {
         .touch(TouchRequest {
             tenant: "limited".into(),
             session_id: session_id(&third),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -474,6 +476,7 @@ async fn list_count_touch_and_session_limit() {
         .touch(TouchRequest {
             tenant: "limited".into(),
             session_id: session_id(&first),
+            ..Default::default()
         })
         .await
         .unwrap();

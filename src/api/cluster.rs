@@ -5,23 +5,35 @@
 //!
 //! Member addresses in the membership are peer addresses; the status also gives each
 //! member's client address, which the member tells over the peer transport.
+//!
+//! Three node-local operator calls serve audits and the fault harness: a digest of the
+//! applied state, and forcing a snapshot or a log purge on the node asked.
 
 use std::collections::BTreeSet;
 
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
+use sha2::{Digest, Sha256};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{audit, Principal};
+use crate::domain::StateRead;
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::cluster_server::Cluster;
 use crate::proto::v1::{
     AddLearnerRequest, ClusterStatusRequest, ClusterStatusResponse, Member, MemberRole,
-    MembershipResponse, PromoteRequest, RemoveRequest,
+    MembershipResponse, PromoteRequest, PurgeLogRequest, PurgeLogResponse, RemoveRequest,
+    StateDigestRequest, StateDigestResponse, TriggerSnapshotRequest, TriggerSnapshotResponse,
 };
 use crate::raft::RaftNode;
+use crate::store::StateReader;
 use crate::Error;
+
+/// Entries read per page while the state is digested (bounds the memory a digest takes).
+const DIGEST_PAGE: usize = 1_000;
+/// Attempts at a digest during which no entry was applied, before giving up.
+const DIGEST_ATTEMPTS: usize = 5;
 
 /// The cluster administration service of one node.
 #[derive(Clone)]
@@ -148,6 +160,44 @@ impl ClusterAdmin {
             status: Some(self.status().await?),
         }))
     }
+}
+
+/// The SHA-256 of every key and value of `state` in key order (each length-prefixed), with
+/// the number of keys, read page by page.
+fn digest_of(state: &StateReader) -> Result<([u8; 32], u64), Error> {
+    let mut hasher = Sha256::new();
+    let mut keys = 0u64;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = state.scan_prefix(b"", after.as_deref(), DIGEST_PAGE)?;
+        for (key, value) in &page {
+            hasher.update((key.len() as u64).to_be_bytes());
+            hasher.update(key);
+            hasher.update((value.len() as u64).to_be_bytes());
+            hasher.update(value);
+        }
+        keys += page.len() as u64;
+        let full = page.len() == DIGEST_PAGE;
+        match page.into_iter().last() {
+            Some((key, _)) if full => after = Some(key),
+            _ => return Ok((hasher.finalize().into(), keys)),
+        }
+    }
+}
+
+/// A digest of `state` taken while no entry was applied: the applied index, the digest and
+/// the number of keys.
+fn stable_digest(state: &StateReader) -> Result<(u64, [u8; 32], u64), Error> {
+    for _ in 0..DIGEST_ATTEMPTS {
+        let before = state.applied_index();
+        let (digest, keys) = digest_of(state)?;
+        if state.applied_index() == before {
+            return Ok((before, digest, keys));
+        }
+    }
+    Err(Error::Unavailable(
+        "entries kept being applied during the digest; retry when the node is quiet".into(),
+    ))
 }
 
 fn membership_failed(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Error {
@@ -308,5 +358,58 @@ impl Cluster for ClusterAdmin {
         _request: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
         Ok(Response::new(ClusterAdmin::status(self).await?))
+    }
+
+    async fn state_digest(
+        &self,
+        _request: Request<StateDigestRequest>,
+    ) -> Result<Response<StateDigestResponse>, Status> {
+        let state = self.node.state().clone();
+        let (applied_index, digest, keys) =
+            tokio::task::spawn_blocking(move || stable_digest(&state))
+                .await
+                .map_err(|e| Error::Internal(format!("digest task failed: {e}")))??;
+        Ok(Response::new(StateDigestResponse {
+            node_id: self.node.node_id(),
+            applied_index,
+            digest: digest.to_vec(),
+            keys,
+        }))
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        _request: Request<TriggerSnapshotRequest>,
+    ) -> Result<Response<TriggerSnapshotResponse>, Status> {
+        self.node
+            .raft()
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Error::Unavailable(format!("raft stopped: {e}")))?;
+        tracing::info!("snapshot requested by an operator");
+        Ok(Response::new(TriggerSnapshotResponse {
+            node_id: self.node.node_id(),
+        }))
+    }
+
+    async fn purge_log(
+        &self,
+        request: Request<PurgeLogRequest>,
+    ) -> Result<Response<PurgeLogResponse>, Status> {
+        let upto = request.into_inner().upto;
+        if upto == 0 {
+            return Err(Error::invalid("upto", "must be a positive log index").into());
+        }
+        self.node
+            .raft()
+            .trigger()
+            .purge_log(upto)
+            .await
+            .map_err(|e| Error::Unavailable(format!("raft stopped: {e}")))?;
+        tracing::info!(upto, "log purge requested by an operator");
+        Ok(Response::new(PurgeLogResponse {
+            node_id: self.node.node_id(),
+        }))
     }
 }

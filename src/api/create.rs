@@ -1,15 +1,17 @@
 //! CreateSession: validate, mint the session id, family id and raw tokens, propose, answer.
 //!
-//! With a request id, the raw tokens are sealed under it and kept with the dedup record, so
-//! a retry after a lost response gets the very same tokens back (and nothing is created
-//! twice).
+//! With a request id, the raw tokens are sealed under it (bound to the request's
+//! fingerprint) and kept with the dedup record, so a retry after a lost response with the
+//! same parameters gets the very same tokens back, the first revision, and the session as it
+//! is now (nothing is created twice). The same id with other parameters opens nothing: it is
+//! FAILED_PRECONDITION.
 
-use super::service::{now_ms, Authority};
+use super::service::{now_ms, Authority, Idempotency};
 use super::{convert, validate};
 use crate::proto::internal::{command, command_result, CommandResult, CreateSession};
 use crate::proto::v1::{CreateSessionOutcome, CreateSessionRequest, CreateSessionResponse};
 use crate::proto::SCHEMA_VERSION;
-use crate::token::{self, IdKind, RawToken, TokenKind, TokenPair};
+use crate::token::{self, Fingerprint, IdKind, RawToken, TokenKind, TokenPair};
 use crate::Error;
 
 /// Handles one CreateSession request.
@@ -46,14 +48,18 @@ pub async fn handle(
         refresh: RawToken::mint(TokenKind::Refresh),
         access: (!request.without_access_token).then(|| RawToken::mint(TokenKind::Access)),
     };
-    let (request_key, sealed_tokens) = if request.request_id.is_empty() {
-        (Vec::new(), Vec::new())
+    let fingerprint = fingerprint(&request);
+    let sealed_tokens = if request.request_id.is_empty() {
+        Vec::new()
     } else {
-        (
-            token::hash_request_id(&request.request_id).to_vec(),
-            token::seal(&request.request_id, &tokens),
-        )
+        token::seal(&request.request_id, &fingerprint, &tokens)
     };
+    let idempotency = Idempotency::new(
+        request.tenant.as_bytes(),
+        OPERATION,
+        &request.request_id,
+        fingerprint.clone(),
+    );
     let join_family = !request.family_id.is_empty();
     let command = CreateSession {
         session_id: token::mint_id(IdKind::Session),
@@ -84,7 +90,7 @@ pub async fn handle(
         sealed_tokens,
     };
     let applied = authority
-        .propose(now, request_key, command::Kind::CreateSession(command))
+        .propose_idempotent(now, idempotency, command::Kind::CreateSession(command))
         .await?;
     let deduplicated = applied.result.deduplicated;
     let result = expect_create(applied.result)?;
@@ -97,9 +103,9 @@ pub async fn handle(
         });
     }
     let tokens = if deduplicated {
-        token::unseal(&request.request_id, &result.sealed_tokens).ok_or_else(|| {
-            Error::Internal("sealed tokens of a deduplicated create do not open".into())
-        })?
+        token::unseal(&request.request_id, &fingerprint, &result.sealed_tokens).ok_or_else(
+            || Error::Internal("sealed tokens of a deduplicated create do not open".into()),
+        )?
     } else {
         tokens
     };
@@ -116,6 +122,27 @@ pub async fn handle(
         evicted_session_ids: result.evicted_session_ids,
         revision: applied.revision,
     })
+}
+
+/// The operation name in CreateSession's idempotency keys.
+const OPERATION: &str = "CreateSession";
+
+/// The fingerprint of a create's parameters, as the client sent them.
+fn fingerprint(request: &CreateSessionRequest) -> Vec<u8> {
+    let mut f = Fingerprint::new(OPERATION)
+        .text(&request.tenant)
+        .text(&request.user_id)
+        .text(&request.family_id)
+        .int(request.ttl_ms)
+        .int(request.idle_timeout_ms)
+        .int(request.access_token_ttl_ms)
+        .int(i64::from(request.without_access_token))
+        .bytes(&request.device_public_key)
+        .int(request.attributes.len() as i64);
+    for (key, value) in &request.attributes {
+        f = f.text(key).text(value);
+    }
+    f.finish()
 }
 
 fn expect_create(

@@ -2,12 +2,15 @@
 //! service instances proceeds with a refresh while the others wait.
 
 use super::create::mismatched;
-use super::service::{now_ms, Authority};
+use super::service::{now_ms, Authority, Idempotency};
 use super::{convert, validate};
 use crate::proto::internal::{command, command_result, AcquireLease};
 use crate::proto::v1::{AcquireRenewalLeaseRequest, AcquireRenewalLeaseResponse};
-use crate::token::{self, IdKind};
+use crate::token::{self, Fingerprint, IdKind};
 use crate::Error;
+
+/// The operation name in AcquireRenewalLease's idempotency keys.
+const OPERATION: &str = "AcquireRenewalLease";
 
 /// Handles one AcquireRenewalLease request.
 pub async fn handle(
@@ -24,6 +27,17 @@ pub async fn handle(
         policy.lease_ttl_ms,
         policy.max_lease_ttl_ms,
     )?;
+    validate::request_id("request_id", &request.request_id)?;
+    let idempotency = Idempotency::new(
+        request.tenant.as_bytes(),
+        OPERATION,
+        &request.request_id,
+        Fingerprint::new(OPERATION)
+            .text(&request.session_id)
+            .text(&request.holder)
+            .int(request.ttl_ms)
+            .finish(),
+    );
 
     let now = now_ms();
     let command = AcquireLease {
@@ -34,7 +48,7 @@ pub async fn handle(
         expires_at_ms: now.saturating_add(ttl_ms),
     };
     let applied = authority
-        .propose(now, Vec::new(), command::Kind::AcquireLease(command))
+        .propose_idempotent(now, idempotency, command::Kind::AcquireLease(command))
         .await?;
     match applied.result.kind {
         Some(command_result::Kind::AcquireLease(r)) => Ok(AcquireRenewalLeaseResponse {

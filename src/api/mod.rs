@@ -9,12 +9,14 @@
 //!
 //! One file per operation: [`create`], [`rotate`], [`lease`], [`touch`], [`revoke`], and the
 //! read-only [`reads`]; [`service`] binds them to the generated tonic trait. [`cluster`] is
-//! the operators' membership API; [`watch`] streams revocations.
+//! the operators' membership API; [`watch`] streams revocations, at most
+//! [`limits::MAX_STREAMS_PER_CONNECTION`] at once per connection.
 
 pub mod cluster;
 pub mod convert;
 pub mod create;
 pub mod lease;
+pub mod limits;
 pub mod reads;
 pub mod redact;
 pub mod revoke;

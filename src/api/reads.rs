@@ -101,7 +101,10 @@ pub async fn validate_access_token(
     let state = authority.node().state();
     let revision = state.applied_index();
     let now = now_ms();
-    let Some((token, session)) = query::access_token(state, &request.tenant, hash.as_bytes())?
+    // A token whose session was collected has no tenant left to check it against: it is
+    // unknown to every tenant (telling one tenant it exists would leak another's).
+    let Some((token, Some(session))) =
+        query::access_token(state, &request.tenant, hash.as_bytes())?
     else {
         return Ok(ValidateAccessTokenResponse {
             outcome: AccessTokenOutcome::Unknown as i32,
@@ -109,18 +112,15 @@ pub async fn validate_access_token(
             ..Default::default()
         });
     };
-    let outcome = match &session {
+    let outcome = match query::status_at(&session, now) {
         _ if token.expires_at_ms <= now => AccessTokenOutcome::TokenExpired,
-        None => AccessTokenOutcome::SessionMissing,
-        Some(s) => match query::status_at(s, now) {
-            SessionStatus::Revoked => AccessTokenOutcome::SessionRevoked,
-            SessionStatus::Expired => AccessTokenOutcome::SessionExpired,
-            _ => AccessTokenOutcome::Valid,
-        },
+        SessionStatus::Revoked => AccessTokenOutcome::SessionRevoked,
+        SessionStatus::Expired => AccessTokenOutcome::SessionExpired,
+        _ => AccessTokenOutcome::Valid,
     };
     Ok(ValidateAccessTokenResponse {
         outcome: outcome as i32,
-        session: convert::optional_session(session.as_ref(), now),
+        session: Some(convert::session(&session, now)),
         access_token_expires_at_ms: token.expires_at_ms,
         revision,
     })

@@ -5,8 +5,9 @@
 use std::fmt;
 
 use crate::proto::v1::{
-    lookup_request, CreateSessionRequest, CreateSessionResponse, LookupRequest, RevokeRequest,
-    RotateRequest, RotateResponse, ValidateAccessTokenRequest,
+    lookup_request, AcquireRenewalLeaseRequest, CreateSessionRequest, CreateSessionResponse,
+    LookupRequest, RevokeRequest, RotateRequest, RotateResponse, TouchRequest,
+    ValidateAccessTokenRequest,
 };
 
 /// What a secret prints as: whether it is set, never its value.
@@ -53,6 +54,29 @@ impl fmt::Debug for RotateRequest {
             .field("lease_id", &secret(&self.lease_id))
             .field("access_token_ttl_ms", &self.access_token_ttl_ms)
             .field("without_access_token", &self.without_access_token)
+            .field("request_id", &secret(&self.request_id))
+            .finish()
+    }
+}
+
+impl fmt::Debug for TouchRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TouchRequest")
+            .field("tenant", &self.tenant)
+            .field("session_id", &self.session_id)
+            .field("request_id", &secret(&self.request_id))
+            .finish()
+    }
+}
+
+impl fmt::Debug for AcquireRenewalLeaseRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcquireRenewalLeaseRequest")
+            .field("tenant", &self.tenant)
+            .field("session_id", &self.session_id)
+            .field("holder", &self.holder)
+            .field("ttl_ms", &self.ttl_ms)
+            .field("request_id", &secret(&self.request_id))
             .finish()
     }
 }
@@ -150,6 +174,20 @@ mod tests {
             format!(
                 "{:?}",
                 CreateSessionRequest {
+                    request_id: secret_text.clone(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                TouchRequest {
+                    request_id: secret_text.clone(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                AcquireRenewalLeaseRequest {
                     request_id: secret_text.clone(),
                     ..Default::default()
                 }

@@ -2,11 +2,11 @@
 //! One command whatever the scope, so the revocation is atomic and has one revision.
 
 use super::create::mismatched;
-use super::service::{now_ms, Authority};
+use super::service::{now_ms, Authority, Idempotency};
 use super::validate;
 use crate::proto::internal::{command, command_result, Revoke};
 use crate::proto::v1::{RevokeRequest, RevokeResponse, RevokeScope};
-use crate::token::{self, IdKind};
+use crate::token::{Fingerprint, IdKind};
 use crate::Error;
 
 /// Handles one Revoke request.
@@ -29,11 +29,16 @@ pub async fn handle(
     let reason = validate::client_reason("reason", request.reason)?;
     validate::request_id("request_id", &request.request_id)?;
 
-    let request_key = if request.request_id.is_empty() {
-        Vec::new()
-    } else {
-        token::hash_request_id(&request.request_id).to_vec()
-    };
+    let idempotency = Idempotency::new(
+        request.tenant.as_bytes(),
+        "Revoke",
+        &request.request_id,
+        Fingerprint::new("Revoke")
+            .int(scope as i64)
+            .text(&request.id)
+            .int(reason as i64)
+            .finish(),
+    );
     let command = Revoke {
         tenant: request.tenant,
         scope: scope as i32,
@@ -41,7 +46,7 @@ pub async fn handle(
         reason: reason as i32,
     };
     let applied = authority
-        .propose(now_ms(), request_key, command::Kind::Revoke(command))
+        .propose_idempotent(now_ms(), idempotency, command::Kind::Revoke(command))
         .await?;
     match applied.result.kind {
         Some(command_result::Kind::Revoke(r)) => Ok(RevokeResponse {

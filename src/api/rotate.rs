@@ -5,13 +5,22 @@
 //! successor sealed at the first rotation instead, which only this caller (holding the
 //! presented raw token) can open: the retry gets the same tokens, and the freshly minted ones
 //! are discarded unseen.
+//!
+//! With a request id, the same holds however late the retry comes: the dedup record (keyed by
+//! the presented token's hash and the request id) answers it with the first successor as
+//! long as that successor is still current, so a rotation that committed after its caller
+//! gave up never turns the caller's retry into a replay.
+//!
+//! A token that a linearizable read proves unknown is answered INVALID_TOKEN without a log
+//! entry.
 
 use super::create::mismatched;
-use super::service::{now_ms, Authority};
+use super::service::{now_ms, Authority, Idempotency};
 use super::{convert, validate};
+use crate::domain::absence;
 use crate::proto::internal::{command, command_result, Rotate};
 use crate::proto::v1::{RotateOutcome, RotateRequest, RotateResponse};
-use crate::token::{self, IdKind, RawToken, TokenKind, TokenPair};
+use crate::token::{self, Fingerprint, IdKind, RawToken, TokenKind, TokenPair};
 use crate::Error;
 
 /// The Rotate command redeeming `presented` for the freshly minted `successor`, sealed under
@@ -32,11 +41,14 @@ pub fn rotate_command(
             .map(|a| a.hash().to_vec())
             .unwrap_or_default(),
         access_expires_at_ms,
-        sealed_successor: token::seal(presented.expose(), successor),
+        sealed_successor: token::seal(presented.expose(), b"", successor),
         grace_ms,
         lease_id,
     }
 }
+
+/// The operation name in Rotate's idempotency keys.
+const OPERATION: &str = "Rotate";
 
 /// Handles one Rotate request.
 pub async fn handle(
@@ -53,6 +65,29 @@ pub async fn handle(
         policy.access_token_ttl_ms,
         policy.max_access_token_ttl_ms,
     )?;
+    validate::request_id("request_id", &request.request_id)?;
+    let presented_hash = presented.hash();
+    if let Some(revision) = authority
+        .proven_absent(|state| absence::refresh_token_unknown(state, presented_hash.as_bytes()))
+        .await?
+    {
+        return Ok(RotateResponse {
+            outcome: RotateOutcome::InvalidToken as i32,
+            revision,
+            ..Default::default()
+        });
+    }
+    let fingerprint = Fingerprint::new(OPERATION)
+        .text(&request.lease_id)
+        .int(request.access_token_ttl_ms)
+        .int(i64::from(request.without_access_token))
+        .finish();
+    let idempotency = Idempotency::new(
+        presented_hash.as_bytes(),
+        OPERATION,
+        &request.request_id,
+        fingerprint,
+    );
 
     let now = now_ms();
     let successor = TokenPair {
@@ -72,7 +107,7 @@ pub async fn handle(
         request.lease_id,
     );
     let applied = authority
-        .propose(now, Vec::new(), command::Kind::Rotate(command))
+        .propose_idempotent(now, idempotency, command::Kind::Rotate(command))
         .await?;
     let result = match applied.result.kind {
         Some(command_result::Kind::Rotate(r)) => r,
@@ -91,7 +126,7 @@ pub async fn handle(
     };
     if outcome == RotateOutcome::Rotated {
         let tokens = if result.retried {
-            token::unseal(presented.expose(), &result.sealed_successor)
+            token::unseal(presented.expose(), b"", &result.sealed_successor)
                 .ok_or_else(|| Error::Internal("sealed successor does not open".into()))?
         } else {
             successor

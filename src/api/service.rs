@@ -12,15 +12,17 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::limits::{Admitted, StreamLimiter};
 use crate::auth::{audit, Principal};
 use crate::config::Config;
-use crate::domain::query;
+use crate::domain::{query, StateError};
 use crate::proto::internal::{command, Command};
 use crate::proto::v1::session_authority_server::SessionAuthority;
 use crate::proto::v1::*;
 use crate::proto::SCHEMA_VERSION;
 use crate::raft::{Applied, RaftNode};
-use crate::token::TokenKind;
+use crate::store::StateReader;
+use crate::token::{self, TokenKind};
 use crate::Error;
 
 /// What every handler needs: the Raft node and the configuration (defaults and limits).
@@ -29,6 +31,7 @@ pub struct Authority {
     node: RaftNode,
     config: Arc<Config>,
     stopping: tokio::sync::watch::Receiver<bool>,
+    streams: Arc<StreamLimiter>,
 }
 
 impl Authority {
@@ -43,6 +46,7 @@ impl Authority {
             node,
             config,
             stopping,
+            streams: Arc::default(),
         }
     }
 
@@ -74,8 +78,55 @@ impl Authority {
             now_ms,
             request_key,
             kind: Some(kind),
+            ..Default::default()
         };
         self.node.propose(command).await
+    }
+
+    /// Proposes one command under an idempotency key: a retry (same key, same fingerprint)
+    /// gets the first result with the first revision; the key reused with another
+    /// fingerprint is FAILED_PRECONDITION naming `request_id`, and changes nothing.
+    pub async fn propose_idempotent(
+        &self,
+        now_ms: i64,
+        idempotency: Idempotency,
+        kind: command::Kind,
+    ) -> Result<Applied, Error> {
+        let command = Command {
+            schema_version: SCHEMA_VERSION,
+            now_ms,
+            request_key: idempotency.key,
+            request_fingerprint: idempotency.fingerprint,
+            kind: Some(kind),
+        };
+        let mut applied = self.node.propose(command).await?;
+        if applied.result.request_mismatch {
+            return Err(Error::Conflict(
+                "request_id: already used for a request with other parameters".into(),
+            ));
+        }
+        if applied.result.deduplicated && applied.result.first_revision != 0 {
+            applied.revision = applied.result.first_revision;
+        }
+        Ok(applied)
+    }
+
+    /// Whether `absent` is proven on a linearizable view of the state: first checked on this
+    /// node's applied state (a write that finds what it needs costs nothing more), then,
+    /// when it holds there, again after a read barrier. Returns the revision of the proof.
+    /// For facts that stay true once true (see [`crate::domain::absence`]), the caller may
+    /// then answer without proposing anything.
+    pub async fn proven_absent(
+        &self,
+        absent: impl Fn(&StateReader) -> Result<bool, StateError>,
+    ) -> Result<Option<u64>, Error> {
+        let state = self.node.state();
+        if !absent(state)? {
+            return Ok(None);
+        }
+        self.node.ensure_linearizable().await?;
+        let revision = state.applied_index();
+        Ok(absent(state)?.then_some(revision))
     }
 
     /// Waits until this node's applied state reflects every write acknowledged before the
@@ -84,6 +135,27 @@ impl Authority {
         match consistency {
             Consistency::Local => Ok(()),
             _ => self.node.ensure_linearizable().await,
+        }
+    }
+}
+
+/// A request's idempotency key and fingerprint, or none (the client sent no request id).
+#[derive(Debug, Default)]
+pub struct Idempotency {
+    key: Vec<u8>,
+    fingerprint: Vec<u8>,
+}
+
+impl Idempotency {
+    /// The key of `request_id` for `operation` in `scope` (empty `request_id`: none), bound
+    /// to the request's parameters by `fingerprint` (a [`crate::token::Fingerprint`]).
+    pub fn new(scope: &[u8], operation: &str, request_id: &str, fingerprint: Vec<u8>) -> Self {
+        if request_id.is_empty() {
+            return Idempotency::default();
+        }
+        Idempotency {
+            key: token::request_key(scope, operation, request_id).to_vec(),
+            fingerprint,
         }
     }
 }
@@ -240,13 +312,14 @@ impl SessionAuthority for Authority {
         reply(super::reads::count_sessions(self, request).await)
     }
 
-    type WatchRevocationsStream = super::watch::RevocationStream;
+    type WatchRevocationsStream = Admitted<super::watch::RevocationStream>;
 
     async fn watch_revocations(
         &self,
         request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
         let principal = Principal::of(&request)?.clone();
+        let remote = request.remote_addr();
         let mut request = request.into_inner();
         if let Some(allowed) = principal.limited_tenants() {
             if request.tenants.is_empty() {
@@ -256,7 +329,9 @@ impl SessionAuthority for Authority {
                 principal.check_tenant(tenant)?;
             }
         }
-        reply(super::watch::watch(self, request))
+        let slot = self.streams.admit(remote)?;
+        let stream = super::watch::watch(self, request)?;
+        Ok(Response::new(Admitted::new(stream, slot)))
     }
 
     async fn list_revoked(

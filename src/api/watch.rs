@@ -1,11 +1,13 @@
 //! WatchRevocations and ListRevoked: the revocation stream of one node, from its own applied
 //! state.
 //!
-//! A subscriber first subscribes to the node's feed of applied revocations, then reads the
-//! retained backlog up to the applied index it saw, then follows the feed for revisions
-//! after the last one it delivered. Subscribing before reading leaves no window in which a
-//! revocation could slip between backlog and live events; filtering by revision removes the
-//! overlap. A resume point the compaction has passed gets RESYNC_REQUIRED instead of a gap.
+//! A subscriber first subscribes to the node's feed of applied revocations, getting the
+//! applied index at the same instant, then reads the retained backlog up to that index,
+//! then follows the feed for revisions after the last one it delivered. Every revision is
+//! either at most that index or on the feed, so none slips between backlog and live events;
+//! filtering by revision removes the overlap. When the node installs a snapshot, the feed
+//! says so and the subscriber reads the backlog again, from the installed state, up to the
+//! snapshot's end. A resume point the compaction has passed gets RESYNC_REQUIRED instead of a gap.
 //! Delivery never blocks the apply loop: a subscriber that keeps its buffer full past a
 //! timeout, or falls behind the feed, gets a last CUT_OFF message with its resume revision.
 
@@ -59,7 +61,7 @@ pub fn watch(
     let state = authority.node().state().clone();
     let config = authority.config().watch.clone();
     let (tx, rx) = mpsc::channel(config.buffer);
-    let live = state.subscribe();
+    let (live, applied) = state.subscribe();
     let subscriber = Subscriber {
         state,
         tenants: request.tenants.into_iter().collect(),
@@ -68,7 +70,7 @@ pub fn watch(
         config,
         stopping: authority.stopping(),
     };
-    tokio::spawn(subscriber.run(live));
+    tokio::spawn(subscriber.run(live, applied));
     Ok(ReceiverStream::new(rx))
 }
 
@@ -109,8 +111,8 @@ fn public_event(revision: u64, e: internal::RevocationEvent) -> RevocationEvent 
 }
 
 impl Subscriber {
-    async fn run(mut self, live: Feed) {
-        let stopped = match self.backlog().await {
+    async fn run(mut self, live: Feed, applied: u64) {
+        let stopped = match self.backlog(applied).await {
             Ok(()) => self.follow(live).await,
             Err(stop) => stop,
         };
@@ -193,10 +195,10 @@ impl Subscriber {
         Stop::Done
     }
 
-    /// Delivers every retained event after the resume point up to the applied index seen
-    /// now (everything later arrives through the feed, subscribed to before this).
-    async fn backlog(&mut self) -> Result<(), Stop> {
-        let upto = self.state.applied_index();
+    /// Delivers every retained event after the resume point up to `upto`: the applied index
+    /// when the feed was subscribed to (everything later arrives through the feed), or the
+    /// end of a snapshot this node installed.
+    async fn backlog(&mut self, upto: u64) -> Result<(), Stop> {
         loop {
             let compacted = self.compacted_through()?;
             if compacted > self.delivered {
@@ -232,6 +234,7 @@ impl Subscriber {
         loop {
             let step = tokio::select! {
                 received = live.recv() => match received {
+                    Ok(applied) if applied.installed => self.backlog(applied.revision).await,
                     Ok(applied) if applied.revision > self.delivered => {
                         self.deliver(applied.revision, applied.events.iter().cloned()).await
                     }

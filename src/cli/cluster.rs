@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::{
     AddLearnerRequest, ClusterStatusRequest, ClusterStatusResponse, MemberRole, PromoteRequest,
-    RemoveRequest,
+    PurgeLogRequest, RemoveRequest, StateDigestRequest, TriggerSnapshotRequest,
 };
 
 /// Cluster subcommands.
@@ -33,6 +33,15 @@ pub enum ClusterCommand {
     },
     /// Members, roles, leader, term, indexes and replication lag.
     Status,
+    /// The digest of the answering node's applied state and the index it covers.
+    Digest,
+    /// Make the answering node build a snapshot now.
+    Snapshot,
+    /// Make the answering node purge its log up to an index its snapshot covers.
+    PurgeLog {
+        /// The last log index to purge.
+        upto: u64,
+    },
 }
 
 /// Runs one cluster command against `endpoint`, printing the resulting status.
@@ -45,6 +54,40 @@ pub async fn run(
     let channel = connect_transport(endpoint, options).await?;
     let mut client = ClusterClient::new(channel);
     let (what, status) = match command {
+        ClusterCommand::Digest => {
+            let d = client
+                .state_digest(StateDigestRequest {})
+                .await?
+                .into_inner();
+            let hex: String = d.digest.iter().map(|b| format!("{b:02x}")).collect();
+            if json_output {
+                let doc = json!({"node_id": d.node_id, "applied_index": d.applied_index,
+                    "digest": hex, "keys": d.keys});
+                println!("{doc}");
+            } else {
+                println!(
+                    "node {} applied {}: {} keys, sha256 {hex}",
+                    d.node_id, d.applied_index, d.keys
+                );
+            }
+            return Ok(());
+        }
+        ClusterCommand::Snapshot => {
+            let r = client
+                .trigger_snapshot(TriggerSnapshotRequest {})
+                .await?
+                .into_inner();
+            println!("node {} is building a snapshot", r.node_id);
+            return Ok(());
+        }
+        ClusterCommand::PurgeLog { upto } => {
+            let r = client
+                .purge_log(PurgeLogRequest { upto })
+                .await?
+                .into_inner();
+            println!("node {} is purging its log up to {upto}", r.node_id);
+            return Ok(());
+        }
         ClusterCommand::AddLearner { node_id, addr } => {
             let r = client
                 .add_learner(AddLearnerRequest { node_id, addr })

@@ -257,6 +257,7 @@ pub async fn run(
                 .touch(TouchRequest {
                     tenant,
                     session_id: id,
+                    ..Default::default()
                 })
                 .await?;
             println!("outcome:       {:?}", r.outcome());

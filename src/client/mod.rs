@@ -10,10 +10,11 @@
 //! last answered is tried first. Any node accepts any request (followers forward writes to
 //! the leader), so callers never look for the leader; but the client does, to save that
 //! hop: it asks a node for the cluster status every few seconds and sends writes straight
-//! to the leader when the leader's address is one of its endpoints. Retrying writes is safe: creates and
-//! revokes without a request id get a fresh one here, so a retried write that had committed
-//! returns its first result; a retried rotation within the reuse grace window returns the
-//! same successor.
+//! to the leader when the leader's address is one of its endpoints. Retrying writes is safe:
+//! every write (create, rotate, touch, renewal lease, revoke) sent without a request id gets
+//! a fresh one here, reused on every retry of that call, so a retried write that had
+//! committed returns its first result, revision included; a retried rotation returns the same
+//! successor however late the first one committed.
 //!
 //! Against a cluster with TLS and authentication, give [`ClientOptions`]: the CA to trust
 //! (and a client certificate) for `https://` endpoints, and/or an API key sent as
@@ -109,6 +110,23 @@ pub struct ConnectError {
     endpoint: String,
     #[source]
     source: tonic::transport::Error,
+}
+
+/// A write method that gives the request a fresh request id when it has none, so that every
+/// retry of the call carries the same one.
+macro_rules! idempotent {
+    ($(#[$doc:meta])* $name:ident, $request:ty, $response:ty) => {
+        $(#[$doc])*
+        pub async fn $name(&self, mut request: $request) -> Result<$response, Status> {
+            if request.request_id.is_empty() {
+                request.request_id = fresh_request_id();
+            }
+            self.write(request, |mut node, request| async move {
+                node.$name(request).await.map(tonic::Response::into_inner)
+            })
+            .await
+        }
+    };
 }
 
 macro_rules! unary {
@@ -306,42 +324,28 @@ impl Client {
         Err(last)
     }
 
-    /// Starts a session; the response carries the raw tokens once. Without a request id,
-    /// one is generated so that a retry cannot create a second session.
-    pub async fn create_session(
-        &self,
-        mut request: CreateSessionRequest,
-    ) -> Result<CreateSessionResponse, Status> {
-        if request.request_id.is_empty() {
-            request.request_id = fresh_request_id();
-        }
-        self.write(request, |mut node, request| async move {
-            node.create_session(request)
-                .await
-                .map(tonic::Response::into_inner)
-        })
-        .await
-    }
-
-    /// Revokes by scope. Without a request id, one is generated so that a retry after a lost
-    /// answer reports the first count.
-    pub async fn revoke(&self, mut request: RevokeRequest) -> Result<RevokeResponse, Status> {
-        if request.request_id.is_empty() {
-            request.request_id = fresh_request_id();
-        }
-        self.write(request, |mut node, request| async move {
-            node.revoke(request).await.map(tonic::Response::into_inner)
-        })
-        .await
-    }
-
-    unary!(
-        /// Redeems a refresh token.
-        rotate, RotateRequest, RotateResponse, write
+    idempotent!(
+        /// Starts a session; the response carries the raw tokens once. Without a request
+        /// id, one is generated so that a retry cannot create a second session.
+        create_session, CreateSessionRequest, CreateSessionResponse
     );
-    unary!(
-        /// Claims a session's renewal lease.
-        acquire_renewal_lease, AcquireRenewalLeaseRequest, AcquireRenewalLeaseResponse, write
+    idempotent!(
+        /// Revokes by scope. Without a request id, one is generated so that a retry after a
+        /// lost answer reports the first count and revision.
+        revoke, RevokeRequest, RevokeResponse
+    );
+    idempotent!(
+        /// Redeems a refresh token. Without a request id, one is generated so that a retry
+        /// after a lost answer gets the same successor, never REPLAY_DETECTED.
+        rotate, RotateRequest, RotateResponse
+    );
+    idempotent!(
+        /// Claims a session's renewal lease (a retry gets the first answer).
+        acquire_renewal_lease, AcquireRenewalLeaseRequest, AcquireRenewalLeaseResponse
+    );
+    idempotent!(
+        /// Extends a session's idle expiry (a retry gets the first answer).
+        touch, TouchRequest, TouchResponse
     );
     unary!(
         /// Reads a session by id or token.
@@ -350,10 +354,6 @@ impl Client {
     unary!(
         /// Checks an access token.
         validate_access_token, ValidateAccessTokenRequest, ValidateAccessTokenResponse
-    );
-    unary!(
-        /// Extends a session's idle expiry.
-        touch, TouchRequest, TouchResponse, write
     );
     unary!(
         /// Lists a user's sessions.

@@ -6,6 +6,7 @@
 //! state. Each command lives in its own module; [`sessions`] keeps the records and their
 //! indexes in step; [`query`] answers reads.
 
+pub mod absence;
 mod create;
 pub mod events;
 mod gc;
@@ -19,6 +20,10 @@ mod sessions;
 pub mod state;
 mod touch;
 
+#[cfg(test)]
+mod dedup_tests;
+#[cfg(test)]
+mod paging_tests;
 #[cfg(test)]
 mod tests;
 
@@ -34,7 +39,10 @@ pub use state::{MemoryState, StateEntry, StateError, StateRead, StateWrite};
 /// prior contents of `state`. Keys written by the domain never start with byte `0x00`
 /// (that prefix is reserved for the store's own metadata). A command whose non-empty
 /// request key was applied before changes nothing and returns the first result, marked
-/// `deduplicated` and without events (those were emitted the first time).
+/// `deduplicated`, with the first revision and without events (those were emitted the first
+/// time); with another request fingerprint it changes nothing and is marked
+/// `request_mismatch`. The one exception is a rotation retried after its successor stopped
+/// being current: it is decided anew (see [`rotate::deduplicated`]).
 pub fn apply(
     command: &Command,
     revision: u64,
@@ -56,12 +64,21 @@ fn apply_numbering_events(
         return apply_batch(batch, revision, next_event, state);
     }
     let dedup_key = (!command.request_key.is_empty()).then(|| keys::dedup(&command.request_key));
+    let mut remember = dedup_key.is_some();
     if let Some(key) = &dedup_key {
         if let Some(first) = records::load::<DedupRecord>(state, key)? {
-            return Ok(CommandResult {
-                deduplicated: true,
-                ..first.result.unwrap_or_default()
-            });
+            if first.request_fingerprint != command.request_fingerprint {
+                return Ok(CommandResult {
+                    schema_version: SCHEMA_VERSION,
+                    deduplicated: true,
+                    request_mismatch: true,
+                    ..Default::default()
+                });
+            }
+            if let Some(result) = first_result(command, first, state)? {
+                return Ok(result);
+            }
+            remember = false;
         }
     }
     let now = command.now_ms;
@@ -83,8 +100,9 @@ fn apply_numbering_events(
         deduplicated: false,
         events,
         kind: Some(kind),
+        ..Default::default()
     };
-    if let Some(key) = dedup_key {
+    if let Some(key) = dedup_key.filter(|_| remember) {
         let first = CommandResult {
             events: Vec::new(),
             ..result.clone()
@@ -96,11 +114,44 @@ fn apply_numbering_events(
                 schema_version: SCHEMA_VERSION,
                 applied_at_ms: now,
                 result: Some(first),
+                revision,
+                request_fingerprint: command.request_fingerprint.clone(),
             },
         );
         state.put(keys::dedup_expiry(now, &command.request_key), Vec::new());
     }
     Ok(result)
+}
+
+/// The answer to a retry of an applied request (same key, same fingerprint): the first
+/// result, marked `deduplicated` and carrying the first revision, with the session as it is
+/// now (a session revoked since is not shown as active). None when the request must be
+/// decided anew: a rotation whose successor is no longer current (see
+/// [`rotate::deduplicated`]).
+fn first_result(
+    command: &Command,
+    first: DedupRecord,
+    state: &impl StateRead,
+) -> Result<Option<CommandResult>, StateError> {
+    let mut result = CommandResult {
+        deduplicated: true,
+        first_revision: first.revision,
+        ..first.result.unwrap_or_default()
+    };
+    let session = match (&command.kind, &mut result.kind) {
+        (Some(command::Kind::Rotate(c)), Some(command_result::Kind::Rotate(r))) => {
+            return Ok(rotate::deduplicated(c, r, state)?.then_some(result));
+        }
+        (_, Some(command_result::Kind::CreateSession(r))) => &mut r.session,
+        (_, Some(command_result::Kind::Touch(r))) => &mut r.session,
+        _ => return Ok(Some(result)),
+    };
+    if let Some(recorded) = session.as_mut() {
+        if let Some(now) = records::load(state, &keys::session(&recorded.session_id))? {
+            *recorded = now;
+        }
+    }
+    Ok(Some(result))
 }
 
 /// Applies the commands of a batch in order at one revision.
@@ -122,5 +173,6 @@ fn apply_batch(
         deduplicated: false,
         events,
         kind: Some(command_result::Kind::Batch(BatchResult { results })),
+        ..Default::default()
     })
 }

@@ -63,8 +63,13 @@ pub struct SessionPage {
     pub next_cursor: Option<Vec<u8>>,
 }
 
+/// Most index rows one page scans. A page whose rows are mostly filtered out (inactive
+/// sessions, unrevoked ones) ends there, short or even empty, with a cursor to go on from.
+pub const MAX_ROWS_SCANNED_PER_PAGE: usize = 4_096;
+
 /// A page of `user_id`'s sessions in `tenant`, oldest first, starting after `cursor`;
-/// inactive (revoked or expired at `now_ms`) ones only if `include_inactive`.
+/// inactive (revoked or expired at `now_ms`) ones only if `include_inactive`. At most
+/// [`MAX_ROWS_SCANNED_PER_PAGE`] index rows are scanned.
 pub fn list_user_sessions(
     state: &impl StateRead,
     tenant: &str,
@@ -77,13 +82,19 @@ pub fn list_user_sessions(
     let prefix = keys::user_sessions(tenant, user_id);
     let mut after = cursor.map(|c| [prefix.as_slice(), c].concat());
     let mut sessions = Vec::new();
+    let mut scanned = 0;
     let batch = page_size.clamp(1, 256) + 1;
     loop {
         let entries = state.scan_prefix(&prefix, after.as_deref(), batch)?;
         let exhausted = entries.len() < batch;
         for (key, session_id) in entries {
+            if scanned == MAX_ROWS_SCANNED_PER_PAGE {
+                return Ok(page_ending_at(sessions, &prefix, after));
+            }
+            scanned += 1;
             let Some(session) = load::<SessionRecord>(state, &keys::session_bytes(&session_id))?
             else {
+                after = Some(key);
                 continue;
             };
             if !include_inactive && status_at(&session, now_ms) != SessionStatus::Active {
@@ -91,11 +102,7 @@ pub fn list_user_sessions(
                 continue;
             }
             if sessions.len() == page_size {
-                let last = after.as_deref().unwrap_or_default();
-                return Ok(SessionPage {
-                    sessions,
-                    next_cursor: Some(last[prefix.len()..].to_vec()),
-                });
+                return Ok(page_ending_at(sessions, &prefix, after));
             }
             sessions.push(session);
             after = Some(key);
@@ -106,6 +113,18 @@ pub fn list_user_sessions(
                 next_cursor: None,
             });
         }
+    }
+}
+
+/// A page that the next one continues after `last` (a full key under `prefix`).
+fn page_ending_at(
+    sessions: Vec<SessionRecord>,
+    prefix: &[u8],
+    last: Option<Vec<u8>>,
+) -> SessionPage {
+    SessionPage {
+        sessions,
+        next_cursor: last.map(|key| key[prefix.len()..].to_vec()),
     }
 }
 
@@ -158,6 +177,7 @@ pub fn replay_counts(
 }
 
 /// One page of a tenant's revoked sessions that have not expired at `now_ms`, in index order.
+/// At most [`MAX_ROWS_SCANNED_PER_PAGE`] index rows are scanned.
 pub fn revoked_sessions(
     state: &impl StateRead,
     tenant: &str,
@@ -168,11 +188,16 @@ pub fn revoked_sessions(
     let prefix = keys::tenant_sessions(tenant);
     let mut after = cursor.map(|c| [prefix.as_slice(), c].concat());
     let mut sessions = Vec::new();
+    let mut scanned = 0;
     let batch = page_size.clamp(1, 1024);
     loop {
         let entries = state.scan_prefix(&prefix, after.as_deref(), batch)?;
         let exhausted = entries.len() < batch;
         for (key, session_id) in entries {
+            if scanned == MAX_ROWS_SCANNED_PER_PAGE {
+                return Ok(page_ending_at(sessions, &prefix, after));
+            }
+            scanned += 1;
             after = Some(key);
             let Some(session) = load::<SessionRecord>(state, &keys::session_bytes(&session_id))?
             else {
@@ -181,11 +206,7 @@ pub fn revoked_sessions(
             if session.revoked && super::sessions::effective_expiry(&session) > now_ms {
                 sessions.push(session);
                 if sessions.len() == page_size {
-                    let last = after.as_deref().unwrap_or_default();
-                    return Ok(SessionPage {
-                        sessions,
-                        next_cursor: Some(last[prefix.len()..].to_vec()),
-                    });
+                    return Ok(page_ending_at(sessions, &prefix, after));
                 }
             }
         }

@@ -5,10 +5,14 @@
 //! no two callers can both redeem it. A retired token is either a retry within the reuse
 //! grace window, answered with the successor sealed at the first rotation (only while that
 //! successor is itself still current), or a replay: the whole family is revoked.
+//!
+//! A rotation with a request id is also remembered in a dedup record; a retry with the same
+//! id gets the first answer however late it comes ([`deduplicated`]), on the same condition
+//! as a grace retry: the successor must still be the session's current token.
 
 use super::records::{add_to_counter, load, store};
 use super::sessions::{self, Revocation};
-use super::{keys, query, StateError, StateWrite};
+use super::{keys, query, StateError, StateRead, StateWrite};
 use crate::proto::internal::{
     command_result, RefreshTokenRecord, RevocationEvent, Rotate, RotateResult, SessionRecord,
 };
@@ -64,7 +68,7 @@ pub fn apply(
         return Ok(wrap(outcome(RotateOutcome::Expired, Some(session))));
     }
     if let Some(lease) = session.lease.as_ref() {
-        if lease.expires_at_ms > now_ms && lease.lease_id != command.lease_id {
+        if lease.expires_at_ms > now_ms && !same_lease(&lease.lease_id, &command.lease_id) {
             return Ok(wrap(RotateResult {
                 outcome: RotateOutcome::LeaseUnavailable as i32,
                 lease_holder: lease.holder.clone(),
@@ -98,7 +102,7 @@ pub fn apply(
     if session
         .lease
         .as_ref()
-        .is_some_and(|l| !command.lease_id.is_empty() && l.lease_id == command.lease_id)
+        .is_some_and(|l| !command.lease_id.is_empty() && same_lease(&l.lease_id, &command.lease_id))
     {
         session.lease = None;
     }
@@ -127,6 +131,42 @@ pub fn apply(
         session: Some(session),
         ..Default::default()
     }))
+}
+
+/// Whether a retry of `command` (same request id and parameters) gets `first`, its first
+/// result, again: a first ROTATED answer stands only while its successor is still the
+/// session's current token and the session is not revoked. Then `first` is completed with
+/// the successor sealed at the first rotation and the session as it is now, and marked
+/// `retried`. Otherwise (the successor was itself redeemed, or the session revoked) the
+/// retry must be decided anew, exactly as a grace retry would be. Other first outcomes
+/// always stand.
+pub fn deduplicated(
+    command: &Rotate,
+    first: &mut RotateResult,
+    state: &impl StateRead,
+) -> Result<bool, StateError> {
+    if first.outcome != RotateOutcome::Rotated as i32 {
+        return Ok(true);
+    }
+    let Some(token) = load::<RefreshTokenRecord>(state, &keys::refresh(&command.presented_hash))?
+    else {
+        return Ok(false);
+    };
+    let Some(session) = load::<SessionRecord>(state, &keys::session(&token.session_id))? else {
+        return Ok(false);
+    };
+    if session.revoked || token.successor_hash != session.current_refresh_hash {
+        return Ok(false);
+    }
+    first.retried = true;
+    first.sealed_successor = token.sealed_successor;
+    first.session = Some(session);
+    Ok(true)
+}
+
+/// Compares lease ids (bearer capabilities) in time independent of where they differ.
+fn same_lease(held: &str, presented: &str) -> bool {
+    constant_time_eq(held.as_bytes(), presented.as_bytes())
 }
 
 /// A retired token presented outside the grace window: revoke the family, count the replay.

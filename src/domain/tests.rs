@@ -50,6 +50,7 @@ impl World {
             now_ms,
             request_key: request_key.to_vec(),
             kind: Some(kind),
+            ..Default::default()
         };
         apply(&command, self.revision, &mut self.state).expect("apply")
     }
@@ -945,6 +946,7 @@ impl Workload {
             now_ms: self.now,
             request_key: Vec::new(),
             kind: Some(kind),
+            ..Default::default()
         })
     }
 }

@@ -8,6 +8,10 @@
 //! again, from state that includes every revocation). A revoked record stays cached as
 //! revoked, so the gateway rejects it without asking. Every entry remembers the revision it
 //! reflects: a fetch that raced with a revocation never overwrites the newer, revoked entry.
+//! After a RESYNC the cache keeps the resync revision as a floor and caches no answer older
+//! than it (such an answer may predate a revocation that was compacted away, which no event
+//! will ever correct). [`GatewayCache::wait_for_revision`] lets a caller that just revoked at
+//! revision R wait until every later lookup through the cache reflects R.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tonic::Status;
 
@@ -93,6 +98,11 @@ struct Inner {
     events_applied: AtomicU64,
     revision: AtomicU64,
     seen_revision: AtomicU64,
+    /// No answer older than this is cached (the revision of the last RESYNC). Changed and
+    /// read only while `entries` is locked.
+    floor: AtomicU64,
+    /// Woken whenever `revision` may have advanced.
+    advanced: Notify,
 }
 
 impl GatewayCache {
@@ -109,6 +119,8 @@ impl GatewayCache {
                 events_applied: AtomicU64::new(0),
                 revision: AtomicU64::new(0),
                 seen_revision: AtomicU64::new(0),
+                floor: AtomicU64::new(0),
+                advanced: Notify::new(),
             }),
         }
     }
@@ -131,48 +143,77 @@ impl GatewayCache {
             return Ok(hit);
         }
         self.inner.misses.fetch_add(1, Ordering::Relaxed);
-        let found = self
-            .inner
-            .client
-            .lookup(LookupRequest {
-                tenant: tenant.to_owned(),
-                key: Some(lookup_request::Key::SessionId(session_id.to_owned())),
-                consistency: Consistency::Linearizable as i32,
-            })
-            .await?;
-        let session = (found.outcome() == LookupOutcome::Found)
-            .then_some(found.session)
-            .flatten();
-        Ok(self.store(session_id, session, found.revision))
+        // A fetch that started before a RESYNC may answer below the new floor; the next one
+        // (linearizable, so at or after the resync revision) cannot.
+        for _ in 0..2 {
+            let found = self
+                .inner
+                .client
+                .lookup(LookupRequest {
+                    tenant: tenant.to_owned(),
+                    key: Some(lookup_request::Key::SessionId(session_id.to_owned())),
+                    consistency: Consistency::Linearizable as i32,
+                })
+                .await?;
+            let session = (found.outcome() == LookupOutcome::Found)
+                .then_some(found.session)
+                .flatten();
+            if let Some(cached) = self.store(session_id, session, found.revision) {
+                return Ok(cached);
+            }
+        }
+        Err(Status::unavailable(
+            "the authority answered below the cache's resync revision",
+        ))
     }
 
     /// Caches `session` as the authority returned it at `revision` through another call
     /// (the session and revision of a CreateSession or Rotate response passing through the
     /// gateway), so that its first lookup is a hit. A newer cached answer, such as a
-    /// revocation that arrived meanwhile, is kept.
+    /// revocation that arrived meanwhile, is kept; an answer older than the last RESYNC is
+    /// returned as given but not cached.
     pub fn prime(&self, session: Session, revision: u64) -> Arc<Cached> {
         let session_id = session.session_id.clone();
-        self.store(&session_id, Some(session), revision)
+        let answer = Arc::new(Cached {
+            session: Some(session),
+            revision,
+            fetched_at: Instant::now(),
+        });
+        self.store_answer(&session_id, answer.clone())
+            .unwrap_or(answer)
     }
 
     /// Stores an answer unless the cache holds a newer one (a revocation that raced with
-    /// the fetch); returns what the cache holds afterwards.
-    fn store(&self, session_id: &str, session: Option<Session>, revision: u64) -> Arc<Cached> {
-        let fresh = Arc::new(Cached {
+    /// the fetch); returns what the cache holds afterwards, or None when the answer is older
+    /// than the last RESYNC (and was not stored).
+    fn store(
+        &self,
+        session_id: &str,
+        session: Option<Session>,
+        revision: u64,
+    ) -> Option<Arc<Cached>> {
+        let answer = Arc::new(Cached {
             session,
             revision,
             fetched_at: Instant::now(),
         });
+        self.store_answer(session_id, answer)
+    }
+
+    fn store_answer(&self, session_id: &str, answer: Arc<Cached>) -> Option<Arc<Cached>> {
         let Ok(mut entries) = self.inner.entries.lock() else {
-            return fresh;
+            return Some(answer);
         };
-        match entries.peek(session_id) {
-            Some(existing) if existing.revision > revision => existing.clone(),
-            _ => {
-                entries.put(session_id.to_owned(), fresh.clone());
-                fresh
-            }
+        if answer.revision < self.inner.floor.load(Ordering::Relaxed) {
+            return None;
         }
+        Some(match entries.peek(session_id) {
+            Some(existing) if existing.revision > answer.revision => existing.clone(),
+            _ => {
+                entries.put(session_id.to_owned(), answer.clone());
+                answer
+            }
+        })
     }
 
     /// Marks one session revoked (cached as revoked even if it was not cached).
@@ -243,6 +284,46 @@ impl GatewayCache {
         }
     }
 
+    /// Handles RESYNC_REQUIRED at `current_revision`: revocations up to it may be gone from
+    /// the stream, so every cached answer is dropped and no answer older than it is cached
+    /// again; the stream resumes from it.
+    fn resync(&self, current_revision: u64) {
+        if let Ok(mut entries) = self.inner.entries.lock() {
+            self.inner
+                .floor
+                .fetch_max(current_revision, Ordering::Relaxed);
+            entries.clear();
+        }
+        self.inner
+            .revision
+            .store(current_revision, Ordering::Relaxed);
+        self.inner.advanced.notify_waiters();
+    }
+
+    /// Waits until the cache has applied the revocation stream up to `revision` (or resynced
+    /// past it), so that every later lookup through this cache reflects every revocation at
+    /// or before `revision`: a caller that revoked at revision R (the `revision` of its
+    /// RevokeResponse) calls this before relying on the cache. Fails after `timeout`, when
+    /// the stream is not that far yet (the cache is not following, or the stream is down).
+    pub async fn wait_for_revision(
+        &self,
+        revision: u64,
+        timeout: Duration,
+    ) -> Result<(), tokio::time::error::Elapsed> {
+        tokio::time::timeout(timeout, async {
+            loop {
+                let advanced = self.inner.advanced.notified();
+                tokio::pin!(advanced);
+                advanced.as_mut().enable();
+                if self.inner.revision.load(Ordering::Acquire) >= revision {
+                    return;
+                }
+                advanced.await;
+            }
+        })
+        .await
+    }
+
     /// The cache's counters.
     pub fn stats(&self) -> GatewayStats {
         let revision = self.inner.revision.load(Ordering::Relaxed);
@@ -300,8 +381,7 @@ impl GatewayCache {
                     inner.revision.fetch_max(p.revision, Ordering::Relaxed);
                 }
                 Some(Kind::ResyncRequired(r)) => {
-                    self.clear();
-                    inner.revision.store(r.current_revision, Ordering::Relaxed);
+                    self.resync(r.current_revision);
                     return Ok(());
                 }
                 Some(Kind::CutOff(c)) => {
@@ -312,6 +392,7 @@ impl GatewayCache {
                 }
                 None => {}
             }
+            inner.advanced.notify_waiters();
         }
         Ok(())
     }
@@ -352,5 +433,42 @@ mod tests {
         assert!(cache.lookup("t", "sid_a").await.unwrap().is_revoked());
         let stats = cache.stats();
         assert_eq!((stats.hits, stats.misses), (2, 0));
+    }
+
+    #[tokio::test]
+    async fn an_answer_older_than_a_resync_is_never_cached() {
+        let client = Client::for_cluster(&["http://127.0.0.1:1".into()]).unwrap();
+        let cache = GatewayCache::new(client, GatewayConfig::default());
+        cache.prime(session("sid_a"), 5);
+        // RESYNC at 9: a revocation of sid_a at 8 may have been compacted, and no event
+        // will ever report it.
+        cache.resync(9);
+        assert!(cache.cached("t", "sid_a").is_none());
+        // A fetch in flight since before the RESYNC answers "active at 7": not cached.
+        let late = cache.prime(session("sid_a"), 7);
+        assert_eq!(late.revision, 7);
+        assert!(cache.cached("t", "sid_a").is_none(), "stale answer cached");
+        assert!(cache.store("sid_a", None, 8).is_none());
+        // Answers at or after the resync revision are cached as usual.
+        cache.prime(session("sid_a"), 9);
+        assert_eq!(cache.cached("t", "sid_a").unwrap().revision, 9);
+        assert_eq!(cache.stats().revision, 9);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_revision_ends_when_the_stream_reaches_it() {
+        let client = Client::for_cluster(&["http://127.0.0.1:1".into()]).unwrap();
+        let cache = GatewayCache::new(client, GatewayConfig::default());
+        let short = Duration::from_millis(50);
+        assert!(cache.wait_for_revision(0, short).await.is_ok());
+        assert!(cache.wait_for_revision(3, short).await.is_err());
+        let waiter = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.wait_for_revision(3, Duration::from_secs(30)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        cache.resync(4);
+        assert!(waiter.await.unwrap().is_ok());
     }
 }

@@ -100,6 +100,7 @@ async fn write_batch(raft: &Raft<TypeConfig>, mut batch: Vec<Queued>) {
         now_ms: 0,
         request_key: Vec::new(),
         kind: Some(command::Kind::Batch(CommandBatch { commands })),
+        ..Default::default()
     };
     match write_entry(raft, entry).await {
         Ok(Applied {

@@ -9,7 +9,6 @@ pub mod transport;
 mod wire;
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +32,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::store::snapshot::SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
@@ -62,6 +61,8 @@ pub struct NodeOptions {
     pub snapshot_logs_since_last: u64,
     /// Entries kept in the log behind a snapshot (for slow followers).
     pub max_in_snapshot_log_to_keep: u64,
+    /// sled page cache of the state database, in bytes.
+    pub cache_capacity_bytes: u64,
 }
 
 /// A command applied by the state machine.
@@ -101,13 +102,22 @@ const LEADER_DEADLINE: Duration = Duration::from_secs(10);
 /// unknown (a leader cut off from its quorum cannot commit; a retry with the same request id
 /// is safe).
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// Deadline of each snapshot chunk RPC. The last chunk's answer waits for the whole install
+/// (openraft 0.9), which takes minutes for millions of sessions; a shorter deadline makes the
+/// leader restart the transfer while the first install still runs.
+const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(600);
+/// Snapshot bytes per chunk RPC (well under the peer message limit).
+const SNAPSHOT_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
+/// Most entries per AppendEntries (each can be a group-commit batch of up to 1 MiB; the
+/// network also refuses payloads above `network::MAX_APPEND_PAYLOAD_BYTES`).
+const MAX_PAYLOAD_ENTRIES: u64 = 64;
 /// Pause between attempts to find or reach the leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 impl RaftNode {
     /// Opens the node's storage under `options.data_dir` and starts Raft on it.
     pub async fn open(options: NodeOptions) -> Result<Self, Error> {
-        let store = Store::open(&options.data_dir)?;
+        let store = Store::open(&options.data_dir, options.cache_capacity_bytes)?;
         let config = Config {
             cluster_name: options.cluster_id.clone(),
             heartbeat_interval: options.heartbeat_ms,
@@ -115,6 +125,9 @@ impl RaftNode {
             election_timeout_max: options.election_timeout_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: options.max_in_snapshot_log_to_keep,
+            install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT.as_millis() as u64,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             ..Default::default()
         }
         .validate()
@@ -357,7 +370,8 @@ impl RaftNode {
         tokio::time::timeout(Duration::from_secs(10), self.inner.flusher.flush())
             .await
             .map_err(|_| Error::Unavailable("final flush timed out".into()))?
-            .map_err(Error::Unavailable)
+            .map_err(Error::Unavailable)?;
+        self.inner.state.flush().await.map_err(Error::Unavailable)
     }
 }
 

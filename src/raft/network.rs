@@ -11,16 +11,19 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
+use prost::Message;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
@@ -28,7 +31,7 @@ use tonic::{Code, Status};
 use super::{wire, TypeConfig};
 use crate::proto::internal::raft_transport_client::RaftTransportClient;
 use crate::proto::internal::{
-    Command, CommandResult, DescribeMessage, ProposeMessage, ReadIndexMessage,
+    AppendEntriesMessage, Command, CommandResult, DescribeMessage, ProposeMessage, ReadIndexMessage,
 };
 
 /// Largest message between nodes (appends and snapshot chunks).
@@ -37,12 +40,34 @@ pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 pub const PEER_CLUSTER_METADATA: &str = "sessiond-cluster";
 /// Metadata key of the sending node's id every peer request carries.
 pub const PEER_NODE_METADATA: &str = "sessiond-node";
+/// Largest AppendEntries payload sent at once (more than one entry): a larger range is
+/// refused with `PayloadTooLarge`, and openraft retries at once with fewer entries. It also
+/// keeps each catch-up RPC well inside its deadline (the heartbeat interval).
+pub const MAX_APPEND_PAYLOAD_BYTES: usize = 2 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a peer may take to say where its clients reach it.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a failed attempt to ask a peer its client address is remembered.
 const DESCRIBE_RETRY: Duration = Duration::from_secs(5);
+/// Test-only: `peer=dial,…` pairs of addresses; a peer advertised at `peer` is dialled at
+/// `dial` (the fault harness puts a fault-injecting proxy there).
+const PEER_DIAL_ENV: &str = "SESSIOND_TEST_PEER_DIAL";
+
+/// The address to dial for a peer advertised at `addr`: itself, unless [`PEER_DIAL_ENV`]
+/// maps it elsewhere.
+fn dial_addr(addr: &str) -> String {
+    static MAP: OnceLock<HashMap<String, String>> = OnceLock::new();
+    let map = MAP.get_or_init(|| {
+        std::env::var(PEER_DIAL_ENV)
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(peer, dial)| (peer.trim().to_owned(), dial.trim().to_owned()))
+            .collect()
+    });
+    map.get(addr).cloned().unwrap_or_else(|| addr.to_owned())
+}
 
 /// The connections to this node's peers, shared by Raft replication and forwarding.
 #[derive(Clone)]
@@ -145,7 +170,7 @@ impl Peers {
             None => {
                 let tls = self.tls();
                 let scheme = if tls.is_some() { "https" } else { "http" };
-                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", dial_addr(addr)))
                     .map_err(|e| PeerError::Unreachable(target, e.to_string()))?
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
@@ -288,14 +313,43 @@ impl PeerLink {
     }
 }
 
+/// `None` if `message` fits in `budget` bytes or carries a single entry (always sent, so a
+/// follower can make progress); otherwise how many leading entries fit (at least one).
+fn entries_fitting(message: &AppendEntriesMessage, budget: usize) -> Option<u64> {
+    if message.entries.len() <= 1 || message.encoded_len() <= budget {
+        return None;
+    }
+    let mut used = message.encoded_len()
+        - message
+            .entries
+            .iter()
+            .map(|e| prost::length_delimiter_len(e.encoded_len()) + 1 + e.encoded_len())
+            .sum::<usize>();
+    let fitting = message
+        .entries
+        .iter()
+        .take_while(|e| {
+            used += prost::length_delimiter_len(e.encoded_len()) + 1 + e.encoded_len();
+            used <= budget
+        })
+        .count();
+    Some(fitting.max(1) as u64)
+}
+
 impl RaftNetwork<TypeConfig> for PeerLink {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>> {
+        let message = wire::append_entries_message(&rpc);
+        if let Some(fitting) = entries_fitting(&message, MAX_APPEND_PAYLOAD_BYTES) {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fitting),
+            ));
+        }
         let mut client = self.peers.client(self.target, &self.addr)?;
-        let request = self.request(wire::append_entries_message(&rpc), &option);
+        let request = self.request(message, &option);
         let reply = client
             .append_entries(request)
             .await
@@ -329,5 +383,52 @@ impl RaftNetwork<TypeConfig> for PeerLink {
             .await
             .map_err(|s| status_error(self.target, s))?;
         wire::vote_response(reply.get_ref()).map_err(undecodable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::internal::LogEntryRecord;
+
+    fn message_with_entries(sizes: &[usize]) -> AppendEntriesMessage {
+        AppendEntriesMessage {
+            entries: sizes
+                .iter()
+                .map(|n| LogEntryRecord {
+                    payload: Some(crate::proto::internal::log_entry_record::Payload::Command(
+                        vec![7; *n],
+                    )),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_oversized_append_is_refused_with_the_number_of_entries_that_fit() {
+        let budget = 10_000;
+        assert_eq!(
+            entries_fitting(&message_with_entries(&[4_000; 2]), budget),
+            None
+        );
+        assert_eq!(
+            entries_fitting(&message_with_entries(&[50_000]), budget),
+            None
+        );
+        assert_eq!(
+            entries_fitting(&message_with_entries(&[4_000; 5]), budget),
+            Some(2)
+        );
+        assert_eq!(
+            entries_fitting(&message_with_entries(&[20_000, 10]), budget),
+            Some(1)
+        );
+        let fitting = entries_fitting(&message_with_entries(&[1_000; 40]), budget).unwrap();
+        let sent = message_with_entries(&vec![1_000; fitting as usize]);
+        assert!(sent.encoded_len() <= budget);
+        let one_more = message_with_entries(&vec![1_000; fitting as usize + 1]);
+        assert!(one_more.encoded_len() > budget);
     }
 }

@@ -219,6 +219,7 @@ mod tests {
                 tenant: "t".into(),
                 session_id: "sid_x".into(),
             })),
+            ..Default::default()
         };
         for payload in [
             EntryPayload::Blank,

@@ -1,23 +1,31 @@
-//! The replicated state machine on sled: the domain core applied to the `state` tree.
+//! The replicated state machine on sled: the domain core applied to the live generation of
+//! the state database ([`super::generation`]).
 //!
 //! One `apply` call (a batch of committed entries) runs the domain over an [`Overlay`] of
 //! pending writes and commits them, with the last applied log id and membership, as one
-//! atomic sled batch. It is not flushed by itself: the log entries it applied are durable,
-//! and sled recovers a consistent prefix of its writes, so a crash replays from the last
-//! applied id. Store metadata lives under keys starting with `0x00`, which the domain never
-//! writes. Snapshots are a copy of the whole tree taken under the commit lock (a consistent
-//! view), written to `snapshots/current.snap` atomically.
+//! atomic sled batch. It is not flushed by itself: the log entries it applied are durable
+//! in the log, and sled recovers a consistent prefix of its writes, so a crash replays from
+//! the last applied id. Store metadata lives under keys starting with `0x00`, which the
+//! domain never writes.
+//!
+//! Snapshots are files ([`super::snapshot`]), `snapshots/current.snap`. A build copies the
+//! state a chunk of keys at a time while writes go on (a point-in-time copy through
+//! pre-images), streams it to a file and flushes the state. A received snapshot is written
+//! to a file, synced and renamed to `received.snap` when its last chunk arrives, then
+//! installed into a fresh generation, which becomes live in one step once it is complete:
+//! readers see the old state until then. At start, a local snapshot newer than the applied
+//! state (an install or a build cut short by a crash) is installed again.
 
 // openraft's storage and RPC error types are large by design, and they are what its traits
 // return; boxing them here would only add conversions.
 #![allow(clippy::result_large_err)]
 
 use std::collections::BTreeMap;
-use std::io::{self, Cursor, Write};
+use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
@@ -28,17 +36,30 @@ use prost::Message;
 use tokio::sync::broadcast;
 
 use super::codec::{self, Entry};
+use super::generation::{Generation, Generations};
+use super::snapshot::{self, sync_dir, SnapshotFile, SnapshotReader, SnapshotWriter};
 use crate::domain::{self, StateEntry, StateError, StateRead, StateWrite};
 use crate::proto::internal::{
     command_result, CommandResult, Empty, LogIdRecord, RevocationEvent, SnapshotRecord,
-    StateEntry as EntryRecord, StoredMembershipRecord,
+    StoredMembershipRecord,
 };
 use crate::proto::SCHEMA_VERSION;
 use crate::raft::TypeConfig;
 
-const APPLIED: &[u8] = &[0, b'a'];
-const MEMBERSHIP: &[u8] = &[0, b'm'];
-const SNAPSHOT_FILE: &str = "current.snap";
+/// Key of the last applied log id.
+pub(crate) const APPLIED: &[u8] = &[0, b'a'];
+/// Key of the last applied membership.
+pub(crate) const MEMBERSHIP: &[u8] = &[0, b'm'];
+/// The snapshot this node serves to others (the newest built or installed).
+pub const SNAPSHOT_FILE: &str = "current.snap";
+/// A completely received snapshot, until it is installed.
+const RECEIVED_FILE: &str = "received.snap";
+/// Prefix of snapshots being received.
+const INCOMING_PREFIX: &str = "incoming-";
+/// A snapshot being built.
+const BUILDING_FILE: &str = "building.snap.tmp";
+/// Keys copied per step of a snapshot build (the commit lock is held for one step).
+const BUILD_CHUNK: usize = 1_000;
 
 /// Pending writes over the state tree: reads see them, nothing reaches the tree until
 /// [`StateMachine`] commits them as one batch.
@@ -54,6 +75,11 @@ impl<'t> Overlay<'t> {
             tree,
             writes: BTreeMap::new(),
         }
+    }
+
+    /// The keys written so far.
+    fn written_keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.writes.keys().map(|k| k.as_slice())
     }
 
     fn into_batch(self) -> sled::Batch {
@@ -150,41 +176,93 @@ impl StateWrite for Overlay<'_> {
 /// The revocations one applied command caused, as published to stream subscribers.
 #[derive(Debug)]
 pub struct AppliedRevocations {
-    /// The command's log index.
+    /// The command's log index; for an install, the snapshot's last index.
     pub revision: u64,
-    /// Its revocation events, in order.
+    /// Its revocation events, in order (none for an install).
     pub events: Vec<RevocationEvent>,
+    /// The node replaced its state with a snapshot ending at `revision`: revisions between a
+    /// subscriber's last delivered one and `revision` were never published here, and are to
+    /// be read from the retained events of the installed state.
+    pub installed: bool,
 }
 
 /// Revisions with revocations a subscriber may fall behind by before it is cut off.
 const PUBLISHED_BACKLOG: usize = 4096;
 
+/// The feed of applied revocations and the applied index, moved together: a revision is
+/// published before the index passes it, and a subscriber learns the index and its place
+/// in the feed at one instant.
+struct Feed {
+    sender: broadcast::Sender<Arc<AppliedRevocations>>,
+    applied: AtomicU64,
+    lock: Mutex<()>,
+}
+
+impl Feed {
+    fn publish(&self, published: Vec<Arc<AppliedRevocations>>, applied: u64) {
+        let _order = self.lock.lock();
+        for revocations in published {
+            let _ = self.sender.send(revocations);
+        }
+        self.applied.store(applied, Ordering::Release);
+    }
+
+    fn subscribe(&self) -> (broadcast::Receiver<Arc<AppliedRevocations>>, u64) {
+        let _order = self.lock.lock();
+        (
+            self.sender.subscribe(),
+            self.applied.load(Ordering::Acquire),
+        )
+    }
+}
+
+/// The live generation, swapped in one step by an install.
+type Live = Arc<RwLock<Arc<Generation>>>;
+
+fn live_generation(live: &Live) -> Arc<Generation> {
+    match live.read() {
+        Ok(generation) => generation.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
 /// Read access to the applied state, for queries, and the feed of applied revocations;
-/// cheap to share.
+/// cheap to share. Each read uses the generation live when it starts, so a query never
+/// sees a state being installed.
 #[derive(Clone)]
 pub struct StateReader {
-    tree: sled::Tree,
-    applied: Arc<AtomicU64>,
-    revocations: broadcast::Sender<Arc<AppliedRevocations>>,
+    live: Live,
+    feed: Arc<Feed>,
 }
 
 impl StateReader {
     /// The log index of the last applied entry (0 before any). Revocations up to it have
     /// been published (they are published before the index moves).
     pub fn applied_index(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
+        self.feed.applied.load(Ordering::Acquire)
     }
 
-    /// Every revocation applied from now on, in revision order. The feed is bounded: a
-    /// receiver more than a few thousand revisions behind gets `Lagged`.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<AppliedRevocations>> {
-        self.revocations.subscribe()
+    /// Every revocation applied from now on, in revision order, and the applied index at
+    /// the same instant: every revision after that index is on the returned feed, none up
+    /// to it is. The feed is bounded: a receiver more than a few thousand revisions behind
+    /// gets `Lagged`.
+    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<AppliedRevocations>>, u64) {
+        self.feed.subscribe()
+    }
+
+    /// Writes the applied state to disk (at shutdown, so a restart has little to re-apply).
+    pub async fn flush(&self) -> Result<(), String> {
+        let generation = live_generation(&self.live);
+        tokio::task::spawn_blocking(move || generation.db.flush().map(|_| ()))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 }
 
 impl StateRead for StateReader {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        Overlay::new(&self.tree).get(key)
+        Overlay::new(&live_generation(&self.live).tree).get(key)
     }
 
     fn scan_prefix(
@@ -193,7 +271,7 @@ impl StateRead for StateReader {
         start_after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<StateEntry>, StateError> {
-        Overlay::new(&self.tree).scan_prefix(prefix, start_after, limit)
+        Overlay::new(&live_generation(&self.live).tree).scan_prefix(prefix, start_after, limit)
     }
 }
 
@@ -203,14 +281,21 @@ pub struct StateMachine {
 }
 
 struct Shared {
-    db: sled::Db,
-    tree: sled::Tree,
-    applied: Arc<AtomicU64>,
-    revocations: broadcast::Sender<Arc<AppliedRevocations>>,
-    /// Held while a batch is committed or the tree is copied for a snapshot.
+    generations: Generations,
+    live: Live,
+    feed: Arc<Feed>,
+    /// Held while a batch is committed, a build copies a chunk, or the live generation is
+    /// swapped.
     commit: Mutex<()>,
+    /// One snapshot build at a time.
+    building: Mutex<()>,
+    /// Held while `current.snap` is replaced.
+    snapshot_file: Mutex<()>,
     snapshot_dir: PathBuf,
     snapshots_built: AtomicU64,
+    /// Longest wait of an apply for the commit lock since the current build started, in µs
+    /// (reported when the build ends: builds must not stall writes).
+    worst_apply_wait_us: AtomicU64,
 }
 
 fn sm_read_err(e: impl ToString) -> StorageError<u64> {
@@ -233,208 +318,348 @@ fn none_result() -> CommandResult {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>, StorageError<u64>> {
+    mutex
+        .lock()
+        .map_err(|_| sm_write_err("state machine lock poisoned"))
+}
+
 impl StateMachine {
-    /// The state machine over `db`'s `state` tree, with snapshots under `snapshot_dir`.
-    pub fn open(db: &sled::Db, snapshot_dir: &Path) -> Result<Self, StorageError<u64>> {
+    /// The state machine whose generations live under `state_dir`, with snapshots under
+    /// `snapshot_dir` and a sled page cache of `cache_bytes`. Removes what interrupted
+    /// installs and receives left, and installs a local snapshot newer than the state.
+    pub fn open(
+        state_dir: &Path,
+        snapshot_dir: &Path,
+        cache_bytes: u64,
+    ) -> Result<Self, StorageError<u64>> {
         std::fs::create_dir_all(snapshot_dir).map_err(snapshot_err)?;
-        let tree = db.open_tree("state").map_err(sm_read_err)?;
-        let machine = StateMachine {
-            shared: Arc::new(Shared {
-                db: db.clone(),
-                tree,
-                applied: Arc::new(AtomicU64::new(0)),
-                revocations: broadcast::channel(PUBLISHED_BACKLOG).0,
-                commit: Mutex::new(()),
-                snapshot_dir: snapshot_dir.to_path_buf(),
-                snapshots_built: AtomicU64::new(0),
-            }),
+        remove_partial_snapshots(snapshot_dir, true).map_err(snapshot_err)?;
+        let generations = Generations::new(state_dir, cache_bytes).map_err(sm_read_err)?;
+        let number = match generations.current_number().map_err(sm_read_err)? {
+            Some(number) => number,
+            None => {
+                generations.create_fresh(1).map_err(sm_write_err)?;
+                generations.make_current(1).map_err(sm_write_err)?;
+                1
+            }
         };
-        let (applied, _) = machine.shared.read_applied()?;
-        machine
-            .shared
-            .applied
-            .store(applied.map_or(0, |id| id.index), Ordering::Release);
-        Ok(machine)
+        generations.remove_all_but(number).map_err(sm_write_err)?;
+        let generation = generations.open(number).map_err(sm_read_err)?;
+        let (applied, _) = read_applied(&generation)?;
+        let shared = Arc::new(Shared {
+            generations,
+            live: Arc::new(RwLock::new(Arc::new(generation))),
+            feed: Arc::new(Feed {
+                sender: broadcast::channel(PUBLISHED_BACKLOG).0,
+                applied: AtomicU64::new(applied.map_or(0, |id| id.index)),
+                lock: Mutex::new(()),
+            }),
+            commit: Mutex::new(()),
+            building: Mutex::new(()),
+            snapshot_file: Mutex::new(()),
+            snapshot_dir: snapshot_dir.to_path_buf(),
+            snapshots_built: AtomicU64::new(0),
+            worst_apply_wait_us: AtomicU64::new(0),
+        });
+        shared.recover_from_local_snapshots(applied)?;
+        Ok(StateMachine { shared })
     }
 
     /// A reader of the applied state.
     pub fn reader(&self) -> StateReader {
         StateReader {
-            tree: self.shared.tree.clone(),
-            applied: self.shared.applied.clone(),
-            revocations: self.shared.revocations.clone(),
+            live: self.shared.live.clone(),
+            feed: self.shared.feed.clone(),
         }
     }
 }
 
+/// Removes snapshots whose receive did not finish, and, at start (`builds`), whose build
+/// did not finish.
+fn remove_partial_snapshots(dir: &Path, builds: bool) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(INCOMING_PREFIX) || (builds && name.ends_with(".tmp")) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 type AppliedState = (Option<LogId<u64>>, StoredMembership<u64, BasicNode>);
 
+fn read_applied(generation: &Generation) -> Result<AppliedState, StorageError<u64>> {
+    let tree = &generation.tree;
+    let applied = match tree.get(APPLIED).map_err(sm_read_err)? {
+        None => None,
+        Some(b) => Some(codec::log_id(
+            &codec::decode::<LogIdRecord>("applied log id", &b).map_err(sm_read_err)?,
+        )),
+    };
+    let membership = match tree.get(MEMBERSHIP).map_err(sm_read_err)? {
+        None => StoredMembership::default(),
+        Some(b) => codec::stored_membership(
+            &codec::decode::<StoredMembershipRecord>("membership", &b).map_err(sm_read_err)?,
+        ),
+    };
+    Ok((applied, membership))
+}
+
+fn header_log_id(header: &SnapshotRecord) -> Option<LogId<u64>> {
+    codec::optional_log_id(header.last_log_id.as_ref())
+}
+
 impl Shared {
-    fn read_applied(&self) -> Result<AppliedState, StorageError<u64>> {
-        let applied = match self.tree.get(APPLIED).map_err(sm_read_err)? {
-            None => None,
-            Some(b) => Some(codec::log_id(
-                &codec::decode::<LogIdRecord>("applied log id", &b).map_err(sm_read_err)?,
-            )),
-        };
-        let membership = match self.tree.get(MEMBERSHIP).map_err(sm_read_err)? {
-            None => StoredMembership::default(),
-            Some(b) => codec::stored_membership(
-                &codec::decode::<StoredMembershipRecord>("membership", &b).map_err(sm_read_err)?,
-            ),
-        };
-        Ok((applied, membership))
+    fn generation(&self) -> Arc<Generation> {
+        live_generation(&self.live)
     }
 
     fn snapshot_path(&self) -> PathBuf {
         self.snapshot_dir.join(SNAPSHOT_FILE)
     }
 
-    /// Writes the snapshot file atomically: a temporary file, synced, renamed over the
-    /// current one, and the directory synced.
-    fn save_snapshot_file(&self, bytes: &[u8]) -> io::Result<()> {
-        let tmp = self.snapshot_dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, self.snapshot_path())?;
-        std::fs::File::open(&self.snapshot_dir)?.sync_all()
+    fn received_path(&self) -> PathBuf {
+        self.snapshot_dir.join(RECEIVED_FILE)
     }
 
-    /// Copies the whole state under the commit lock, so no batch is half in it.
-    fn copy_state(&self) -> Result<SnapshotRecord, StorageError<u64>> {
-        let _commit = self.commit.lock().map_err(sm_read_err)?;
-        let (applied, membership) = self.read_applied()?;
-        let mut entries = Vec::new();
-        for item in self.tree.iter() {
-            let (key, value) = item.map_err(sm_read_err)?;
-            if key.first() != Some(&0) {
-                entries.push(EntryRecord {
-                    key: key.to_vec(),
-                    value: value.to_vec(),
-                });
+    /// The startup rule: a received snapshot, or the current one, that is newer than the
+    /// applied state (a crash interrupted its install, or came before the state was
+    /// flushed after a build while the log behind it may be purged) is installed now.
+    fn recover_from_local_snapshots(
+        &self,
+        applied: Option<LogId<u64>>,
+    ) -> Result<(), StorageError<u64>> {
+        let received = self.received_path();
+        match snapshot::read_header(&received) {
+            Ok(Some(header)) if header_log_id(&header) > applied => {
+                tracing::info!(
+                    snapshot = %header.snapshot_id,
+                    "installing a received snapshot whose install was interrupted"
+                );
+                match self.install_file(&received, None) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => tracing::warn!(error = %e, "the received snapshot is unusable"),
+                }
+            }
+            Ok(None) => {}
+            Ok(Some(_)) => {}
+            Err(e) => tracing::warn!(error = %e, "the received snapshot is unusable"),
+        }
+        if received.exists() {
+            std::fs::remove_file(&received).map_err(snapshot_err)?;
+        }
+        let current = self.snapshot_path();
+        if let Some(header) = snapshot::read_header(&current).map_err(sm_read_err)? {
+            if header_log_id(&header) > applied {
+                tracing::info!(
+                    snapshot = %header.snapshot_id,
+                    "installing the local snapshot: it is newer than the applied state"
+                );
+                self.install_file(&current, None)?;
             }
         }
-        Ok(SnapshotRecord {
+        Ok(())
+    }
+
+    /// Copies the state as of now to a snapshot file, a chunk of keys at a time, without
+    /// stopping writes for longer than one chunk; then flushes the state, so that it is
+    /// durable up to the snapshot before the log behind the snapshot is purged.
+    fn build_snapshot(&self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        let _one_build = lock(&self.building)?;
+        let started = std::time::Instant::now();
+        self.worst_apply_wait_us.store(0, Ordering::Relaxed);
+        let generation = self.generation();
+        let (applied, membership) = {
+            let _commit = lock(&self.commit)?;
+            generation.start_copy();
+            read_applied(&generation)?
+        };
+        let built = self.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
+        let header = SnapshotRecord {
             schema_version: SCHEMA_VERSION,
             last_log_id: applied.as_ref().map(codec::log_id_record),
             last_membership: Some(codec::stored_membership_record(&membership)),
-            snapshot_id: String::new(),
+            snapshot_id: applied.map_or_else(
+                || format!("0-0-{built}"),
+                |id| format!("{}-{}-{built}", id.leader_id.term, id.index),
+            ),
+            entries: Vec::new(),
+        };
+        let tmp = self.snapshot_dir.join(BUILDING_FILE);
+        let written = self.copy_to(&generation, &tmp, &header);
+        generation.stop_copy();
+        let entries = written?;
+        generation.db.flush().map_err(sm_write_err)?;
+        tracing::info!(
+            snapshot = %header.snapshot_id,
             entries,
-        })
-    }
-
-    fn build_snapshot(&self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        let mut record = self.copy_state()?;
-        let built = self.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
-        let last = record.last_log_id.unwrap_or_default();
-        record.snapshot_id = format!("{}-{}-{}", last.term, last.index, built);
-        let bytes = record.encode_to_vec();
-        self.save_snapshot_file(&bytes).map_err(snapshot_err)?;
-        Ok(Snapshot {
-            meta: snapshot_meta(&record),
-            snapshot: Box::new(Cursor::new(bytes)),
-        })
-    }
-
-    /// Replaces the whole state with a snapshot's contents, durably.
-    ///
-    /// The work is split into batches of [`INSTALL_BATCH`] keys (one sled batch of millions
-    /// of keys needs many times the snapshot's size in memory). The applied log id is
-    /// removed and flushed first and written last, so a crash part-way leaves a state that
-    /// claims nothing applied and is replaced by the next snapshot the leader sends.
-    fn install(&self, record: &SnapshotRecord, bytes: &[u8]) -> Result<(), StorageError<u64>> {
-        {
-            let _commit = self.commit.lock().map_err(sm_write_err)?;
-            let mut forget = sled::Batch::default();
-            forget.remove(APPLIED);
-            forget.remove(MEMBERSHIP);
-            self.tree.apply_batch(forget).map_err(sm_write_err)?;
-            self.db.flush().map_err(sm_write_err)?;
-            let mut batch = ChunkedBatch::new(&self.tree);
-            for key in self.tree.iter().keys() {
-                batch.remove(key.map_err(sm_read_err)?)?;
-            }
-            for entry in &record.entries {
-                batch.insert(entry.key.as_slice(), entry.value.as_slice())?;
-            }
-            batch.finish()?;
-            let mut applied = sled::Batch::default();
-            if let Some(id) = &record.last_log_id {
-                applied.insert(APPLIED, id.encode_to_vec());
-            }
-            if let Some(m) = record
-                .last_membership
-                .as_ref()
-                .filter(|m| m.log_id.is_some())
-            {
-                applied.insert(MEMBERSHIP, m.encode_to_vec());
-            }
-            self.tree.apply_batch(applied).map_err(sm_write_err)?;
-            self.applied.store(
-                record.last_log_id.as_ref().map_or(0, |id| id.index),
-                Ordering::Release,
-            );
+            bytes = std::fs::metadata(&tmp).map_or(0, |m| m.len()),
+            secs = started.elapsed().as_secs_f64(),
+            worst_apply_wait_ms = self.worst_apply_wait_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            "snapshot built"
+        );
+        let path = self.publish_snapshot(&tmp, applied)?;
+        let file = std::fs::File::open(&path).map_err(snapshot_err)?;
+        if path == tmp {
+            std::fs::remove_file(&tmp).map_err(snapshot_err)?;
         }
-        self.db.flush().map_err(sm_write_err)?;
-        self.save_snapshot_file(bytes).map_err(snapshot_err)
+        Ok(Snapshot {
+            meta: snapshot_meta(&header),
+            snapshot: Box::new(SnapshotFile::from_std(file, &path)),
+        })
+    }
+
+    fn copy_to(
+        &self,
+        generation: &Generation,
+        path: &Path,
+        header: &SnapshotRecord,
+    ) -> Result<u64, StorageError<u64>> {
+        let mut writer = SnapshotWriter::create(path, header).map_err(snapshot_err)?;
+        loop {
+            let (chunk, last) = {
+                let _commit = lock(&self.commit)?;
+                generation.copy_chunk(BUILD_CHUNK).map_err(sm_read_err)?
+            };
+            for (key, value) in chunk {
+                writer.push(&key, &value).map_err(snapshot_err)?;
+            }
+            if last {
+                return writer.finish().map_err(snapshot_err);
+            }
+        }
+    }
+
+    /// Makes the snapshot file at `path` (ending at `last`) the current one, unless the
+    /// current one is newer (an install overtook a build); returns where the file is.
+    fn publish_snapshot(
+        &self,
+        path: &Path,
+        last: Option<LogId<u64>>,
+    ) -> Result<PathBuf, StorageError<u64>> {
+        let _file = lock(&self.snapshot_file)?;
+        let current = self.snapshot_path();
+        if path == current {
+            return Ok(current);
+        }
+        let newer = match snapshot::read_header(&current) {
+            Ok(Some(header)) => header_log_id(&header) > last,
+            Ok(None) | Err(_) => false,
+        };
+        if newer {
+            return Ok(path.to_path_buf());
+        }
+        std::fs::rename(path, &current).map_err(snapshot_err)?;
+        sync_dir(&self.snapshot_dir).map_err(snapshot_err)?;
+        Ok(current)
+    }
+
+    /// Replaces the state with the snapshot file at `path`: fills a fresh generation from
+    /// it (checking count and checksum), flushes it, makes the file the current snapshot,
+    /// then makes the generation live in one step and tells subscribers.
+    fn install_file(
+        &self,
+        path: &Path,
+        expected: Option<Option<LogId<u64>>>,
+    ) -> Result<(), StorageError<u64>> {
+        let started = std::time::Instant::now();
+        let mut reader = SnapshotReader::open(path).map_err(sm_read_err)?;
+        let header = reader.header().clone();
+        let last = header_log_id(&header);
+        if expected.is_some_and(|e| e != last) {
+            return Err(sm_read_err("snapshot contents do not match its metadata"));
+        }
+        let old = self.generation();
+        let generation = self
+            .generations
+            .create_fresh(old.number + 1)
+            .map_err(sm_write_err)?;
+        if let Err(e) = fill(&generation, &mut reader, &header) {
+            let number = generation.number;
+            drop(generation);
+            let _ = self.generations.remove(number);
+            return Err(e);
+        }
+        self.publish_snapshot(path, last)?;
+        self.generations
+            .make_current(generation.number)
+            .map_err(sm_write_err)?;
+        {
+            let _commit = lock(&self.commit)?;
+            let mut live = self.live.write().map_err(|_| sm_write_err("poisoned"))?;
+            *live = Arc::new(generation);
+        }
+        let revision = last.map_or(0, |id| id.index);
+        self.feed.publish(
+            vec![Arc::new(AppliedRevocations {
+                revision,
+                events: Vec::new(),
+                installed: true,
+            })],
+            revision,
+        );
+        let number = old.number;
+        drop(old);
+        self.generations.remove(number).map_err(sm_write_err)?;
+        tracing::info!(
+            snapshot = %header.snapshot_id,
+            secs = started.elapsed().as_secs_f64(),
+            "snapshot installed"
+        );
+        Ok(())
     }
 }
 
 /// Keys written per sled batch while installing a snapshot.
 pub(crate) const INSTALL_BATCH: usize = 10_000;
 
-/// Writes to a tree in sled batches of at most [`INSTALL_BATCH`] operations.
-struct ChunkedBatch<'a> {
-    tree: &'a sled::Tree,
-    batch: sled::Batch,
-    pending: usize,
-}
-
-impl<'a> ChunkedBatch<'a> {
-    fn new(tree: &'a sled::Tree) -> Self {
-        ChunkedBatch {
-            tree,
-            batch: sled::Batch::default(),
-            pending: 0,
+/// Writes every entry of `reader` and the header's applied id and membership into the
+/// (empty) `generation`, and flushes it.
+fn fill(
+    generation: &Generation,
+    reader: &mut SnapshotReader,
+    header: &SnapshotRecord,
+) -> Result<(), StorageError<u64>> {
+    let mut batch = sled::Batch::default();
+    let mut pending = 0;
+    while let Some((key, value)) = reader.next_entry().map_err(sm_read_err)? {
+        batch.insert(key, value);
+        pending += 1;
+        if pending == INSTALL_BATCH {
+            generation
+                .tree
+                .apply_batch(std::mem::take(&mut batch))
+                .map_err(sm_write_err)?;
+            pending = 0;
         }
     }
-
-    fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError<u64>> {
-        self.batch.insert(key, value);
-        self.written()
+    if let Some(id) = &header.last_log_id {
+        batch.insert(APPLIED, id.encode_to_vec());
     }
-
-    fn remove(&mut self, key: sled::IVec) -> Result<(), StorageError<u64>> {
-        self.batch.remove(key);
-        self.written()
+    if let Some(m) = header
+        .last_membership
+        .as_ref()
+        .filter(|m| m.log_id.is_some())
+    {
+        batch.insert(MEMBERSHIP, m.encode_to_vec());
     }
-
-    fn written(&mut self) -> Result<(), StorageError<u64>> {
-        self.pending += 1;
-        if self.pending >= INSTALL_BATCH {
-            self.finish()?;
-        }
-        Ok(())
-    }
-
-    /// Applies what is pending.
-    fn finish(&mut self) -> Result<(), StorageError<u64>> {
-        let batch = std::mem::take(&mut self.batch);
-        self.pending = 0;
-        self.tree.apply_batch(batch).map_err(sm_write_err)
-    }
+    generation.tree.apply_batch(batch).map_err(sm_write_err)?;
+    generation.db.flush().map_err(sm_write_err)?;
+    Ok(())
 }
 
-fn snapshot_meta(record: &SnapshotRecord) -> SnapshotMeta<u64, BasicNode> {
+fn snapshot_meta(header: &SnapshotRecord) -> SnapshotMeta<u64, BasicNode> {
     SnapshotMeta {
-        last_log_id: codec::optional_log_id(record.last_log_id.as_ref()),
-        last_membership: record
+        last_log_id: header_log_id(header),
+        last_membership: header
             .last_membership
             .as_ref()
             .map(codec::stored_membership)
             .unwrap_or_default(),
-        snapshot_id: record.snapshot_id.clone(),
+        snapshot_id: header.snapshot_id.clone(),
     }
 }
 
@@ -456,7 +681,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<AppliedState, StorageError<u64>> {
-        self.shared.read_applied()
+        read_applied(&self.shared.generation())
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError<u64>>
@@ -465,7 +690,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let shared = &self.shared;
-        let mut overlay = Overlay::new(&shared.tree);
+        let generation = shared.generation();
+        let mut overlay = Overlay::new(&generation.tree);
         let mut results = Vec::new();
         let mut last_applied = None;
         let mut membership = None;
@@ -486,6 +712,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         published.push(Arc::new(AppliedRevocations {
                             revision: entry.log_id.index,
                             events: result.events.clone(),
+                            installed: false,
                         }));
                     }
                     results.push(result);
@@ -499,20 +726,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(last_applied) = last_applied else {
             return Ok(results);
         };
-        let mut batch = overlay.into_batch();
-        batch.insert(APPLIED, codec::log_id_record(&last_applied).encode_to_vec());
-        if let Some(m) = &membership {
-            batch.insert(
-                MEMBERSHIP,
-                codec::stored_membership_record(m).encode_to_vec(),
-            );
+        {
+            let waiting = std::time::Instant::now();
+            let _commit = lock(&shared.commit)?;
+            shared
+                .worst_apply_wait_us
+                .fetch_max(waiting.elapsed().as_micros() as u64, Ordering::Relaxed);
+            generation
+                .record_pre_images(overlay.written_keys())
+                .map_err(sm_read_err)?;
+            let mut batch = overlay.into_batch();
+            batch.insert(APPLIED, codec::log_id_record(&last_applied).encode_to_vec());
+            if let Some(m) = &membership {
+                batch.insert(
+                    MEMBERSHIP,
+                    codec::stored_membership_record(m).encode_to_vec(),
+                );
+            }
+            generation.tree.apply_batch(batch).map_err(sm_write_err)?;
         }
-        let _commit = shared.commit.lock().map_err(sm_write_err)?;
-        shared.tree.apply_batch(batch).map_err(sm_write_err)?;
-        for revocations in published {
-            let _ = shared.revocations.send(revocations);
-        }
-        shared.applied.store(last_applied.index, Ordering::Release);
+        shared.feed.publish(published, last_applied.index);
         Ok(results)
     }
 
@@ -522,24 +755,34 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError<u64>> {
+        let dir = self.shared.snapshot_dir.clone();
+        tokio::task::spawn_blocking(move || remove_partial_snapshots(&dir, false))
+            .await
+            .map_err(snapshot_err)?
+            .map_err(snapshot_err)?;
+        let path = self.shared.snapshot_dir.join(format!(
+            "{INCOMING_PREFIX}{:016x}.snap",
+            rand::random::<u64>()
+        ));
+        let file = SnapshotFile::receive(&path, &self.shared.received_path())
+            .await
+            .map_err(snapshot_err)?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        mut snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError<u64>> {
-        let bytes = snapshot.into_inner();
-        let record: SnapshotRecord = codec::decode("snapshot", &bytes).map_err(sm_read_err)?;
-        if record.last_log_id.as_ref().map(codec::log_id) != meta.last_log_id {
-            return Err(sm_read_err("snapshot contents do not match its metadata"));
+        let received = self.shared.received_path();
+        if !(snapshot.is_completed_receive() && snapshot.path() == received) {
+            self.keep_copy(&mut snapshot, &received).await?;
         }
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || shared.install(&record, &bytes))
+        let expected = meta.last_log_id;
+        tokio::task::spawn_blocking(move || shared.install_file(&received, Some(expected)))
             .await
             .map_err(sm_write_err)?
     }
@@ -547,16 +790,47 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        let bytes = match std::fs::read(self.shared.snapshot_path()) {
-            Ok(bytes) => bytes,
+        let path = self.shared.snapshot_path();
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(sm_read_err(e)),
         };
-        let record: SnapshotRecord = codec::decode("snapshot", &bytes).map_err(sm_read_err)?;
+        let header = SnapshotReader::from_file(file.try_clone().map_err(sm_read_err)?)
+            .map_err(sm_read_err)?
+            .header()
+            .clone();
         Ok(Some(Snapshot {
-            meta: snapshot_meta(&record),
-            snapshot: Box::new(Cursor::new(bytes)),
+            meta: snapshot_meta(&header),
+            snapshot: Box::new(SnapshotFile::from_std(file, &path)),
         }))
+    }
+}
+
+impl StateMachine {
+    /// Copies a snapshot that did not arrive through this node's receiver (one handed over
+    /// directly) to `received`, durably.
+    async fn keep_copy(
+        &self,
+        snapshot: &mut SnapshotFile,
+        received: &Path,
+    ) -> Result<(), StorageError<u64>> {
+        use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+        let incoming = self
+            .shared
+            .snapshot_dir
+            .join(format!("{INCOMING_PREFIX}copy.snap"));
+        let mut copy = SnapshotFile::receive(&incoming, received)
+            .await
+            .map_err(snapshot_err)?;
+        snapshot
+            .seek(io::SeekFrom::Start(0))
+            .await
+            .map_err(snapshot_err)?;
+        tokio::io::copy(snapshot, &mut copy)
+            .await
+            .map_err(snapshot_err)?;
+        copy.shutdown().await.map_err(snapshot_err)
     }
 }
 

@@ -1,0 +1,197 @@
+//! Tests of idempotent retries: the first result (revision included) for the same request
+//! key and fingerprint, nothing for another fingerprint, and rotations retried however late.
+
+use super::*;
+use crate::proto::internal::{
+    CreateSession, FamilyRecord, Revoke, Rotate, RotateResult, SessionRecord,
+};
+use crate::proto::v1::{RevocationReason, RevokeScope, RotateOutcome};
+
+const KEY: &[u8] = b"a scoped request key";
+
+/// A state and the next revision, applying commands as the Raft layer would.
+struct World {
+    state: MemoryState,
+    revision: u64,
+}
+
+impl World {
+    fn new() -> Self {
+        World {
+            state: MemoryState::new(),
+            revision: 0,
+        }
+    }
+
+    fn run(
+        &mut self,
+        now_ms: i64,
+        key: &[u8],
+        fingerprint: &[u8],
+        kind: command::Kind,
+    ) -> CommandResult {
+        self.revision += 1;
+        let command = Command {
+            schema_version: SCHEMA_VERSION,
+            now_ms,
+            request_key: key.to_vec(),
+            request_fingerprint: fingerprint.to_vec(),
+            kind: Some(kind),
+        };
+        apply(&command, self.revision, &mut self.state).expect("apply")
+    }
+
+    fn create(&mut self, key: &[u8]) -> CommandResult {
+        self.run(
+            1_000,
+            key,
+            b"create",
+            command::Kind::CreateSession(CreateSession {
+                session_id: "sid_1".into(),
+                family_id: "fam_1".into(),
+                tenant: "t".into(),
+                user_id: "u".into(),
+                expires_at_ms: 10_000_000,
+                refresh_hash: b"refresh-0".to_vec(),
+                sealed_tokens: b"sealed create".to_vec(),
+                ..Default::default()
+            }),
+        )
+    }
+
+    /// Rotates `presented` to a successor named after `n`, with a 1 ms grace window.
+    fn rotate(&mut self, now_ms: i64, key: &[u8], presented: &[u8], n: u32) -> CommandResult {
+        self.run(
+            now_ms,
+            key,
+            b"rotate",
+            command::Kind::Rotate(Rotate {
+                presented_hash: presented.to_vec(),
+                new_refresh_hash: format!("refresh-{n}").into_bytes(),
+                sealed_successor: format!("sealed successor {n}").into_bytes(),
+                grace_ms: 1,
+                ..Default::default()
+            }),
+        )
+    }
+
+    fn revoke(
+        &mut self,
+        key: &[u8],
+        fingerprint: &[u8],
+        scope: RevokeScope,
+        id: &str,
+    ) -> CommandResult {
+        self.run(
+            2_000,
+            key,
+            fingerprint,
+            command::Kind::Revoke(Revoke {
+                tenant: "t".into(),
+                scope: scope as i32,
+                id: id.into(),
+                reason: RevocationReason::Logout as i32,
+            }),
+        )
+    }
+
+    fn session(&self) -> SessionRecord {
+        records::load(&self.state, &keys::session("sid_1"))
+            .unwrap()
+            .unwrap()
+    }
+
+    fn family_revoked(&self) -> bool {
+        records::load::<FamilyRecord>(&self.state, &keys::family("fam_1"))
+            .unwrap()
+            .unwrap()
+            .revoked
+    }
+}
+
+fn rotated(result: &CommandResult) -> &RotateResult {
+    match &result.kind {
+        Some(command_result::Kind::Rotate(r)) => r,
+        other => panic!("not a rotate result: {other:?}"),
+    }
+}
+
+#[test]
+fn a_rotation_retried_by_request_id_long_after_the_grace_window_gets_the_first_successor() {
+    let mut w = World::new();
+    w.create(b"");
+    let first = w.rotate(1_000, KEY, b"refresh-0", 1);
+    assert_eq!(rotated(&first).outcome(), RotateOutcome::Rotated);
+    let first_revision = w.revision;
+    let state_before = w.state.clone();
+
+    // The caller timed out; its retry comes ten minutes later, far outside the 1 ms grace.
+    let retry = w.rotate(601_000, KEY, b"refresh-0", 2);
+    let r = rotated(&retry);
+    assert!(retry.deduplicated);
+    assert_eq!(retry.first_revision, first_revision);
+    assert_eq!(r.outcome(), RotateOutcome::Rotated, "not REPLAY_DETECTED");
+    assert!(r.retried);
+    assert_eq!(
+        r.sealed_successor, b"sealed successor 1",
+        "the first successor"
+    );
+    assert!(retry.events.is_empty());
+    assert_eq!(w.state, state_before, "the retry changed nothing");
+    assert!(!w.session().revoked && !w.family_revoked());
+    assert_eq!(w.session().current_refresh_hash, b"refresh-1");
+
+    // Without the request id the same late retry is a replay.
+    let replay = w.rotate(601_000, b"", b"refresh-0", 3);
+    assert_eq!(rotated(&replay).outcome(), RotateOutcome::ReplayDetected);
+}
+
+#[test]
+fn a_retry_after_the_successor_was_redeemed_is_decided_anew_as_a_replay() {
+    let mut w = World::new();
+    w.create(b"");
+    w.rotate(1_000, KEY, b"refresh-0", 1);
+    w.rotate(2_000, b"", b"refresh-1", 2);
+    let late = w.rotate(60_000, KEY, b"refresh-0", 3);
+    assert!(!late.deduplicated);
+    assert_eq!(rotated(&late).outcome(), RotateOutcome::ReplayDetected);
+    assert!(
+        rotated(&late).sealed_successor.is_empty(),
+        "no successor handed out"
+    );
+    assert!(w.family_revoked());
+}
+
+#[test]
+fn a_reused_key_with_other_parameters_changes_nothing_and_is_flagged() {
+    let mut w = World::new();
+    w.create(b"");
+    let first = w.revoke(KEY, b"revoke family", RevokeScope::Family, "fam_other");
+    assert!(!first.deduplicated && !first.request_mismatch);
+    let state_before = w.state.clone();
+    let reuse = w.revoke(KEY, b"revoke session", RevokeScope::Session, "sid_1");
+    assert!(reuse.request_mismatch);
+    assert!(reuse.kind.is_none() && reuse.events.is_empty());
+    assert_eq!(w.state, state_before);
+    assert!(!w.session().revoked);
+}
+
+#[test]
+fn a_retry_returns_the_first_revision_and_the_session_as_it_is_now() {
+    let mut w = World::new();
+    let first = w.create(KEY);
+    let first_revision = w.revision;
+    assert_eq!(first.first_revision, 0, "set on retries only");
+    w.revoke(b"", b"", RevokeScope::Session, "sid_1");
+    let retry = w.create(KEY);
+    assert!(retry.deduplicated);
+    assert_eq!(retry.first_revision, first_revision);
+    let Some(command_result::Kind::CreateSession(r)) = &retry.kind else {
+        panic!("not a create result");
+    };
+    assert_eq!(r.sealed_tokens, b"sealed create");
+    assert!(
+        r.session.as_ref().unwrap().revoked,
+        "a session revoked since is not shown as it was created"
+    );
+}

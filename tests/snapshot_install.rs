@@ -1,0 +1,365 @@
+//! Snapshot installs seen from outside: a revocation subscriber on a follower that catches
+//! up by snapshot misses nothing; subscribers attached during a stream of revocations miss
+//! nothing at the backlog-to-live handoff; a learner killed with SIGKILL at random points
+//! of receiving and installing snapshots restarts and catches up with no operator.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::cluster::TestCluster;
+use common::*;
+use sessiond::client::Client;
+use sessiond::proto::v1::cluster_client::ClusterClient;
+use sessiond::proto::v1::watch_revocations_response::Kind;
+use sessiond::proto::v1::*;
+use tonic::Streaming;
+
+fn revoke_session(tenant: &str, session_id: &str) -> RevokeRequest {
+    RevokeRequest {
+        tenant: tenant.into(),
+        scope: RevokeScope::Session as i32,
+        id: session_id.into(),
+        reason: RevocationReason::Admin as i32,
+        request_id: String::new(),
+    }
+}
+
+async fn subscribe(client: &Client, from_revision: u64) -> Streaming<WatchRevocationsResponse> {
+    client
+        .watch_revocations(WatchRevocationsRequest {
+            from_revision,
+            tenants: vec![],
+        })
+        .await
+        .expect("subscribed")
+}
+
+/// What one subscriber received: sessions revoked per revision, and the last progress.
+#[derive(Debug, Default)]
+struct Received {
+    revoked: BTreeMap<u64, u64>,
+    progress: u64,
+    ended: Option<Kind>,
+}
+
+/// Reads `stream` until a progress message reaches `until` (or the stream ends), checking
+/// that no progress message claims a revision in `expected` that was not delivered.
+async fn read_until(
+    stream: &mut Streaming<WatchRevocationsResponse>,
+    until: u64,
+    expected: Option<&BTreeMap<u64, u64>>,
+    into: &mut Received,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while into.progress < until {
+        let next = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("subscriber made progress in time");
+        match next.expect("stream ok").and_then(|m| m.kind) {
+            Some(Kind::Events(b)) => {
+                *into.revoked.entry(b.revision).or_default() += b.events.len() as u64;
+            }
+            Some(Kind::Progress(p)) => {
+                assert!(p.revision >= into.progress, "progress went backwards");
+                if let Some(expected) = expected.filter(|_| p.revision > into.progress) {
+                    for (revision, count) in expected.range(into.progress + 1..=p.revision) {
+                        assert_eq!(
+                            into.revoked.get(revision),
+                            Some(count),
+                            "progress {} claims revision {revision}, not (fully) delivered",
+                            p.revision
+                        );
+                    }
+                }
+                into.progress = p.revision;
+            }
+            Some(end) => {
+                into.ended = Some(end);
+                return;
+            }
+            None => return,
+        }
+    }
+}
+
+/// Creates `n` sessions through `client`; returns their ids.
+async fn create_sessions(client: &Client, tenant: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let r = client
+            .create_session(create_request(tenant, &format!("user-{i}")))
+            .await
+            .unwrap();
+        ids.push(r.session.unwrap().session_id);
+    }
+    ids
+}
+
+/// Revokes each session; returns revision → sessions revoked.
+async fn revoke_each(client: &Client, tenant: &str, ids: &[String]) -> BTreeMap<u64, u64> {
+    let mut revoked = BTreeMap::new();
+    for id in ids {
+        let r = client.revoke(revoke_session(tenant, id)).await.unwrap();
+        assert_eq!(r.revoked_count, 1);
+        *revoked.entry(r.revision).or_default() += 1;
+    }
+    revoked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_on_a_lagging_follower_gets_every_revocation_across_a_snapshot_install() {
+    let cluster = TestCluster::start(3, |c| {
+        c.raft.snapshot_logs_since_last = 20;
+        c.raft.max_in_snapshot_log_to_keep = 0;
+        c.watch.progress_interval_ms = 100;
+    })
+    .await;
+    let leader = cluster.wait_for_leader(&[1, 2, 3]).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let writer = cluster.nodes[&leader].client.clone();
+    let ids = create_sessions(&writer, "t", 60).await;
+    let mut expected = revoke_each(&writer, "t", &ids[..5]).await;
+
+    let mut stream = subscribe(&cluster.nodes[&follower].client, 0).await;
+    let mut received = Received::default();
+    let first = *expected.keys().last().unwrap();
+    read_until(&mut stream, first, Some(&expected), &mut received).await;
+
+    let follower_raft = cluster.nodes[&follower].node.node().raft().clone();
+    let snapshot_before = follower_raft.metrics().borrow().snapshot;
+    cluster.isolate(follower, true);
+    expected.extend(revoke_each(&writer, "t", &ids[5..]).await);
+    create_sessions(&writer, "t", 30).await;
+    let last = *expected.keys().last().unwrap();
+    let leader_raft = cluster.nodes[&leader].node.node().raft().clone();
+    let purged = leader_raft.metrics().borrow().purged.map_or(0, |p| p.index);
+    assert!(
+        purged > first,
+        "the leader purged the entries the follower misses ({purged} <= {first})"
+    );
+    cluster.isolate(follower, false);
+    follower_raft
+        .wait(Some(Duration::from_secs(60)))
+        .metrics(
+            |m| m.snapshot != snapshot_before && m.last_applied.map_or(0, |a| a.index) >= last,
+            "the follower caught up by snapshot",
+        )
+        .await
+        .expect("the follower installed a snapshot and caught up");
+
+    read_until(&mut stream, last, Some(&expected), &mut received).await;
+    match received.ended {
+        None => assert_eq!(
+            received.revoked, expected,
+            "every revocation after the resume point, exactly once"
+        ),
+        Some(Kind::ResyncRequired(_)) => {}
+        Some(other) => panic!("unexpected end of stream: {other:?}"),
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribers_attached_during_a_stream_of_revocations_miss_no_revision() {
+    let cluster = TestCluster::start(1, |c| c.watch.progress_interval_ms = 50).await;
+    let client = cluster.nodes[&1].client.clone();
+    let ids = create_sessions(&client, "t", 240).await;
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let revoking = {
+        let (client, acknowledged) = (client.clone(), acknowledged.clone());
+        tokio::spawn(async move {
+            let mut revoked = BTreeMap::new();
+            for id in &ids {
+                let r = client.revoke(revoke_session("t", id)).await.unwrap();
+                *revoked.entry(r.revision).or_default() += r.revoked_count;
+                acknowledged.store(r.revision, Ordering::Release);
+            }
+            revoked
+        })
+    };
+    let mut subscribers = Vec::new();
+    while !revoking.is_finished() {
+        let from = acknowledged.load(Ordering::Acquire);
+        let mut stream = subscribe(&client, from).await;
+        let mut received = Received::default();
+        let until = from.max(1) + 3;
+        read_until(&mut stream, until, None, &mut received).await;
+        subscribers.push((from, received));
+    }
+    let expected = revoking.await.unwrap();
+    assert!(
+        subscribers.len() >= 5,
+        "only {} subscribers",
+        subscribers.len()
+    );
+    for (from, received) in &subscribers {
+        assert!(received.ended.is_none(), "subscriber from {from} ended");
+        let want: BTreeMap<u64, u64> = expected
+            .range(from + 1..=received.progress)
+            .map(|(r, n)| (*r, *n))
+            .collect();
+        let got: BTreeMap<u64, u64> = received
+            .revoked
+            .range(..=received.progress)
+            .map(|(r, n)| (*r, *n))
+            .collect();
+        assert_eq!(got, want, "subscriber from revision {from}");
+    }
+    cluster.stop().await;
+}
+
+/// One node process's configuration file, log and endpoint.
+struct NodeFiles {
+    config: PathBuf,
+    log: PathBuf,
+    endpoint: String,
+}
+
+fn node_files(root: &Path, id: u64) -> NodeFiles {
+    let port = free_port();
+    let dir = root.join(format!("node-{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("sessiond.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = {id}\nlisten_addr = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nbootstrap = {}\n\n[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 800\nelection_timeout_max_ms = 1600\nsnapshot_logs_since_last = 40\nmax_in_snapshot_log_to_keep = 0\n",
+            dir.join("data").display(),
+            id == 1
+        ),
+    )
+    .unwrap();
+    NodeFiles {
+        config,
+        log: dir.join("sessiond.log"),
+        endpoint: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+fn spawn(files: &NodeFiles) -> ServerProcess {
+    ServerProcess::spawn_with(&["--config", files.config.to_str().unwrap()], &files.log)
+}
+
+async fn status(endpoint: &str) -> Option<ClusterStatusResponse> {
+    let mut admin = ClusterClient::connect(endpoint.to_owned()).await.ok()?;
+    Some(
+        admin
+            .status(ClusterStatusRequest {})
+            .await
+            .ok()?
+            .into_inner(),
+    )
+}
+
+/// Creates sessions concurrently (one per user) until the leader purged its log past
+/// `past`, so that a node behind `past` can only catch up by snapshot.
+async fn write_until_purged_past(client: &Client, endpoint: &str, round: usize, past: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut batch = 0;
+    loop {
+        let mut tasks = Vec::new();
+        for i in 0..32 {
+            let c = client.clone();
+            let user = format!("r{round}-b{batch}-{i}");
+            tasks.push(tokio::spawn(async move {
+                c.create_session(create_request("t", &user)).await.unwrap()
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        batch += 1;
+        let purged = status(endpoint).await.map_or(0, |s| s.purged_index);
+        if purged > past && batch >= 4 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader did not purge its log"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_learner_killed_at_random_points_of_snapshot_installs_recovers_on_its_own() {
+    let root = tempfile::tempdir().unwrap();
+    let leader_files = node_files(root.path(), 1);
+    let learner_files = node_files(root.path(), 2);
+    let _leader = spawn(&leader_files);
+    let client = connect(&leader_files.endpoint).await;
+    write_until_purged_past(&client, &leader_files.endpoint, 0, 0).await;
+
+    let mut learner = Some(spawn(&learner_files));
+    let mut admin = ClusterClient::connect(leader_files.endpoint.clone())
+        .await
+        .unwrap();
+    admin
+        .add_learner(AddLearnerRequest {
+            node_id: 2,
+            addr: learner_files.endpoint.trim_start_matches("http://").into(),
+        })
+        .await
+        .unwrap();
+    let mut learner_applied = 0;
+    for round in 1..=8 {
+        let delay = Duration::from_millis(rand::random_range(0..1_500));
+        tokio::time::sleep(delay).await;
+        if let Some(s) = status(&learner_files.endpoint).await {
+            learner_applied = learner_applied.max(s.applied_index);
+        }
+        learner.take().unwrap().kill9();
+        write_until_purged_past(&client, &leader_files.endpoint, round, learner_applied).await;
+        learner = Some(spawn(&learner_files));
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (Some(l), Some(s)) = (
+            status(&leader_files.endpoint).await,
+            status(&learner_files.endpoint).await,
+        ) else {
+            assert!(Instant::now() < deadline, "a node stopped answering");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        if s.applied_index == l.applied_index && s.snapshot_index > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the learner did not catch up: leader {} learner {}",
+            l.applied_index,
+            s.applied_index
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let last = client
+        .create_session(create_request("t", "final"))
+        .await
+        .unwrap();
+    let on_learner = connect(&learner_files.endpoint).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = on_learner
+            .lookup(LookupRequest {
+                consistency: Consistency::Local as i32,
+                ..lookup_by_id("t", &last.session.as_ref().unwrap().session_id)
+            })
+            .await
+            .map(|r| r.session.is_some())
+            .unwrap_or(false);
+        if found {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the learner does not follow the log"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
