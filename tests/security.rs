@@ -211,7 +211,7 @@ async fn call(
                 tenant: acme,
                 session_id: sid,
                 holder: "table".into(),
-                ttl_ms: 0,
+                ..Default::default()
             })
             .await
             .map(drop),
@@ -228,6 +228,7 @@ async fn call(
             .touch(TouchRequest {
                 tenant: acme,
                 session_id: sid,
+                ..Default::default()
             })
             .await
             .map(drop),
