@@ -58,6 +58,11 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Largest gRPC message accepted or sent, in bytes.
     pub max_message_bytes: usize,
+    /// Address of the HTTP listener serving `/metrics`, `/healthz` and `/readyz` (off unless
+    /// set).
+    pub metrics_listen: Option<SocketAddr>,
+    /// When the node reports itself not serving.
+    pub health: HealthConfig,
     /// Test-only: shift this node's clock by this many ms (simulates a skewed node).
     pub clock_offset_ms: i64,
 }
@@ -84,6 +89,8 @@ impl Default for Config {
             watch: WatchConfig::default(),
             storage: StorageConfig::default(),
             max_message_bytes: 4 * 1024 * 1024,
+            metrics_listen: None,
+            health: HealthConfig::default(),
             clock_offset_ms: 0,
         }
     }
@@ -193,6 +200,9 @@ pub struct SessionPolicy {
     pub max_sessions_per_user: u32,
     /// How long idempotency keys are remembered.
     pub dedup_retention_ms: i64,
+    /// Spread of expiries: a session's lifetime is shortened by a random 0..=pct percent,
+    /// chosen by the proposer (0 = none, at most 50).
+    pub ttl_jitter_pct: u32,
 }
 
 impl Default for SessionPolicy {
@@ -210,6 +220,7 @@ impl Default for SessionPolicy {
             max_lease_ttl_ms: 5 * MINUTE,
             max_sessions_per_user: 0,
             dedup_retention_ms: 10 * MINUTE,
+            ttl_jitter_pct: 0,
         }
     }
 }
@@ -264,6 +275,26 @@ impl Default for WatchConfig {
             buffer: 1024,
             progress_interval_ms: 2_000,
             slow_subscriber_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// The bounds beyond which gRPC health and `/readyz` report the node not serving (it also
+/// is while no leader is known).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Most committed entries this node may have left to apply.
+    pub max_apply_lag: u64,
+    /// Longest time a leader may go without a quorum acknowledging it.
+    pub max_leader_ack_ms: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            max_apply_lag: 1_000,
+            max_leader_ack_ms: 3_000,
         }
     }
 }
@@ -424,6 +455,12 @@ impl Config {
                 "raft timeouts must satisfy heartbeat < election min < election max",
             ));
         }
+        if self.gc.batch_limit == 0 {
+            return Err(Error::invalid(
+                "config",
+                "gc.batch_limit must be at least 1",
+            ));
+        }
         if self.node_id == 0 {
             return Err(Error::invalid("config", "node_id must be at least 1"));
         }
@@ -440,6 +477,12 @@ impl Config {
             ));
         }
         crate::auth::check_principals(&self.auth)?;
+        if s.ttl_jitter_pct > 50 {
+            return Err(Error::invalid(
+                "config",
+                "sessions.ttl_jitter_pct must be at most 50",
+            ));
+        }
         let w = &self.watch;
         if w.buffer < 2 || w.progress_interval_ms == 0 || w.slow_subscriber_timeout_ms == 0 {
             return Err(Error::invalid(
@@ -469,6 +512,15 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("data"));
         assert_eq!(c.sessions.reuse_grace_ms, 10_000);
         assert_eq!(c.sessions.access_token_ttl_ms, 15 * 60_000);
+    }
+
+    #[test]
+    fn a_zero_gc_batch_limit_is_refused() {
+        // The GC loop proposes again while a batch comes back full: with a limit of 0 every
+        // batch is "full" and it never stops.
+        let mut c = Config::default();
+        c.gc.batch_limit = 0;
+        assert!(c.check().is_err());
     }
 
     #[test]
@@ -503,6 +555,8 @@ mod tests {
         assert!(Config::from_toml("[storage]\ncache_capacity_mb = 1").is_err());
         let c = Config::from_toml("[storage]\ncache_capacity_mb = 64").unwrap();
         assert_eq!(c.storage.cache_capacity_bytes(), 64 << 20);
+        assert!(Config::from_toml("[sessions]\nttl_jitter_pct = 51").is_err());
+        assert!(Config::from_toml("[sessions]\nttl_jitter_pct = 50").is_ok());
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //!   tenant scopes and the audit trail of the client listener.
 //! - [`config`]: node configuration (flags, environment, TOML file); [`clock`]: the wall clock.
 //! - [`gateway`]: the gateway's session cache fed by the revocation stream.
+//! - [`health`]: the node's health verdict; [`metrics`]: Prometheus metrics and probes.
 //! - [`bench`]: the `sessiond bench` load generator.
 
 pub mod api;
@@ -30,6 +31,8 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod gateway;
+pub mod health;
+pub mod metrics;
 pub mod proto;
 pub mod raft;
 pub mod server;

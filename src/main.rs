@@ -1,6 +1,6 @@
 //! The `sessiond` binary: see `sessiond --help`.
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     sessiond::cli::main().await
 }

@@ -1,12 +1,16 @@
-//! Wires a node together: the Raft node on its data directory, two listeners, the periodic
-//! garbage collection, and a graceful shutdown that stops accepting requests, lets in-flight
-//! ones finish, then stops Raft and flushes storage.
+//! Wires a node together: the Raft node on its data directory, two gRPC listeners, the
+//! health watcher, the optional metrics and probe listener, the periodic garbage
+//! collection, and a graceful shutdown that stops accepting requests, lets in-flight ones
+//! finish, then stops Raft and flushes storage.
 //!
 //! The listeners:
 //! - the **client listener** (`listen_addr`): the session authority, cluster administration,
-//!   health and reflection, behind [`AuthLayer`] (authentication and roles);
+//!   health and reflection (v1 and v1alpha), behind [`RpcMetricsLayer`] (RPC counts and
+//!   latency) and [`AuthLayer`] (authentication and roles);
 //! - the **peer listener** (`peer_listen_addr`): the Raft transport and forwarded requests
-//!   only, behind [`PeerGuard`] (cluster id, node certificate, membership).
+//!   only, behind [`PeerGuard`] (cluster id, node certificate, membership);
+//! - the **metrics listener** (`metrics_listen`, optional): plain HTTP `/metrics`,
+//!   `/healthz` and `/readyz`.
 //!
 //! With `tls` configured both use TLS (the peer listener always requires a node
 //! certificate), and SIGHUP reloads the certificates without dropping connections.
@@ -28,18 +32,25 @@ use crate::api::Authority;
 use crate::auth::layer::AuthLayer;
 use crate::auth::Authenticator;
 use crate::config::{Config, LogFormat, TlsConfig};
+use crate::metrics::layer::RpcMetricsLayer;
+use crate::metrics::sampler;
 use crate::proto::internal::raft_transport_server::RaftTransportServer;
 use crate::proto::internal::{command, command_result, CollectGarbage};
 use crate::proto::v1::cluster_server::ClusterServer;
 use crate::proto::v1::session_authority_server::SessionAuthorityServer;
 use crate::raft::network::MAX_PEER_MESSAGE_BYTES;
-use crate::raft::transport::{PeerGuard, TransportService};
+use crate::raft::transport::{CommandCheck, PeerGuard, TransportService};
 use crate::raft::{NodeOptions, RaftNode};
 use crate::tls::{node_client_config, ServerTls};
 use crate::Error;
 
 /// How long a freshly initialized single node may take to elect itself.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// Streams a client may reset before the server has accepted them; beyond, the connection
+/// is closed with GOAWAY (too_many_resets). hyper's default (20) is reached by clients that
+/// time out calls to a node that was paused, which then loses all their connections.
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 1024;
 
 /// The services the client listener offers, as reflection lists them (the Raft transport is
 /// not among them: it lives on the peer listener).
@@ -54,6 +65,7 @@ pub const CLIENT_SERVICES: &[&str] = &[
 pub struct RunningNode {
     addr: SocketAddr,
     peer_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     node: RaftNode,
     tls: Option<NodeTls>,
     stop: watch::Sender<bool>,
@@ -86,6 +98,11 @@ impl RunningNode {
     /// The address the peer listener is bound to (the one to name when adding this node).
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
+    }
+
+    /// The address the metrics and probe listener is bound to, when enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The Raft node, for status and tests.
@@ -170,6 +187,11 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
     let peer_tls = config.tls.as_ref().map(node_client_config).transpose()?;
     let (client_listener, addr) = bind(config.listen_addr).await?;
     let (peer_listener, peer_addr) = bind(config.peer_listen_addr()).await?;
+    let metrics_listener = match config.metrics_listen {
+        Some(at) => Some(bind(at).await?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|(_, at)| *at);
     if config.is_open() {
         tracing::warn!(%addr, "development mode: plaintext, no authentication, every call allowed; configure tls and auth before exposing this node");
     }
@@ -194,8 +216,9 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
         cache_capacity_bytes: config.storage.cache_capacity_bytes(),
     })
     .await?;
-    if config.bootstrap {
-        node.initialize_single_if_new().await?;
+    // Only a node that just made itself a one-node cluster waits for its leader (itself);
+    // a restarted node serves at once, or it could not hear the leader it has to find.
+    if config.bootstrap && node.initialize_single_if_new().await? {
         wait_for_leader(&node).await;
     }
 
@@ -203,38 +226,65 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
     let (stop, stopped) = watch::channel(false);
     let authority = Authority::new(node.clone(), config.clone(), stopped.clone());
 
-    // The client listener.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<SessionAuthorityServer<Authority>>()
-        .await;
-    let reflection = CLIENT_SERVICES
-        .iter()
-        .fold(
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET),
-            |builder, name| builder.with_service_name(*name),
-        )
+    let (health, verdict_seen) = crate::health::start(
+        node.clone(),
+        config.health.clone(),
+        health_reporter,
+        stopped.clone(),
+    )
+    .await;
+    let metrics = metrics_listener.map(|(listener, _)| {
+        tokio::spawn(sampler::run(
+            node.clone(),
+            config.data_dir.clone(),
+            verdict_seen.clone(),
+            stopped.clone(),
+        ));
+        tokio::spawn(crate::metrics::http::serve(
+            listener,
+            node.clone(),
+            verdict_seen,
+            stopped.clone(),
+        ))
+    });
+
+    // The client listener. Both reflection versions: grpcurl speaks v1, many stock clients
+    // (grpcio-reflection, GUI tools) still speak only v1alpha.
+    let reflection = reflection_builder()
         .build_v1()
+        .map_err(|e| Error::Internal(format!("reflection service: {e}")))?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
         .map_err(|e| Error::Internal(format!("reflection service: {e}")))?;
     let sessions = SessionAuthorityServer::new(authority.clone())
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     let cluster = ClusterServer::new(ClusterAdmin::new(node.clone()));
     let authenticator = Arc::new(Authenticator::new(&config.cluster_id, &config.auth));
+    // The metrics layer is outside the auth layer: refused calls are counted too.
     let client_router = Server::builder()
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+        .layer(RpcMetricsLayer)
         .layer(AuthLayer::new(authenticator))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(sessions)
         .add_service(cluster);
 
-    // The peer listener.
-    let transport = RaftTransportServer::new(TransportService::new(node.clone()))
+    // The peer listener. Proposals forwarded by peers are checked like public requests.
+    let proposal_config = config.clone();
+    let check_proposal: CommandCheck = Arc::new(move |command| {
+        crate::api::proposal::check(&proposal_config, command, crate::clock::now_ms())
+    });
+    let transport = RaftTransportServer::new(TransportService::new(node.clone(), check_proposal))
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
     let guard = PeerGuard::new(node.clone(), &config.cluster_id, tls.is_some());
-    let peer_router = Server::builder().add_service(InterceptedService::new(transport, guard));
+    let peer_router = Server::builder()
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+        .add_service(InterceptedService::new(transport, guard));
 
     let client_tls = tls.as_ref().map(|t| t.client.clone());
     let peer_tls = tls.as_ref().map(|t| t.peer.clone());
@@ -245,15 +295,23 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
         let peer = serve!(peer_router, peer_listener, peer_tls, stopped.clone());
         let (client, peer) = tokio::join!(client, peer);
         let _ = gc.await;
+        let _ = health.await;
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         let closed = serving_node.shutdown().await;
         client.map_err(|e| Error::Internal(format!("gRPC server: {e}")))?;
         peer.map_err(|e| Error::Internal(format!("peer server: {e}")))?;
         closed
     });
+    if let Some(at) = metrics_addr {
+        tracing::info!(addr = %at, "metrics and probes on http://{at}/metrics, /healthz, /readyz");
+    }
     tracing::info!(%addr, %peer_addr, node_id = config.node_id, cluster_id = %config.cluster_id, tls = config.tls.is_some(), data_dir = %config.data_dir.display(), "sessiond serving");
     Ok(RunningNode {
         addr,
         peer_addr,
+        metrics_addr,
         node,
         tls,
         stop,
@@ -283,6 +341,17 @@ pub async fn run(config: Config) -> Result<(), Error> {
     running.stop().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Server reflection over every proto file of the API and of gRPC health, listing the
+/// client listener's services ([`CLIENT_SERVICES`]).
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    CLIENT_SERVICES.iter().fold(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+        |builder, name| builder.with_service_name(*name),
+    )
 }
 
 /// Resolves on the next SIGHUP (never on other platforms).
@@ -350,9 +419,12 @@ async fn collect_garbage_periodically(authority: Authority, mut stopped: watch::
                 .await
             {
                 Ok(applied) => match applied.result.kind {
-                    Some(command_result::Kind::CollectGarbage(r))
-                        if r.removed >= u64::from(gc.batch_limit) => {}
                     Some(command_result::Kind::CollectGarbage(r)) => {
+                        crate::metrics::GC_COLLECTIONS.inc();
+                        crate::metrics::GC_REMOVED.inc_by(r.removed);
+                        if r.removed >= u64::from(gc.batch_limit) {
+                            continue;
+                        }
                         if r.removed > 0 {
                             tracing::debug!(removed = r.removed, "garbage collected");
                         }

@@ -232,6 +232,7 @@ async fn membership_changes_are_validated_and_serialized() {
         .add_learner(AddLearnerRequest {
             node_id: 0,
             addr: "127.0.0.1:1".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -241,6 +242,7 @@ async fn membership_changes_are_validated_and_serialized() {
         .add_learner(AddLearnerRequest {
             node_id: 7,
             addr: "nowhere".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -249,12 +251,16 @@ async fn membership_changes_are_validated_and_serialized() {
         .add_learner(AddLearnerRequest {
             node_id: 1,
             addr: "127.0.0.1:1".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(reused.code(), tonic::Code::FailedPrecondition);
     let not_learner = admin
-        .promote(PromoteRequest { node_id: 9 })
+        .promote(PromoteRequest {
+            node_id: 9,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(not_learner.code(), tonic::Code::FailedPrecondition);

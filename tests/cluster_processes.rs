@@ -118,10 +118,20 @@ async fn acknowledged_writes_survive_sigkill_of_a_follower_and_the_leader() {
     for id in [2u64, 3] {
         let addr = files[id as usize - 1].peer_addr.clone();
         admin
-            .add_learner(AddLearnerRequest { node_id: id, addr })
+            .add_learner(AddLearnerRequest {
+                node_id: id,
+                addr,
+                ..Default::default()
+            })
             .await
             .unwrap();
-        admin.promote(PromoteRequest { node_id: id }).await.unwrap();
+        admin
+            .promote(PromoteRequest {
+                node_id: id,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
     }
 
     let mut clients = Vec::new();

@@ -156,6 +156,9 @@ const METHODS: &[&str] = &[
     "Cluster.Promote",
     "Cluster.Remove",
     "Cluster.Status",
+    "Cluster.StateDigest",
+    "Cluster.TriggerSnapshot",
+    "Cluster.PurgeLog",
 ];
 
 /// Which RPCs each role may call: (method, service, gateway, operator).
@@ -176,6 +179,9 @@ const ALLOWED: &[(&str, bool, bool, bool)] = &[
     ("Cluster.Promote", false, false, true),
     ("Cluster.Remove", false, false, true),
     ("Cluster.Status", true, true, true),
+    ("Cluster.StateDigest", false, false, true),
+    ("Cluster.TriggerSnapshot", false, false, true),
+    ("Cluster.PurgeLog", false, false, true),
 ];
 
 /// A session of tenant `acme` the table's requests refer to.
@@ -185,8 +191,9 @@ struct Fixture {
     access_token: String,
 }
 
-/// Calls `method` with a harmless request in tenant `acme` (membership changes name node 0,
-/// which is INVALID_ARGUMENT once authorized) and returns its status.
+/// Calls `method` with a harmless request in tenant `acme` (membership changes name node 0
+/// and a log purge index 0, which are INVALID_ARGUMENT once authorized) and returns its
+/// status.
 async fn call(
     method: &str,
     client: &Client,
@@ -267,6 +274,7 @@ async fn call(
             .watch_revocations(WatchRevocationsRequest {
                 from_revision: 0,
                 tenants: vec![acme],
+                from_sequence: 0,
             })
             .await
             .map(drop),
@@ -282,13 +290,20 @@ async fn call(
                 AddLearnerRequest {
                     node_id: 0,
                     addr: "127.0.0.1:1".into(),
+                    timeout_ms: 0,
                 },
                 key,
             ))
             .await
             .map(drop),
         "Cluster.Promote" => admin
-            .promote(with_key(PromoteRequest { node_id: 0 }, key))
+            .promote(with_key(
+                PromoteRequest {
+                    node_id: 0,
+                    force: false,
+                },
+                key,
+            ))
             .await
             .map(drop),
         "Cluster.Remove" => admin
@@ -297,6 +312,18 @@ async fn call(
             .map(drop),
         "Cluster.Status" => admin
             .status(with_key(ClusterStatusRequest {}, key))
+            .await
+            .map(drop),
+        "Cluster.StateDigest" => admin
+            .state_digest(with_key(StateDigestRequest {}, key))
+            .await
+            .map(drop),
+        "Cluster.TriggerSnapshot" => admin
+            .trigger_snapshot(with_key(TriggerSnapshotRequest {}, key))
+            .await
+            .map(drop),
+        "Cluster.PurgeLog" => admin
+            .purge_log(with_key(PurgeLogRequest { upto: 0 }, key))
             .await
             .map(drop),
         other => panic!("no request for {other}"),
@@ -446,6 +473,7 @@ async fn a_credential_for_one_tenant_cannot_touch_another() {
             .watch_revocations(WatchRevocationsRequest {
                 from_revision: 0,
                 tenants: vec!["acme".into(), "globex".into()],
+                from_sequence: 0,
             })
             .await,
         "watch another tenant",
@@ -809,13 +837,20 @@ async fn a_tls_cluster_forms_and_replicates_over_the_peer_listener() {
             AddLearnerRequest {
                 node_id: 2,
                 addr: nodes[1].peer_addr().to_string(),
+                timeout_ms: 0,
             },
             Some(&key),
         ))
         .await
         .expect("the learner is added over mTLS");
     let status = admin
-        .promote(with_key(PromoteRequest { node_id: 2 }, Some(&key)))
+        .promote(with_key(
+            PromoteRequest {
+                node_id: 2,
+                force: false,
+            },
+            Some(&key),
+        ))
         .await
         .expect("promoted")
         .into_inner()

@@ -8,8 +8,14 @@
 //!
 //! Three node-local operator calls serve audits and the fault harness: a digest of the
 //! applied state, and forcing a snapshot or a log purge on the node asked.
+//!
+//! The membership commands tell the truth: AddLearner answers once the leader has replicated
+//! to the learner every entry its log held at the call (a snapshot install included), or
+//! fails with DEADLINE_EXCEEDED saying how far the learner got; Promote refuses a learner
+//! that has not caught up unless forced.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
@@ -34,6 +40,21 @@ use crate::Error;
 const DIGEST_PAGE: usize = 1_000;
 /// Attempts at a digest during which no entry was applied, before giving up.
 const DIGEST_ATTEMPTS: usize = 5;
+
+/// How long AddLearner waits for the learner when the request does not say.
+const DEFAULT_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Most entries a learner may be behind the leader's last log index and still be promoted
+/// without `force` (it must also hold the log past the leader's purge point).
+pub const PROMOTE_MAX_LAG: u64 = 1_000;
+
+/// The leader's view of node `id`'s replication: the last log index it holds, if known.
+fn matched(m: &openraft::RaftMetrics<u64, BasicNode>, id: u64) -> Option<u64> {
+    m.replication
+        .as_ref()
+        .and_then(|r| r.get(&id).copied().flatten())
+        .map(|l| l.index)
+}
 
 /// The cluster administration service of one node.
 #[derive(Clone)]
@@ -61,15 +82,10 @@ impl ClusterAdmin {
         let mut members: Vec<Member> = membership
             .nodes()
             .map(|(id, node)| {
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(id))
-                    .and_then(|l| l.map(|l| l.index));
                 let matched = if *id == m.id {
                     Some(last_log_index)
                 } else {
-                    matched
+                    matched(&m, *id)
                 };
                 Member {
                     node_id: *id,
@@ -153,6 +169,28 @@ impl ClusterAdmin {
         }
         let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
         Ok(Some(ClusterClient::new(channel)))
+    }
+
+    /// Refuses (FAILED_PRECONDITION) unless learner `id` holds the leader's log to within
+    /// [`PROMOTE_MAX_LAG`] entries and past its purge point.
+    fn caught_up(&self, id: u64) -> Result<(), Error> {
+        let m = self.node.raft().metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() || membership.voter_ids().any(|v| v == id) {
+            return Err(Error::Conflict(format!(
+                "node {id} is not a learner of the cluster; add it first"
+            )));
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        let purged = m.purged.map_or(0, |p| p.index);
+        match matched(&m, id) {
+            Some(i) if i >= purged && last.saturating_sub(i) <= PROMOTE_MAX_LAG => Ok(()),
+            held => Err(Error::Conflict(format!(
+                "node {id} has not caught up: it holds {} of the leader's {last} entries; \
+                 wait for it (cluster status) or promote with force",
+                held.map_or("none".to_owned(), |i| i.to_string())
+            ))),
+        }
     }
 
     async fn changed(&self) -> Result<Response<MembershipResponse>, Status> {
@@ -283,12 +321,37 @@ impl Cluster for ClusterAdmin {
                 .into());
             }
         }
-        self.node
-            .raft()
-            .add_learner(id, BasicNode::new(&r.addr), true)
+        let raft = self.node.raft();
+        let at_call = raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let added = raft
+            .add_learner(id, BasicNode::new(&r.addr), false)
             .await
             .map_err(membership_failed)?;
         audit::membership_changed(&principal, "add_learner", id, &r.addr);
+        let target = at_call.max(added.log_id.index);
+        tracing::info!(node_id = id, addr = %r.addr, target, "learner added; waiting for it to catch up");
+        let timeout = match r.timeout_ms {
+            0 => DEFAULT_CATCH_UP_TIMEOUT,
+            ms => Duration::from_millis(ms),
+        };
+        let caught_up = raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| matched(m, id).is_some_and(|i| i >= target),
+                "the learner caught up",
+            )
+            .await;
+        if caught_up.is_err() {
+            let m = raft.metrics().borrow().clone();
+            let got = matched(&m, id).map_or("nothing".to_owned(), |i| format!("index {i}"));
+            return Err(Status::deadline_exceeded(format!(
+                "node {id} is a learner but has not caught up within {} ms: it holds {got} of \
+                 the {target} entries the leader had; it keeps catching up (see cluster \
+                 status); do not promote it before it has",
+                timeout.as_millis()
+            )));
+        }
+        tracing::info!(node_id = id, target, "learner caught up");
         self.changed().await
     }
 
@@ -304,6 +367,9 @@ impl Cluster for ClusterAdmin {
             let done = leader.promote(relayed(r, key)).await?;
             audit::membership_changed(&principal, "promote", id, "");
             return Ok(done);
+        }
+        if !r.force {
+            self.caught_up(id)?;
         }
         self.node
             .raft()

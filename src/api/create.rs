@@ -5,6 +5,10 @@
 //! same parameters gets the very same tokens back, the first revision, and the session as it
 //! is now (nothing is created twice). The same id with other parameters opens nothing: it is
 //! FAILED_PRECONDITION.
+//!
+//! With `sessions.ttl_jitter_pct`, the proposer shortens each lifetime by a random share (so
+//! sessions created together do not all expire together); the chosen expiry travels in the
+//! command, so every replica applies the same value.
 
 use super::service::{now_ms, Authority, Idempotency};
 use super::{convert, validate};
@@ -71,7 +75,11 @@ pub async fn handle(
         join_family,
         tenant: request.tenant.clone(),
         user_id: request.user_id.clone(),
-        expires_at_ms: now.saturating_add(ttl_ms),
+        expires_at_ms: now.saturating_add(jittered(
+            ttl_ms,
+            policy.ttl_jitter_pct,
+            &mut rand::rng(),
+        )),
         idle_timeout_ms,
         device_public_key: request.device_public_key,
         attributes: request.attributes,
@@ -145,6 +153,15 @@ fn fingerprint(request: &CreateSessionRequest) -> Vec<u8> {
     f.finish()
 }
 
+/// `ttl_ms` shortened by a random 0..=`pct` percent (never below 1 ms).
+fn jittered(ttl_ms: i64, pct: u32, rng: &mut impl rand::Rng) -> i64 {
+    let most = ttl_ms.saturating_mul(i64::from(pct)) / 100;
+    if most <= 0 {
+        return ttl_ms;
+    }
+    (ttl_ms - rng.random_range(0..=most)).max(1)
+}
+
 fn expect_create(
     result: CommandResult,
 ) -> Result<crate::proto::internal::CreateSessionResult, Error> {
@@ -163,5 +180,28 @@ pub fn mismatched(deduplicated: bool) -> Error {
         Error::Internal(format!(
             "applied result does not match the command (schema {SCHEMA_VERSION})"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::jittered;
+
+    #[test]
+    fn jitter_shortens_lifetimes_within_the_bound_and_spreads_them() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let ttl = 3_600_000;
+        let lifetimes: Vec<i64> = (0..200).map(|_| jittered(ttl, 10, &mut rng)).collect();
+        assert!(lifetimes.iter().all(|l| (ttl - ttl / 10..=ttl).contains(l)));
+        let distinct: std::collections::BTreeSet<_> = lifetimes.iter().collect();
+        assert!(
+            distinct.len() > 150,
+            "{} distinct lifetimes",
+            distinct.len()
+        );
+        assert_eq!(jittered(ttl, 0, &mut rng), ttl);
+        assert!((3..=5).contains(&jittered(5, 50, &mut rng)));
     }
 }

@@ -17,6 +17,7 @@ pub mod convert;
 pub mod create;
 pub mod lease;
 pub mod limits;
+pub mod proposal;
 pub mod reads;
 pub mod redact;
 pub mod revoke;

@@ -129,6 +129,23 @@ impl Authority {
         Ok(absent(state)?.then_some(revision))
     }
 
+    /// The time a read is answered at: this node's clock held to cluster time, i.e. never
+    /// before the latest time the leader stamped on an entry this node applied, and at most
+    /// one GC interval (the longest an idle leader goes without stamping an entry) plus
+    /// [`READ_CLOCK_SLACK_MS`] after it. A node whose clock runs ahead or behind therefore
+    /// reports no live session expired early and no expired one alive for long.
+    pub fn read_now_ms(&self) -> Result<i64, Error> {
+        let wall = crate::clock::now_ms();
+        let stamped = crate::domain::time::applied(self.node.state())?;
+        if stamped == 0 {
+            return Ok(wall);
+        }
+        let lead = i64::try_from(self.config.gc.interval_ms)
+            .unwrap_or(i64::MAX)
+            .saturating_add(READ_CLOCK_SLACK_MS);
+        Ok(wall.clamp(stamped, stamped.saturating_add(lead)))
+    }
+
     /// Waits until this node's applied state reflects every write acknowledged before the
     /// call, when `consistency` asks for it.
     pub async fn read_barrier(&self, consistency: Consistency) -> Result<(), Error> {
@@ -213,6 +230,9 @@ impl Authority {
         )))
     }
 }
+
+/// How far past the last stamped time (beyond one GC interval) a read's clock may run.
+pub const READ_CLOCK_SLACK_MS: i64 = 2_000;
 
 fn reply<T>(result: Result<T, Error>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(Status::from)

@@ -10,6 +10,9 @@
 //! snapshot's end. A resume point the compaction has passed gets RESYNC_REQUIRED instead of a gap.
 //! Delivery never blocks the apply loop: a subscriber that keeps its buffer full past a
 //! timeout, or falls behind the feed, gets a last CUT_OFF message with its resume revision.
+//! No message exceeds the size limit: a revision whose events do not fit in one travels in
+//! parts, and a resume position is (revision, sequence), so resuming inside a revision
+//! neither skips nor repeats an event.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,14 +20,16 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use prost::Message as _;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use super::service::{now_ms, Authority};
+use super::service::Authority;
 use super::validate;
 use crate::config::WatchConfig;
-use crate::domain::{events, query};
+use crate::domain::events::{self, Position};
+use crate::domain::query;
 use crate::proto::internal;
 use crate::proto::v1::*;
 use crate::store::state_machine::AppliedRevocations;
@@ -35,6 +40,10 @@ use crate::Error;
 pub const MAX_WATCHED_TENANTS: usize = 64;
 /// Events read from the backlog per step.
 const BACKLOG_PAGE: usize = 512;
+/// Bytes of a message besides its events (envelope, revision, flags), with room to spare.
+const MESSAGE_OVERHEAD: usize = 256;
+/// Bytes an event adds to a message besides its own encoding (field tag and length).
+const EVENT_OVERHEAD: usize = 8;
 /// Largest ListRevoked page.
 pub const MAX_REVOKED_PAGE: u32 = 1000;
 
@@ -65,7 +74,14 @@ pub fn watch(
     let subscriber = Subscriber {
         state,
         tenants: request.tenants.into_iter().collect(),
-        delivered: request.from_revision,
+        delivered: Position {
+            revision: request.from_revision,
+            sequence: request.from_sequence,
+        },
+        message_budget: authority
+            .config()
+            .max_message_bytes
+            .saturating_sub(MESSAGE_OVERHEAD),
         tx,
         config,
         stopping: authority.stopping(),
@@ -85,8 +101,10 @@ enum Stop {
 struct Subscriber {
     state: StateReader,
     tenants: BTreeSet<String>,
-    /// The highest revision whose events (if any) were delivered.
-    delivered: u64,
+    /// Every event before this position was delivered (or filtered out).
+    delivered: Position,
+    /// Most encoded bytes of events in one message.
+    message_budget: usize,
     tx: mpsc::Sender<Result<WatchRevocationsResponse, Status>>,
     config: WatchConfig,
     /// Turns true when the node stops: the stream ends (the subscriber resumes elsewhere).
@@ -97,9 +115,10 @@ fn message(kind: watch_revocations_response::Kind) -> WatchRevocationsResponse {
     WatchRevocationsResponse { kind: Some(kind) }
 }
 
-fn public_event(revision: u64, e: internal::RevocationEvent) -> RevocationEvent {
+fn public_event(revision: u64, sequence: u32, e: internal::RevocationEvent) -> RevocationEvent {
     RevocationEvent {
         revision,
+        sequence,
         tenant: e.tenant,
         user_id: e.user_id,
         family_id: e.family_id,
@@ -112,6 +131,7 @@ fn public_event(revision: u64, e: internal::RevocationEvent) -> RevocationEvent 
 
 impl Subscriber {
     async fn run(mut self, live: Feed, applied: u64) {
+        let _counted = crate::metrics::stream_subscribed();
         let stopped = match self.backlog(applied).await {
             Ok(()) => self.follow(live).await,
             Err(stop) => stop,
@@ -147,34 +167,73 @@ impl Subscriber {
 
     /// Tells the subscriber where to resume; it is then dropped.
     fn cut_off(&self) {
+        crate::metrics::STREAM_CUT_OFFS.inc();
         let _ = self
             .tx
             .try_send(Ok(message(watch_revocations_response::Kind::CutOff(
                 CutOff {
-                    resume_from_revision: self.delivered,
+                    resume_from_revision: self.delivered.revision,
+                    resume_from_sequence: self.delivered.sequence,
                 },
             ))));
     }
 
-    /// Delivers one revision's events (those the filter keeps).
+    /// Delivers events of one revision (those the filter keeps and the position owes), in
+    /// messages of at most the budget; `complete` when they end the revision.
     async fn deliver(
         &mut self,
         revision: u64,
-        events: impl IntoIterator<Item = internal::RevocationEvent>,
+        events: impl IntoIterator<Item = (u32, internal::RevocationEvent)>,
+        complete: bool,
     ) -> Result<(), Stop> {
-        let events: Vec<RevocationEvent> = events
-            .into_iter()
-            .filter(|e| self.wanted(e))
-            .map(|e| public_event(revision, e))
-            .collect();
-        if !events.is_empty() {
-            self.send(watch_revocations_response::Kind::Events(RevocationEvents {
-                revision,
-                events,
-            }))
-            .await?;
+        let mut part: Vec<RevocationEvent> = Vec::new();
+        let mut part_bytes = 0;
+        let mut last_sequence = None;
+        for (sequence, event) in events {
+            if !self.delivered.owes(revision, sequence) {
+                continue;
+            }
+            last_sequence = Some(sequence);
+            if !self.wanted(&event) {
+                continue;
+            }
+            let event = public_event(revision, sequence, event);
+            let size = event.encoded_len() + EVENT_OVERHEAD;
+            if !part.is_empty() && part_bytes + size > self.message_budget {
+                self.send_part(revision, std::mem::take(&mut part), true)
+                    .await?;
+                part_bytes = 0;
+            }
+            part_bytes += size;
+            part.push(event);
         }
-        self.delivered = revision;
+        if !part.is_empty() {
+            self.send_part(revision, part, !complete).await?;
+        }
+        if let Some(sequence) = last_sequence {
+            self.delivered = Position::after(revision, sequence, complete);
+        } else if complete && revision > self.delivered.revision {
+            self.delivered = Position::after(revision, 0, true);
+        }
+        Ok(())
+    }
+
+    /// Sends one message of events of `revision`; `partial` when more of it follow. On
+    /// success the position moves past its last event.
+    async fn send_part(
+        &mut self,
+        revision: u64,
+        events: Vec<RevocationEvent>,
+        partial: bool,
+    ) -> Result<(), Stop> {
+        let last = events.last().map_or(0, |e| e.sequence);
+        self.send(watch_revocations_response::Kind::Events(RevocationEvents {
+            revision,
+            events,
+            partial,
+        }))
+        .await?;
+        self.delivered = Position::after(revision, last, !partial);
         Ok(())
     }
 
@@ -195,34 +254,47 @@ impl Subscriber {
         Stop::Done
     }
 
+    /// Whether compaction passed the resume position (a revision partly delivered counts as
+    /// passed once its events are compacted).
+    fn compacted_past(&self, compacted: u64) -> bool {
+        compacted > self.delivered.revision
+            || (compacted == self.delivered.revision && self.delivered.sequence > 0)
+    }
+
     /// Delivers every retained event after the resume point up to `upto`: the applied index
     /// when the feed was subscribed to (everything later arrives through the feed), or the
     /// end of a snapshot this node installed.
     async fn backlog(&mut self, upto: u64) -> Result<(), Stop> {
         loop {
             let compacted = self.compacted_through()?;
-            if compacted > self.delivered {
+            if self.compacted_past(compacted) {
                 return Err(self.resync(compacted).await);
             }
-            let page = events::retained_between(&self.state, self.delivered, upto, BACKLOG_PAGE)
+            let page = events::retained_after(&self.state, self.delivered, upto, BACKLOG_PAGE)
                 .map_err(|e| Stop::Failed(e.into()))?;
             let compacted = self.compacted_through()?;
-            if compacted > self.delivered {
+            if self.compacted_past(compacted) {
                 return Err(self.resync(compacted).await);
             }
             if page.is_empty() {
                 break;
             }
+            let full = page.len() >= BACKLOG_PAGE;
             let mut page = page.into_iter().peekable();
-            while let Some((revision, event)) = page.next() {
-                let mut batch = vec![event];
-                while let Some((_, e)) = page.next_if(|(r, _)| *r == revision) {
-                    batch.push(e);
+            while let Some((revision, sequence, event)) = page.next() {
+                let mut batch = vec![(sequence, event)];
+                while let Some((_, s, e)) = page.next_if(|(r, _, _)| *r == revision) {
+                    batch.push((s, e));
                 }
-                self.deliver(revision, batch).await?;
+                // Only a full page's last revision may continue on the next page.
+                let complete = page.peek().is_some() || !full;
+                self.deliver(revision, batch, complete).await?;
             }
         }
-        self.delivered = self.delivered.max(upto);
+        // Every revision up to `upto` was read whole (the last page may have ended on one).
+        if upto >= self.delivered.revision {
+            self.delivered = Position::after(upto, 0, true);
+        }
         Ok(())
     }
 
@@ -235,8 +307,9 @@ impl Subscriber {
             let step = tokio::select! {
                 received = live.recv() => match received {
                     Ok(applied) if applied.installed => self.backlog(applied.revision).await,
-                    Ok(applied) if applied.revision > self.delivered => {
-                        self.deliver(applied.revision, applied.events.iter().cloned()).await
+                    Ok(applied) if self.delivered.owes(applied.revision, u32::MAX) => {
+                        let events = (0..).zip(applied.events.iter().cloned());
+                        self.deliver(applied.revision, events, true).await
                     }
                     Ok(_) => Ok(()),
                     Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -263,9 +336,11 @@ impl Subscriber {
         if !live.is_empty() {
             return Ok(());
         }
-        self.delivered = self.delivered.max(applied);
+        if applied > self.delivered.revision {
+            self.delivered = Position::after(applied, 0, true);
+        }
         self.send(watch_revocations_response::Kind::Progress(Progress {
-            revision: self.delivered,
+            revision: self.delivered.revision,
         }))
         .await
     }
@@ -290,7 +365,7 @@ pub async fn list_revoked(
     let page = query::revoked_sessions(
         state,
         &request.tenant,
-        now_ms(),
+        authority.read_now_ms()?,
         page_size as usize,
         cursor.as_deref(),
     )?;

@@ -61,6 +61,7 @@ pub async fn run(
             .watch_revocations(WatchRevocationsRequest {
                 from_revision,
                 tenants: vec![tenant.to_owned()],
+                from_sequence: 0,
             })
             .await?;
         consumers.spawn(consume(stream, received.clone(), stopped.clone()));

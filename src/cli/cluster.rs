@@ -1,10 +1,12 @@
 //! `sessiond cluster …`: grow, shrink and inspect a running cluster. Any node accepts these
 //! commands (followers relay membership changes to the leader).
 
-use crate::client::{connect_transport, ClientOptions};
+use std::time::Duration;
+
 use clap::Subcommand;
 use serde_json::json;
 
+use crate::client::{connect_transport, Transport};
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::{
     AddLearnerRequest, ClusterStatusRequest, ClusterStatusResponse, MemberRole, PromoteRequest,
@@ -14,17 +16,24 @@ use crate::proto::v1::{
 /// Cluster subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Add a node as a learner; returns once it has caught up.
+    /// Add a node as a learner; returns once it holds the leader's log as of the call
+    /// (printing its progress meanwhile), or fails after --timeout.
     AddLearner {
         /// The new node's id (never reused).
         node_id: u64,
-        /// The new node's address, host:port.
+        /// The new node's peer address (its peer listener), host:port.
         addr: String,
+        /// Seconds to wait for the learner to catch up.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
     },
-    /// Make a learner a voter.
+    /// Make a learner a voter (refused while it has not caught up, unless --force).
     Promote {
         /// The learner's id.
         node_id: u64,
+        /// Promote even a learner that has not caught up.
+        #[arg(long)]
+        force: bool,
     },
     /// Remove a node (voter or learner); stop it afterwards.
     Remove {
@@ -44,15 +53,62 @@ pub enum ClusterCommand {
     },
 }
 
-/// Runs one cluster command against `endpoint`, printing the resulting status.
-pub async fn run(
-    endpoint: &str,
-    options: &ClientOptions,
-    json_output: bool,
-    command: ClusterCommand,
-) -> anyhow::Result<()> {
-    let channel = connect_transport(endpoint, options).await?;
-    let mut client = ClusterClient::new(channel);
+/// How often add-learner reports the learner's progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Connects to the first of `target`'s comma-separated endpoints that answers, with its
+/// TLS and credentials.
+pub async fn connect_any(target: &super::Target) -> anyhow::Result<Transport> {
+    let options = target.connect.options()?;
+    let mut failures = Vec::new();
+    for endpoint in super::endpoint_list(&target.endpoint) {
+        match connect_transport(&endpoint, &options).await {
+            Ok(transport) => return Ok(transport),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    Err(super::Unreachable(failures.join("; ")).into())
+}
+
+/// Adds the learner, printing its progress (to stderr) while the call waits.
+async fn add_learner(
+    client: &mut ClusterClient<Transport>,
+    request: AddLearnerRequest,
+    quiet: bool,
+) -> anyhow::Result<Option<ClusterStatusResponse>> {
+    let id = request.node_id;
+    let mut watcher = client.clone();
+    let added = client.add_learner(request);
+    tokio::pin!(added);
+    let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            done = &mut added => return Ok(done?.into_inner().status),
+            _ = ticker.tick() => {
+                if quiet {
+                    continue;
+                }
+                if let Ok(s) = watcher.status(ClusterStatusRequest {}).await {
+                    let s = s.into_inner();
+                    match s.members.iter().find(|m| m.node_id == id) {
+                        Some(m) if m.matched_index > 0 => eprintln!(
+                            "node {id} catching up: holds {} of {} entries",
+                            m.matched_index, s.last_log_index
+                        ),
+                        _ => eprintln!("node {id} catching up (receiving the log or a snapshot)"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs one cluster command against the first answering node of `endpoints`, printing the
+/// resulting status.
+pub async fn run(target: &super::Target, command: ClusterCommand) -> anyhow::Result<()> {
+    let json_output = target.json;
+    let mut client = ClusterClient::new(connect_any(target).await?);
     let (what, status) = match command {
         ClusterCommand::Digest => {
             let d = client
@@ -77,7 +133,14 @@ pub async fn run(
                 .trigger_snapshot(TriggerSnapshotRequest {})
                 .await?
                 .into_inner();
-            println!("node {} is building a snapshot", r.node_id);
+            if json_output {
+                println!(
+                    "{}",
+                    json!({"node_id": r.node_id, "building_snapshot": true})
+                );
+            } else {
+                println!("node {} is building a snapshot", r.node_id);
+            }
             return Ok(());
         }
         ClusterCommand::PurgeLog { upto } => {
@@ -85,22 +148,32 @@ pub async fn run(
                 .purge_log(PurgeLogRequest { upto })
                 .await?
                 .into_inner();
-            println!("node {} is purging its log up to {upto}", r.node_id);
+            if json_output {
+                println!("{}", json!({"node_id": r.node_id, "purging_up_to": upto}));
+            } else {
+                println!("node {} is purging its log up to {upto}", r.node_id);
+            }
             return Ok(());
         }
-        ClusterCommand::AddLearner { node_id, addr } => {
-            let r = client
-                .add_learner(AddLearnerRequest { node_id, addr })
-                .await?
-                .into_inner();
+        ClusterCommand::AddLearner {
+            node_id,
+            addr,
+            timeout,
+        } => {
+            let request = AddLearnerRequest {
+                node_id,
+                addr,
+                timeout_ms: timeout.saturating_mul(1000),
+            };
+            let status = add_learner(&mut client, request, json_output).await?;
             (
                 format!("node {node_id} added as a learner and caught up"),
-                r.status,
+                status,
             )
         }
-        ClusterCommand::Promote { node_id } => {
+        ClusterCommand::Promote { node_id, force } => {
             let r = client
-                .promote(PromoteRequest { node_id })
+                .promote(PromoteRequest { node_id, force })
                 .await?
                 .into_inner();
             (format!("node {node_id} is now a voter"), r.status)

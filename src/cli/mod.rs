@@ -1,18 +1,26 @@
 //! The `sessiond` command line: `serve` runs a node; `session …` talks to a running node for
-//! operators debugging a user's sessions; `cluster …` grows, shrinks and inspects a cluster; `watch` prints
-//! revocations as they happen; `bench` measures throughput and latency.
+//! operators debugging a user's sessions; `cluster …` grows, shrinks and inspects a cluster;
+//! `watch` prints revocations as they happen; `bench` measures throughput and latency;
+//! `certs` makes development certificates and API keys; `completions` prints a shell
+//! completion script.
+//!
+//! Every client command takes `--endpoint` as one URL or a comma-separated list of a
+//! cluster's nodes, `--json`, and the TLS and credential flags of [`ConnectArgs`]. Exit
+//! codes: see [`output::exit_code`].
 
 pub mod certs;
 pub mod cluster;
+pub mod output;
 pub mod serve;
 pub mod session;
 pub mod watch;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::client::{ClientOptions, DEFAULT_ENDPOINT};
+use crate::client::{Client, ClientOptions, DEFAULT_ENDPOINT};
 
 /// sessiond: a Raft-replicated session authority.
 #[derive(Debug, Parser)]
@@ -56,6 +64,20 @@ impl ConnectArgs {
     }
 }
 
+/// Where a client command connects, and how it prints.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// The node to talk to, or several comma-separated nodes of one cluster.
+    #[arg(long, env = "SESSIOND_ENDPOINT", default_value = DEFAULT_ENDPOINT, global = true)]
+    pub endpoint: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// TLS and credentials.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -63,39 +85,27 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Create, rotate, look up, list and revoke sessions on a running node.
     Session {
-        /// The node to talk to, or several comma-separated nodes of one cluster.
-        #[arg(long, env = "SESSIOND_ENDPOINT", default_value = DEFAULT_ENDPOINT, global = true)]
-        endpoint: String,
-        /// TLS and credentials.
+        /// Endpoints, output format, TLS and credentials.
         #[command(flatten)]
-        connect: ConnectArgs,
+        target: Target,
         /// What to do.
         #[command(subcommand)]
         command: session::SessionCommand,
     },
     /// Print revocation events as they arrive.
     Watch {
-        /// The node to subscribe on (any member).
-        #[arg(long, env = "SESSIOND_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
-        endpoint: String,
-        /// TLS and credentials.
+        /// Endpoints, output format, TLS and credentials.
         #[command(flatten)]
-        connect: ConnectArgs,
+        target: Target,
         /// What to watch.
         #[command(flatten)]
         args: watch::WatchArgs,
     },
     /// Add, promote and remove nodes; show the cluster's status.
     Cluster {
-        /// The node to talk to (any member).
-        #[arg(long, env = "SESSIOND_ENDPOINT", default_value = DEFAULT_ENDPOINT, global = true)]
-        endpoint: String,
-        /// Print JSON instead of a table.
-        #[arg(long, global = true)]
-        json: bool,
-        /// TLS and credentials.
+        /// Endpoints, output format, TLS and credentials.
         #[command(flatten)]
-        connect: ConnectArgs,
+        target: Target,
         /// What to do.
         #[command(subcommand)]
         command: cluster::ClusterCommand,
@@ -108,30 +118,66 @@ pub enum Command {
     },
     /// Load-test a cluster (or, built with `--features compare`, etcd or Redis).
     Bench(crate::bench::BenchArgs),
+    /// Print a shell completion script (e.g. `sessiond completions bash > /etc/bash_completion.d/sessiond`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
-/// Parses the command line and runs it; the process exit code follows the result.
-pub async fn main() -> anyhow::Result<()> {
+/// No node of the given endpoints could be reached.
+#[derive(Debug, thiserror::Error)]
+#[error("no endpoint answered: {0}")]
+pub struct Unreachable(pub String);
+
+/// The comma-separated `endpoints`, trimmed, empty entries dropped.
+pub fn endpoint_list(endpoints: &str) -> Vec<String> {
+    endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A client of `target`'s endpoints (one node, or a cluster's nodes tried in turn), with
+/// its TLS and credentials.
+pub async fn client(target: &Target) -> anyhow::Result<Client> {
+    let urls = endpoint_list(&target.endpoint);
+    let options = target.connect.options()?;
+    match urls.as_slice() {
+        [] => Err(Unreachable("no endpoint given".into()).into()),
+        [one] => Ok(Client::connect_with(one, &options).await?),
+        many => Ok(Client::for_cluster_with(many, &options)?),
+    }
+}
+
+/// Parses the command line, runs it, and turns the outcome into the process exit code
+/// (0 success; errors as in [`output::exit_code`], after printing the error).
+pub async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let ran = match cli.command {
         Command::Serve(args) => serve::run(args).await,
-        Command::Session {
-            endpoint,
-            connect,
-            command,
-        } => session::run(&endpoint, &connect.options()?, command).await,
-        Command::Watch {
-            endpoint,
-            connect,
-            args,
-        } => watch::run(&endpoint, &connect.options()?, args).await,
-        Command::Cluster {
-            endpoint,
-            json,
-            connect,
-            command,
-        } => cluster::run(&endpoint, &connect.options()?, json, command).await,
+        Command::Session { target, command } => session::run(&target, command).await,
+        Command::Watch { target, args } => watch::run(&target, args).await,
+        Command::Cluster { target, command } => cluster::run(&target, command).await,
         Command::Certs { command } => certs::run(command),
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "sessiond",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+    };
+    match ran {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(output::exit_code(&e))
+        }
     }
 }

@@ -71,6 +71,9 @@ pub struct ServeArgs {
     /// Garbage collection interval in ms.
     #[arg(long, env = "SESSIOND_GC_INTERVAL_MS")]
     pub gc_interval_ms: Option<u64>,
+    /// Serve /metrics, /healthz and /readyz over HTTP on this address (off unless set).
+    #[arg(long, env = "SESSIOND_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Test-only: shift this node's clock by this many ms (simulates a skewed node).
     #[arg(
         long,
@@ -102,6 +105,9 @@ impl ServeArgs {
         set(&mut s.max_sessions_per_user, self.max_sessions_per_user);
         set(&mut config.gc.interval_ms, self.gc_interval_ms);
         set(&mut config.clock_offset_ms, self.clock_offset_ms);
+        if self.metrics_listen.is_some() {
+            config.metrics_listen = self.metrics_listen;
+        }
         if self.advertise.is_some() {
             config.advertise_addr = self.advertise.clone();
         }

@@ -4,7 +4,9 @@
 
 use clap::{Subcommand, ValueEnum};
 
-use crate::client::{Client, ClientOptions};
+use serde_json::{json, Value};
+
+use super::output;
 use crate::proto::v1::*;
 
 /// Session subcommands.
@@ -139,20 +141,75 @@ fn parse_attribute(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| "expected key=value".to_owned())
 }
 
-/// Runs one session subcommand against `endpoint` (one URL, or several separated by
-/// commas: any nodes of a cluster) and prints the result.
-pub async fn run(
-    endpoint: &str,
-    options: &ClientOptions,
-    command: SessionCommand,
-) -> anyhow::Result<()> {
-    let urls: Vec<String> = endpoint.split(',').map(|u| u.trim().to_owned()).collect();
-    let client = if urls.len() == 1 {
-        Client::connect_with(&urls[0], options).await?
-    } else {
-        Client::for_cluster_with(&urls, options)?
-    };
-    match command {
+/// What a command prints: JSON (`--json`) or text.
+struct Report {
+    json: Value,
+    text: String,
+}
+
+/// An outcome enum's name without its prefix (`ROTATED`).
+fn outcome_name(name: &str) -> String {
+    [
+        "CREATE_SESSION_OUTCOME_",
+        "ROTATE_OUTCOME_",
+        "LOOKUP_OUTCOME_",
+        "TOUCH_OUTCOME_",
+    ]
+    .iter()
+    .find_map(|p| name.strip_prefix(p))
+    .unwrap_or(name)
+    .to_owned()
+}
+
+/// The report of an answer carrying an outcome, tokens and a session.
+fn answer(
+    outcome: &str,
+    tokens: Option<(&str, &str, i64)>,
+    session: Option<&Session>,
+    extra: Value,
+    now: i64,
+) -> Report {
+    let outcome = outcome_name(outcome);
+    let mut json = json!({ "outcome": outcome });
+    let mut text = format!("outcome:       {outcome}\n");
+    if let Some((refresh, access, access_expires_at_ms)) = tokens {
+        if !refresh.is_empty() {
+            json["refresh_token"] = json!(refresh);
+            text.push_str(&format!("refresh token: {refresh}\n"));
+        }
+        if !access.is_empty() {
+            json["access_token"] = json!(access);
+            json["access_token_expires_at"] = json!(output::rfc3339(access_expires_at_ms));
+            json["access_token_expires_at_ms"] = json!(access_expires_at_ms);
+            text.push_str(&format!(
+                "access token:  {access}\n  expires:     {}\n",
+                output::when(access_expires_at_ms, now)
+            ));
+        }
+    }
+    if let Value::Object(fields) = extra {
+        for (k, v) in fields {
+            text.push_str(&format!(
+                "{:<14} {}\n",
+                format!("{}:", k.replace('_', " ")),
+                v
+            ));
+            json[k] = v;
+        }
+    }
+    if let Some(s) = session {
+        json["session"] = output::session_json(s);
+        text.push_str(&output::session_text(s, now));
+    }
+    Report { json, text }
+}
+
+/// Runs one session subcommand against `target` (one URL, or several separated by commas:
+/// any nodes of a cluster) and prints the result.
+pub async fn run(target: &super::Target, command: SessionCommand) -> anyhow::Result<()> {
+    let client = super::client(target).await?;
+    let now = crate::clock::now_ms();
+    let report = match command {
         SessionCommand::Create {
             tenant,
             user,
@@ -174,16 +231,22 @@ pub async fn run(
                     ..Default::default()
                 })
                 .await?;
-            println!("outcome:       {:?}", r.outcome());
-            print_tokens(
-                &r.refresh_token,
-                &r.access_token,
-                r.access_token_expires_at_ms,
-            );
-            for evicted in &r.evicted_session_ids {
-                println!("evicted:       {evicted}");
-            }
-            print_optional_session(r.session.as_ref());
+            let extra = if r.evicted_session_ids.is_empty() {
+                json!({})
+            } else {
+                json!({ "evicted": r.evicted_session_ids })
+            };
+            answer(
+                r.outcome().as_str_name(),
+                Some((
+                    &r.refresh_token,
+                    &r.access_token,
+                    r.access_token_expires_at_ms,
+                )),
+                r.session.as_ref(),
+                extra,
+                now,
+            )
         }
         SessionCommand::Rotate {
             refresh_token,
@@ -196,30 +259,25 @@ pub async fn run(
                     ..Default::default()
                 })
                 .await?;
-            println!(
-                "outcome:       {:?}{}",
-                r.outcome(),
-                if r.retried {
-                    " (retry within grace window)"
-                } else {
-                    ""
-                }
-            );
-            print_tokens(
-                &r.refresh_token,
-                &r.access_token,
-                r.access_token_expires_at_ms,
-            );
+            let mut extra = json!({ "retried": r.retried });
             if r.revoked_count > 0 {
-                println!("revoked:       {} session(s)", r.revoked_count);
+                extra["revoked_count"] = json!(r.revoked_count);
             }
             if !r.lease_holder.is_empty() {
-                println!(
-                    "lease holder:  {} until {}",
-                    r.lease_holder, r.lease_expires_at_ms
-                );
+                extra["lease_holder"] = json!(r.lease_holder);
+                extra["lease_expires_at"] = json!(output::when(r.lease_expires_at_ms, now));
             }
-            print_optional_session(r.session.as_ref());
+            answer(
+                r.outcome().as_str_name(),
+                Some((
+                    &r.refresh_token,
+                    &r.access_token,
+                    r.access_token_expires_at_ms,
+                )),
+                r.session.as_ref(),
+                extra,
+                now,
+            )
         }
         SessionCommand::Lookup {
             tenant,
@@ -246,11 +304,17 @@ pub async fn run(
                     consistency: consistency as i32,
                 })
                 .await?;
-            println!("outcome:       {:?} (revision {})", r.outcome(), r.revision);
+            let mut extra = json!({ "revision": r.revision });
             if r.refresh_token_state != 0 {
-                println!("token:         {:?}", r.refresh_token_state());
+                extra["token"] = json!(r.refresh_token_state().as_str_name());
             }
-            print_optional_session(r.session.as_ref());
+            answer(
+                r.outcome().as_str_name(),
+                None,
+                r.session.as_ref(),
+                extra,
+                now,
+            )
         }
         SessionCommand::Touch { tenant, id } => {
             let r = client
@@ -260,8 +324,13 @@ pub async fn run(
                     ..Default::default()
                 })
                 .await?;
-            println!("outcome:       {:?}", r.outcome());
-            print_optional_session(r.session.as_ref());
+            answer(
+                r.outcome().as_str_name(),
+                None,
+                r.session.as_ref(),
+                json!({}),
+                now,
+            )
         }
         SessionCommand::Revoke {
             tenant,
@@ -278,10 +347,13 @@ pub async fn run(
                     request_id: String::new(),
                 })
                 .await?;
-            println!(
-                "revoked {} session(s) at revision {}",
-                r.revoked_count, r.revision
-            );
+            Report {
+                json: json!({ "revoked_count": r.revoked_count, "revision": r.revision }),
+                text: format!(
+                    "revoked {} session(s) at revision {}\n",
+                    r.revoked_count, r.revision
+                ),
+            }
         }
         SessionCommand::List { tenant, user, all } => {
             let mut page_token = String::new();
@@ -296,14 +368,19 @@ pub async fn run(
                     })
                     .await?;
                 for s in &r.sessions {
-                    print_session(s);
-                    println!();
+                    if target.json {
+                        // One JSON object per line, as pages arrive (no whole list in memory).
+                        println!("{}", output::session_json(s));
+                    } else {
+                        println!("{}", output::session_text(s, now));
+                    }
                 }
                 if r.next_page_token.is_empty() {
                     break;
                 }
                 page_token = r.next_page_token;
             }
+            return Ok(());
         }
         SessionCommand::Count { tenant, user } => {
             let r = client
@@ -313,8 +390,16 @@ pub async fn run(
                     ..Default::default()
                 })
                 .await?;
-            println!("{} active session(s)", r.active);
+            Report {
+                json: json!({ "active": r.active, "revision": r.revision }),
+                text: format!("{} active session(s)\n", r.active),
+            }
         }
+    };
+    if target.json {
+        println!("{}", report.json);
+    } else {
+        print!("{}", report.text);
     }
     Ok(())
 }
@@ -334,43 +419,5 @@ fn revocation_reason(reason: Reason) -> RevocationReason {
         Reason::Admin => RevocationReason::Admin,
         Reason::CredentialChange => RevocationReason::CredentialChange,
         Reason::AccountDeleted => RevocationReason::AccountDeleted,
-    }
-}
-
-fn print_tokens(refresh: &str, access: &str, access_expires_at_ms: i64) {
-    if !refresh.is_empty() {
-        println!("refresh token: {refresh}");
-    }
-    if !access.is_empty() {
-        println!("access token:  {access} (expires {access_expires_at_ms})");
-    }
-}
-
-fn print_optional_session(session: Option<&Session>) {
-    if let Some(s) = session {
-        print_session(s);
-    }
-}
-
-fn print_session(s: &Session) {
-    println!("session:       {}", s.session_id);
-    println!("  family:      {}", s.family_id);
-    println!("  tenant/user: {:?} / {}", s.tenant, s.user_id);
-    println!("  status:      {:?}", s.status());
-    if s.status() == SessionStatus::Revoked {
-        println!(
-            "  revoked:     at {} ({:?})",
-            s.revoked_at_ms,
-            s.revocation_reason()
-        );
-    }
-    println!("  created:     {}", s.created_at_ms);
-    println!(
-        "  expires:     {} (idle timeout {} ms, last seen {})",
-        s.expires_at_ms, s.idle_timeout_ms, s.last_seen_at_ms
-    );
-    println!("  generation:  {}", s.generation);
-    for (k, v) in &s.attributes {
-        println!("  attr {k}: {v}");
     }
 }

@@ -11,6 +11,9 @@ use crate::proto::internal::{
 use crate::proto::v1::{CreateSessionOutcome, RevocationReason, RevokeScope, SessionStatus};
 use crate::proto::SCHEMA_VERSION;
 
+/// Most entries of a user's index one create reads to enforce the session limit.
+pub const LIMIT_SCAN_ROWS: usize = 4096;
+
 /// Applies a CreateSession command stamped `now_ms`.
 pub fn apply(
     command: &CreateSession,
@@ -30,10 +33,14 @@ pub fn apply(
                 return refused(CreateSessionOutcome::FamilyMissing)
             }
             None => return refused(CreateSessionOutcome::FamilyMissing),
-            Some(f) if f.revoked => return refused(CreateSessionOutcome::FamilyRevoked),
+            Some(f) if sessions::family_revoked(state, &f)? => {
+                return refused(CreateSessionOutcome::FamilyRevoked)
+            }
             Some(_) => {}
         }
-    } else {
+    }
+    let created_seq = sessions::next_created_seq(state)?;
+    if !command.join_family {
         store(
             state,
             keys::family(&command.family_id),
@@ -43,6 +50,7 @@ pub fn apply(
                 tenant: command.tenant.clone(),
                 user_id: command.user_id.clone(),
                 created_at_ms: now_ms,
+                created_seq,
                 ..Default::default()
             },
         );
@@ -62,6 +70,7 @@ pub fn apply(
         device_public_key: command.device_public_key.clone(),
         attributes: command.attributes.clone(),
         current_refresh_hash: command.refresh_hash.clone(),
+        created_seq,
         ..Default::default()
     };
     sessions::insert(state, &session)?;
@@ -83,6 +92,10 @@ pub fn apply(
 
 /// Revokes the user's oldest active sessions so that, with the one being created, the user
 /// has at most `max_sessions_per_user`. Returns the evicted session ids.
+///
+/// Bounded: the user's live counter settles the common case (under the limit) without a
+/// scan; otherwise only the oldest [`LIMIT_SCAN_ROWS`] entries of the user's index are
+/// considered (a user far over a lowered limit is brought down over several creates).
 fn enforce_limit(
     command: &CreateSession,
     now_ms: i64,
@@ -93,8 +106,12 @@ fn enforce_limit(
     if limit == 0 {
         return Ok(Vec::new());
     }
+    let live = sessions::user_live(state, &command.tenant, &command.user_id)?;
+    if live < limit as u64 {
+        return Ok(Vec::new());
+    }
     let mut active: Vec<SessionRecord> =
-        query::user_session_records(state, &command.tenant, &command.user_id)?
+        query::user_session_records(state, &command.tenant, &command.user_id, LIMIT_SCAN_ROWS)?
             .into_iter()
             .filter(|s| query::status_at(s, now_ms) == SessionStatus::Active)
             .collect();

@@ -56,34 +56,71 @@ pub fn compacted_through(state: &impl super::StateRead) -> Result<u64, StateErro
     counter(state, &keys::events_compacted())
 }
 
-/// Retained events with a revision in `(after, upto]`, in revision order: about `limit` of
-/// them, but always whole revisions (a page never ends inside one, so a reader that resumes
-/// after the last revision of a page misses nothing).
-pub fn retained_between(
-    state: &impl super::StateRead,
-    after: u64,
-    upto: u64,
-    limit: usize,
-) -> Result<Vec<(u64, RevocationEvent)>, StateError> {
-    let prefix = keys::events_prefix();
-    let mut start = keys::event(after, u32::MAX);
-    let mut out: Vec<(u64, RevocationEvent)> = Vec::new();
-    loop {
-        let page = state.scan_prefix(&prefix, Some(&start), limit.max(1))?;
-        let full = page.len() >= limit.max(1);
-        for (key, value) in page {
-            let revision = keys::revision_of_event(&key)
-                .ok_or_else(|| StateError::Corrupt("event key too short".into()))?;
-            let past_limit = out.len() >= limit;
-            let revision_changes = out.last().is_some_and(|(last, _)| *last != revision);
-            if revision > upto || (past_limit && revision_changes) {
-                return Ok(out);
-            }
-            out.push((revision, decode(&value)?));
-            start = key;
-        }
-        if !full {
-            return Ok(out);
+/// A position in the event sequence: every event before it was delivered. `sequence` 0
+/// means revision `revision` was delivered whole; otherwise the events of `revision` with a
+/// sequence below it were (a revision split over several messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    /// The last revision (partly) delivered.
+    pub revision: u64,
+    /// 0, or the next sequence of `revision` owed.
+    pub sequence: u32,
+}
+
+impl Position {
+    /// Whether the event `sequence` of `revision` comes after this position.
+    pub fn owes(&self, revision: u64, sequence: u32) -> bool {
+        revision > self.revision
+            || (revision == self.revision && self.sequence > 0 && sequence >= self.sequence)
+    }
+
+    /// The position right after the event `sequence` of `revision`; `complete` when it was the
+    /// revision's last.
+    pub fn after(revision: u64, sequence: u32, complete: bool) -> Self {
+        Position {
+            revision,
+            sequence: if complete {
+                0
+            } else {
+                sequence.saturating_add(1)
+            },
         }
     }
+
+    /// The key every owed event sorts strictly after.
+    fn start_after(&self) -> Vec<u8> {
+        match self.sequence {
+            0 => keys::event(self.revision, u32::MAX),
+            next => keys::event(self.revision, next - 1),
+        }
+    }
+}
+
+/// One retained event with its place: revision and sequence within the revision.
+pub type Retained = (u64, u32, RevocationEvent);
+
+/// Up to `limit` retained events after `from` with a revision at or below `upto`, in order.
+/// A page may end inside a revision: the next page starts at the position after its last
+/// event, so a reader that resumes there misses and repeats nothing.
+pub fn retained_after(
+    state: &impl super::StateRead,
+    from: Position,
+    upto: u64,
+    limit: usize,
+) -> Result<Vec<Retained>, StateError> {
+    let page = state.scan_prefix(
+        &keys::events_prefix(),
+        Some(&from.start_after()),
+        limit.max(1),
+    )?;
+    let mut out = Vec::with_capacity(page.len());
+    for (key, value) in page {
+        let (revision, sequence) = keys::position_of_event(&key)
+            .ok_or_else(|| StateError::Corrupt("event key too short".into()))?;
+        if revision > upto {
+            break;
+        }
+        out.push((revision, sequence, decode(&value)?));
+    }
+    Ok(out)
 }

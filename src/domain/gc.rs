@@ -3,10 +3,9 @@
 //! entries; revoked ones too, since every token of theirs has expired by then), expired
 //! access tokens, old idempotency records and revocation events past their retention.
 
-use super::records::load;
 use super::sessions;
 use super::{events, keys, StateEntry, StateError, StateWrite};
-use crate::proto::internal::{command_result, CollectGarbage, GarbageResult, SessionRecord};
+use crate::proto::internal::{command_result, CollectGarbage, GarbageResult};
 
 /// Applies a CollectGarbage command stamped `now_ms`.
 pub fn apply(
@@ -18,7 +17,7 @@ pub fn apply(
     let mut removed = 0;
     for (key, _) in expired(state, &keys::session_expiry_prefix(), now_ms, limit)? {
         let session_id = &key[9..];
-        match load::<SessionRecord>(state, &keys::session_bytes(session_id))? {
+        match sessions::load(state, session_id)? {
             Some(session) => sessions::remove(state, &session)?,
             None => state.delete(&key),
         }

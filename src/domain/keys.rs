@@ -21,6 +21,11 @@
 //! | `D` | applied at, request key | empty (dedup expiry index) |
 //! | `e` | revision, sequence | `RevocationEvent` (retained for stream subscribers) |
 //! | `E` | | u64: the highest revision whose events were compacted |
+//! | `K` | | u64: sessions ever created (the last `created_seq` given) |
+//! | `W` | tenant | `WatermarkRecord`: the tenant's revoked-before watermark |
+//! | `w` | tenant, user | `WatermarkRecord`: the user's revoked-before watermark |
+//! | `N` | tenant, user | u64 count + u64 tenant epoch: the user's sessions neither revoked nor collected |
+//! | `T` | | i64: the latest time any command was applied with (cluster time never goes back) |
 
 /// Tag of session records.
 const SESSION: u8 = b's';
@@ -54,6 +59,16 @@ const DEDUP_EXPIRY: u8 = b'D';
 const EVENT: u8 = b'e';
 /// Tag of the event compaction watermark.
 const EVENTS_COMPACTED: u8 = b'E';
+/// Tag of the session creation counter.
+const CREATED: u8 = b'K';
+/// Tag of tenant revoked-before watermarks.
+const TENANT_WATERMARK: u8 = b'W';
+/// Tag of user revoked-before watermarks.
+const USER_WATERMARK: u8 = b'w';
+/// Tag of the per-user live session counter.
+const USER_LIVE: u8 = b'N';
+/// Tag of the latest applied command time.
+const APPLIED_TIME: u8 = b'T';
 
 /// A key being built: a tag followed by parts.
 struct Key(Vec<u8>);
@@ -193,6 +208,18 @@ pub fn tenant_live(tenant: &str) -> Vec<u8> {
     Key::new(TENANT_LIVE).part(tenant.as_bytes()).done()
 }
 
+/// The prefix of every tenant's live-session counter.
+pub fn tenant_live_prefix() -> Vec<u8> {
+    vec![TENANT_LIVE]
+}
+
+/// The tenant named by a live-session counter key.
+pub fn tenant_of_live(key: &[u8]) -> Option<String> {
+    let len = u32::from_be_bytes(key.get(1..5)?.try_into().ok()?) as usize;
+    let name = key.get(5..5usize.checked_add(len)?)?;
+    String::from_utf8(name.to_vec()).ok()
+}
+
 /// The tenant's replay counter.
 pub fn tenant_replays(tenant: &str) -> Vec<u8> {
     Key::new(TENANT_REPLAYS).part(tenant.as_bytes()).done()
@@ -242,9 +269,46 @@ pub fn revision_of_event(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
 }
 
+/// The revision and sequence of an event key.
+pub fn position_of_event(key: &[u8]) -> Option<(u64, u32)> {
+    let sequence = u32::from_be_bytes(key.get(9..13)?.try_into().ok()?);
+    Some((revision_of_event(key)?, sequence))
+}
+
 /// The event compaction watermark.
 pub fn events_compacted() -> Vec<u8> {
     vec![EVENTS_COMPACTED]
+}
+
+/// The counter of sessions ever created.
+pub fn created() -> Vec<u8> {
+    vec![CREATED]
+}
+
+/// A tenant's revoked-before watermark.
+pub fn tenant_watermark(tenant: &str) -> Vec<u8> {
+    Key::new(TENANT_WATERMARK).part(tenant.as_bytes()).done()
+}
+
+/// A user's revoked-before watermark.
+pub fn user_watermark(tenant: &str, user_id: &str) -> Vec<u8> {
+    Key::new(USER_WATERMARK)
+        .part(tenant.as_bytes())
+        .part(user_id.as_bytes())
+        .done()
+}
+
+/// The user's counter of sessions neither revoked nor collected.
+pub fn user_live(tenant: &str, user_id: &str) -> Vec<u8> {
+    Key::new(USER_LIVE)
+        .part(tenant.as_bytes())
+        .part(user_id.as_bytes())
+        .done()
+}
+
+/// The latest time a command was applied with.
+pub fn applied_time() -> Vec<u8> {
+    vec![APPLIED_TIME]
 }
 
 #[cfg(test)]
@@ -272,6 +336,16 @@ mod tests {
     }
 
     #[test]
+    fn a_live_counter_key_names_its_tenant() {
+        for tenant in ["", "acme", "a\u{e9}b"] {
+            let key = tenant_live(tenant);
+            assert!(key.starts_with(&tenant_live_prefix()));
+            assert_eq!(tenant_of_live(&key).as_deref(), Some(tenant));
+        }
+        assert_eq!(tenant_of_live(&[TENANT_LIVE, 0, 0, 0, 9, b'x']), None);
+    }
+
+    #[test]
     fn user_index_is_ordered_by_creation() {
         assert!(user_session("t", "u", 5, "sid_b") < user_session("t", "u", 6, "sid_a"));
     }
@@ -295,6 +369,11 @@ mod tests {
             dedup_expiry(0, &[0; 32]),
             event(0, 0),
             events_compacted(),
+            created(),
+            tenant_watermark(""),
+            user_watermark("", ""),
+            user_live("", ""),
+            applied_time(),
         ] {
             assert_ne!(key[0], 0);
         }

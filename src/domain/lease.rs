@@ -1,12 +1,9 @@
 //! AcquireRenewalLease: a short exclusive claim on a session's renewal. The holder of a live
 //! lease renews it (same lease id, new expiry); anyone else is told who holds it.
 
-use super::records::load;
 use super::sessions;
-use super::{keys, query, StateError, StateWrite};
-use crate::proto::internal::{
-    command_result, AcquireLease, LeaseRecord, LeaseResult, SessionRecord,
-};
+use super::{query, StateError, StateWrite};
+use crate::proto::internal::{command_result, AcquireLease, LeaseRecord, LeaseResult};
 use crate::proto::v1::{LeaseOutcome, SessionStatus};
 
 /// Applies an AcquireLease command stamped `now_ms`.
@@ -21,7 +18,7 @@ pub fn apply(
             lease,
         }))
     };
-    let Some(mut session) = load::<SessionRecord>(state, &keys::session(&command.session_id))?
+    let Some(mut session) = sessions::load(state, command.session_id.as_bytes())?
         .filter(|s| s.tenant == command.tenant)
     else {
         return result(LeaseOutcome::SessionMissing, None);

@@ -18,6 +18,7 @@ mod revoke;
 mod rotate;
 mod sessions;
 pub mod state;
+pub mod time;
 mod touch;
 
 #[cfg(test)]
@@ -28,7 +29,7 @@ mod paging_tests;
 mod tests;
 
 use crate::proto::internal::{
-    command, command_result, BatchResult, CommandBatch, CommandResult, DedupRecord, Empty,
+    command, command_result, BatchResult, CommandBatch, CommandResult, DedupRecord,
 };
 use crate::proto::{internal::Command, SCHEMA_VERSION};
 pub use state::{MemoryState, StateEntry, StateError, StateRead, StateWrite};
@@ -42,12 +43,18 @@ pub use state::{MemoryState, StateEntry, StateError, StateRead, StateWrite};
 /// `deduplicated`, with the first revision and without events (those were emitted the first
 /// time); with another request fingerprint it changes nothing and is marked
 /// `request_mismatch`. The one exception is a rotation retried after its successor stopped
-/// being current: it is decided anew (see [`rotate::deduplicated`]).
+/// being current: it is decided anew (see [`rotate::deduplicated`]). A command is applied at
+/// the later of its stamp and the latest applied time ([`time`]).
+///
+/// A command this binary does not understand (a newer schema version, or no kind it knows)
+/// is refused with [`StateError::Unsupported`] instead of being skipped: the state machine
+/// stops rather than diverge from replicas that do understand it.
 pub fn apply(
     command: &Command,
     revision: u64,
     state: &mut impl StateWrite,
 ) -> Result<CommandResult, StateError> {
+    supported(command)?;
     let mut next_event = 0;
     apply_numbering_events(command, revision, &mut next_event, state)
 }
@@ -81,10 +88,20 @@ fn apply_numbering_events(
             remember = false;
         }
     }
-    let now = command.now_ms;
+    let now = command.now_ms.max(time::applied(state)?);
+    let restamped;
+    let command = if now == command.now_ms {
+        command
+    } else {
+        let mut moved = command.clone();
+        time::restamp(&mut moved, now);
+        restamped = moved;
+        &restamped
+    };
+    time::record(state, now);
     let mut events = Vec::new();
     let kind = match &command.kind {
-        None => command_result::Kind::None(Empty {}),
+        None => return Err(unsupported(command)),
         Some(command::Kind::CreateSession(c)) => create::apply(c, now, state, &mut events)?,
         Some(command::Kind::Rotate(c)) => rotate::apply(c, now, state, &mut events)?,
         Some(command::Kind::AcquireLease(c)) => lease::apply(c, now, state)?,
@@ -152,6 +169,31 @@ fn first_result(
         }
     }
     Ok(Some(result))
+}
+
+/// Refuses a command (or a command of a batch) this binary cannot apply faithfully.
+fn supported(command: &Command) -> Result<(), StateError> {
+    if command.schema_version > SCHEMA_VERSION || command.kind.is_none() {
+        return Err(unsupported(command));
+    }
+    if let Some(command::Kind::Batch(batch)) = &command.kind {
+        batch.commands.iter().try_for_each(supported)?;
+    }
+    Ok(())
+}
+
+/// The error for a command this binary does not understand.
+fn unsupported(command: &Command) -> StateError {
+    StateError::Unsupported(format!(
+        "command with schema version {} and {} (this binary applies schema versions up to \
+         {SCHEMA_VERSION}); upgrade this node before applying further entries",
+        command.schema_version,
+        if command.kind.is_some() {
+            "a known kind"
+        } else {
+            "a kind unknown to this binary"
+        }
+    ))
 }
 
 /// Applies the commands of a batch in order at one revision.

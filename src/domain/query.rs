@@ -2,6 +2,7 @@
 //! isolation is enforced here: a record of another tenant is reported as absent.
 
 use super::records::{counter, load};
+use super::sessions::load as load_session;
 use super::{keys, StateError, StateRead};
 use crate::proto::internal::{AccessTokenRecord, RefreshTokenRecord, SessionRecord};
 use crate::proto::v1::SessionStatus;
@@ -23,20 +24,30 @@ pub fn session_by_id(
     tenant: &str,
     session_id: &str,
 ) -> Result<Option<SessionRecord>, StateError> {
-    Ok(load::<SessionRecord>(state, &keys::session(session_id))?.filter(|s| s.tenant == tenant))
+    Ok(load_session(state, session_id.as_bytes())?.filter(|s| s.tenant == tenant))
 }
 
 /// The session a refresh-token hash belongs to (current or retired), if it belongs to
-/// `tenant`, with the token's index record.
+/// `tenant`, with the token's index record (marked retired when the session's current token
+/// is another one).
 pub fn session_by_refresh_hash(
     state: &impl StateRead,
     tenant: &str,
     hash: &[u8],
 ) -> Result<Option<(SessionRecord, RefreshTokenRecord)>, StateError> {
-    let Some(token) = load::<RefreshTokenRecord>(state, &keys::refresh(hash))? else {
+    let Some(mut token) = load::<RefreshTokenRecord>(state, &keys::refresh(hash))? else {
         return Ok(None);
     };
-    Ok(session_by_id(state, tenant, &token.session_id)?.map(|s| (s, token)))
+    let Some(session) = session_by_id(state, tenant, &token.session_id)? else {
+        return Ok(None);
+    };
+    // The two records are read one after the other (the store isolates single reads only):
+    // a session whose current token is another one proves this token was retired, even if
+    // its own record was read before the rotation that retired it.
+    if session.current_refresh_hash != hash {
+        token.retired = true;
+    }
+    Ok(Some((session, token)))
 }
 
 /// The access token's record and its session (None if the session was collected). A token
@@ -49,7 +60,7 @@ pub fn access_token(
     let Some(token) = load::<AccessTokenRecord>(state, &keys::access(hash))? else {
         return Ok(None);
     };
-    match load::<SessionRecord>(state, &keys::session(&token.session_id))? {
+    match load_session(state, token.session_id.as_bytes())? {
         Some(s) if s.tenant != tenant => Ok(None),
         session => Ok(Some((token, session))),
     }
@@ -92,8 +103,7 @@ pub fn list_user_sessions(
                 return Ok(page_ending_at(sessions, &prefix, after));
             }
             scanned += 1;
-            let Some(session) = load::<SessionRecord>(state, &keys::session_bytes(&session_id))?
-            else {
+            let Some(session) = load_session(state, &session_id)? else {
                 after = Some(key);
                 continue;
             };
@@ -128,17 +138,16 @@ fn page_ending_at(
     }
 }
 
-/// Every session record in a user's index, oldest first.
+/// The session records of the oldest `limit` entries of a user's index, oldest first.
 pub fn user_session_records(
     state: &impl StateRead,
     tenant: &str,
     user_id: &str,
+    limit: usize,
 ) -> Result<Vec<SessionRecord>, StateError> {
     let mut sessions = Vec::new();
-    for (_, session_id) in
-        state.scan_prefix(&keys::user_sessions(tenant, user_id), None, usize::MAX)?
-    {
-        if let Some(session) = load(state, &keys::session_bytes(&session_id))? {
+    for (_, session_id) in state.scan_prefix(&keys::user_sessions(tenant, user_id), None, limit)? {
+        if let Some(session) = load_session(state, &session_id)? {
             sessions.push(session);
         }
     }
@@ -155,11 +164,27 @@ pub fn count_active(
 ) -> Result<u64, StateError> {
     match user_id {
         None => counter(state, &keys::tenant_live(tenant)),
-        Some(user_id) => Ok(user_session_records(state, tenant, user_id)?
+        Some(user_id) => Ok(user_session_records(state, tenant, user_id, usize::MAX)?
             .iter()
             .filter(|s| status_at(s, now_ms) == SessionStatus::Active)
             .count() as u64),
     }
+}
+
+/// The live-session counters (sessions neither revoked nor collected) of the first `limit`
+/// tenants in name order, for metrics.
+pub fn live_sessions_per_tenant(
+    state: &impl StateRead,
+    limit: usize,
+) -> Result<Vec<(String, u64)>, StateError> {
+    let mut counts = Vec::new();
+    for (key, _) in state.scan_prefix(&keys::tenant_live_prefix(), None, limit)? {
+        if let Some(tenant) = keys::tenant_of_live(&key) {
+            let live = counter(state, &key)?;
+            counts.push((tenant, live));
+        }
+    }
+    Ok(counts)
 }
 
 /// Replay anomalies detected: (tenant total, the user's total or 0).
@@ -199,8 +224,7 @@ pub fn revoked_sessions(
             }
             scanned += 1;
             after = Some(key);
-            let Some(session) = load::<SessionRecord>(state, &keys::session_bytes(&session_id))?
-            else {
+            let Some(session) = load_session(state, &session_id)? else {
                 continue;
             };
             if session.revoked && super::sessions::effective_expiry(&session) > now_ms {

@@ -36,7 +36,7 @@ pub fn apply(
     let Some(mut token) = load::<RefreshTokenRecord>(state, &token_key)? else {
         return Ok(wrap(outcome(RotateOutcome::InvalidToken, None)));
     };
-    let Some(mut session) = load::<SessionRecord>(state, &keys::session(&token.session_id))? else {
+    let Some(mut session) = sessions::load(state, token.session_id.as_bytes())? else {
         return Ok(wrap(outcome(RotateOutcome::SessionMissing, None)));
     };
     let status = query::status_at(&session, now_ms);
@@ -188,7 +188,7 @@ fn replay(
         keys::user_replays(&session.tenant, &session.user_id),
         1,
     )?;
-    let session = load::<SessionRecord>(state, &keys::session(&session.session_id))?;
+    let session = sessions::load(state, session.session_id.as_bytes())?;
     Ok(wrap(RotateResult {
         outcome: RotateOutcome::ReplayDetected as i32,
         revoked_count,

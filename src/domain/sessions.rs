@@ -1,11 +1,17 @@
 //! Session records and the indexes that follow them: every change to a session goes through
 //! here, so the per-user index, the family membership, the expiry index, the token indexes
-//! and the tenant's live counter always agree with the records.
+//! and the tenant's and users' live counters always agree with the records.
+//!
+//! Every session is read through [`load`], which applies the revoked-before watermarks of
+//! its tenant and user: a bulk revocation writes one watermark (O(1)) instead of touching
+//! every session, and a session it covers reads as revoked everywhere (lookups, rotation,
+//! touch, leases, listings, the session limit, GC's counters).
 
-use super::records::{add_to_counter, load, store};
-use super::{keys, StateError, StateWrite};
+use super::records::{add_to_counter, counter, load as load_record, store};
+use super::{keys, StateError, StateRead, StateWrite};
 use crate::proto::internal::{
     AccessTokenRecord, FamilyRecord, RefreshTokenRecord, RevocationEvent, SessionRecord,
+    WatermarkRecord,
 };
 use crate::proto::v1::{RevocationReason, RevokeScope};
 use crate::proto::SCHEMA_VERSION;
@@ -22,6 +28,133 @@ pub fn effective_expiry(session: &SessionRecord) -> i64 {
     } else {
         session.expires_at_ms
     }
+}
+
+/// The session stored under `session_id`, with the revoked-before watermarks of its tenant
+/// and user applied: a covered session that was not revoked on its own reads as revoked at
+/// the watermark's time, for its reason, without a lease.
+pub fn load(
+    state: &impl StateRead,
+    session_id: &[u8],
+) -> Result<Option<SessionRecord>, StateError> {
+    let Some(mut session) = load_record::<SessionRecord>(state, &keys::session_bytes(session_id))?
+    else {
+        return Ok(None);
+    };
+    if !session.revoked {
+        if let Some(mark) = covering(
+            state,
+            &session.tenant,
+            &session.user_id,
+            session.created_seq,
+        )? {
+            session.revoked = true;
+            session.revoked_at_ms = mark.revoked_at_ms;
+            session.revocation_reason = mark.reason;
+            session.lease = None;
+        }
+    }
+    Ok(Some(session))
+}
+
+/// Whether the family is revoked, on its own or by a watermark of its tenant or user.
+pub fn family_revoked(state: &impl StateRead, family: &FamilyRecord) -> Result<bool, StateError> {
+    Ok(family.revoked
+        || covering(state, &family.tenant, &family.user_id, family.created_seq)?.is_some())
+}
+
+/// The watermark that revoked a record created at `created_seq` of this tenant and user, if
+/// any (the tenant's or the user's; the earlier one when both cover it).
+fn covering(
+    state: &impl StateRead,
+    tenant: &str,
+    user_id: &str,
+    created_seq: u64,
+) -> Result<Option<WatermarkRecord>, StateError> {
+    let covers = |mark: &WatermarkRecord| mark.seq >= created_seq;
+    let by_tenant = watermark(state, &keys::tenant_watermark(tenant))?.filter(covers);
+    let by_user = watermark(state, &keys::user_watermark(tenant, user_id))?.filter(covers);
+    Ok(match (by_tenant, by_user) {
+        (Some(t), Some(u)) => Some(if t.seq <= u.seq { t } else { u }),
+        (t, u) => t.or(u),
+    })
+}
+
+/// The watermark stored at `key`, if any.
+pub fn watermark(
+    state: &impl StateRead,
+    key: &[u8],
+) -> Result<Option<WatermarkRecord>, StateError> {
+    load_record(state, key)
+}
+
+/// The next creation position (counting every session ever created), recorded as used.
+pub fn next_created_seq(state: &mut impl StateWrite) -> Result<u64, StateError> {
+    let seq = counter(state, &keys::created())?.saturating_add(1);
+    state.put(keys::created(), seq.to_be_bytes().to_vec());
+    Ok(seq)
+}
+
+/// The position of the last session created (what a watermark set now covers).
+pub fn last_created_seq(state: &impl StateRead) -> Result<u64, StateError> {
+    counter(state, &keys::created())
+}
+
+/// The tenant's epoch for per-user counters: it changes whenever the tenant's watermark
+/// moves, which zeroes every user's counter of the tenant at once.
+fn tenant_epoch(state: &impl StateRead, tenant: &str) -> Result<u64, StateError> {
+    Ok(watermark(state, &keys::tenant_watermark(tenant))?.map_or(0, |m| m.seq.saturating_add(1)))
+}
+
+/// How many of the user's sessions are neither revoked nor collected (expired but not yet
+/// collected ones included).
+pub fn user_live(state: &impl StateRead, tenant: &str, user_id: &str) -> Result<u64, StateError> {
+    let Some(bytes) = state.get(&keys::user_live(tenant, user_id))? else {
+        return Ok(0);
+    };
+    let (count, epoch) = bytes
+        .get(..16)
+        .map(|b| {
+            let (c, e) = b.split_at(8);
+            (
+                u64::from_be_bytes(c.try_into().unwrap_or_default()),
+                u64::from_be_bytes(e.try_into().unwrap_or_default()),
+            )
+        })
+        .ok_or_else(|| StateError::Corrupt("user counter is not 16 bytes".into()))?;
+    Ok(if epoch == tenant_epoch(state, tenant)? {
+        count
+    } else {
+        0
+    })
+}
+
+/// Sets the user's live counter (a zero count is not stored).
+pub fn set_user_live(
+    state: &mut impl StateWrite,
+    tenant: &str,
+    user_id: &str,
+    count: u64,
+) -> Result<(), StateError> {
+    let key = keys::user_live(tenant, user_id);
+    if count == 0 {
+        state.delete(&key);
+        return Ok(());
+    }
+    let epoch = tenant_epoch(state, tenant)?;
+    state.put(key, [count.to_be_bytes(), epoch.to_be_bytes()].concat());
+    Ok(())
+}
+
+/// Adds `delta` to the live counters of the session's tenant and user.
+fn add_live(
+    state: &mut impl StateWrite,
+    session: &SessionRecord,
+    delta: i64,
+) -> Result<(), StateError> {
+    add_to_counter(state, keys::tenant_live(&session.tenant), delta)?;
+    let count = user_live(state, &session.tenant, &session.user_id)?.saturating_add_signed(delta);
+    set_user_live(state, &session.tenant, &session.user_id, count)
 }
 
 /// Stores a new session with its indexes and current refresh-token hash.
@@ -54,7 +187,7 @@ pub fn insert(state: &mut impl StateWrite, session: &SessionRecord) -> Result<()
         },
     );
     store(state, keys::session(&session.session_id), session);
-    add_to_counter(state, keys::tenant_live(&session.tenant), 1)
+    add_live(state, session, 1)
 }
 
 /// Stores a changed session, moving its expiry-index entry if its expiry moved from
@@ -116,7 +249,7 @@ pub fn revoke(
     session.revocation_reason = revocation.reason as i32;
     session.lease = None;
     store(state, keys::session(&session.session_id), session);
-    add_to_counter(state, keys::tenant_live(&session.tenant), -1)?;
+    add_live(state, session, -1)?;
     events.push(RevocationEvent {
         tenant: session.tenant.clone(),
         user_id: session.user_id.clone(),
@@ -138,7 +271,7 @@ pub fn revoke_family(
     events: &mut Vec<RevocationEvent>,
 ) -> Result<u64, StateError> {
     let family_key = keys::family(family_id);
-    if let Some(mut family) = load::<FamilyRecord>(state, &family_key)? {
+    if let Some(mut family) = load_record::<FamilyRecord>(state, &family_key)? {
         if !family.revoked {
             family.revoked = true;
             family.revoked_at_ms = revocation.at_ms;
@@ -149,8 +282,7 @@ pub fn revoke_family(
     let members = state.scan_prefix(&keys::family_members(family_id), None, usize::MAX)?;
     let mut revoked = 0;
     for (_, session_id) in members {
-        if let Some(mut session) = load::<SessionRecord>(state, &keys::session_bytes(&session_id))?
-        {
+        if let Some(mut session) = load(state, &session_id)? {
             if revoke(state, &mut session, revocation, events)? {
                 revoked += 1;
             }
@@ -159,8 +291,8 @@ pub fn revoke_family(
     Ok(revoked)
 }
 
-/// Deletes a session with everything that points to it; deletes its family with its last
-/// member.
+/// Deletes a session (as read by [`load`]) with everything that points to it; deletes its
+/// family with its last member.
 pub fn remove(state: &mut impl StateWrite, session: &SessionRecord) -> Result<(), StateError> {
     let id = &session.session_id;
     state.delete(&keys::session(id));
@@ -182,7 +314,7 @@ pub fn remove(state: &mut impl StateWrite, session: &SessionRecord) -> Result<()
         state.delete(&keys::family(&session.family_id));
     }
     if !session.revoked {
-        add_to_counter(state, keys::tenant_live(&session.tenant), -1)?;
+        add_live(state, session, -1)?;
     }
     Ok(())
 }

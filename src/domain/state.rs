@@ -20,6 +20,9 @@ pub enum StateError {
     /// A stored record could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A command or record written by a newer version of sessiond (mixed versions).
+    #[error("unsupported by this version of sessiond: {0}")]
+    Unsupported(String),
 }
 
 /// A key/value pair read from the state.

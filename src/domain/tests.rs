@@ -5,6 +5,7 @@ use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::*;
+use crate::domain::events::Position;
 use crate::proto::internal::{
     command, command_result, AcquireLease, CollectGarbage, CreateSession, LeaseResult,
     RevocationEvent, Revoke, Rotate, RotateResult, SessionRecord, Touch,
@@ -36,6 +37,13 @@ impl World {
             revision: 0,
             minted: 0,
         }
+    }
+
+    /// Every entry but the cluster clock (which every command moves forward).
+    fn data(&self) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+        let mut entries = self.state.entries().clone();
+        entries.remove(&keys::applied_time());
+        entries
     }
 
     fn mint(&mut self) -> Vec<u8> {
@@ -261,7 +269,7 @@ fn a_retry_within_the_grace_window_returns_the_same_successor_and_changes_nothin
     let mut w = World::new();
     let (_, first) = w.create(0);
     let (_, second) = w.rotate(10, &first, "");
-    let before = w.state.entries().clone();
+    let before = w.data();
     let (retry, _) = w.rotate(10 + GRACE, &first, "");
     assert_eq!(retry.outcome(), RotateOutcome::Rotated);
     assert!(retry.retried);
@@ -271,7 +279,7 @@ fn a_retry_within_the_grace_window_returns_the_same_successor_and_changes_nothin
     );
     assert_eq!(retry.access_expires_at_ms, 10 + 60_000);
     assert_eq!(retry.session.unwrap().generation, 1);
-    assert_eq!(&before, w.state.entries());
+    assert_eq!(before, w.data());
 }
 
 #[test]
@@ -357,10 +365,10 @@ fn a_zero_grace_window_makes_every_reuse_a_replay() {
 fn an_unknown_token_is_invalid_and_changes_nothing() {
     let mut w = World::new();
     w.create(0);
-    let before = w.state.entries().clone();
+    let before = w.data();
     let (r, _) = w.rotate(5, &hash(424242), "");
     assert_eq!(r.outcome(), RotateOutcome::InvalidToken);
-    assert_eq!(&before, w.state.entries());
+    assert_eq!(before, w.data());
 }
 
 #[test]
@@ -374,6 +382,7 @@ fn sessions_expire_absolutely_and_when_idle_and_touch_slides_the_idle_deadline()
     );
     assert_eq!(w.touch(HOUR, "t", &s.session_id), TouchOutcome::Expired);
 
+    let mut w = World::new();
     let (s, token) = w.create(0);
     let mut now = 0;
     while now < 25 * HOUR {
@@ -617,7 +626,7 @@ fn garbage_collection_removes_expired_sessions_with_every_index_entry() {
         .state
         .entries()
         .keys()
-        .filter(|k| !matches!(k[0], b'n' | b'c' | b'C' | b'E'))
+        .filter(|k| !matches!(k[0], b'n' | b'c' | b'C' | b'E' | b'K' | b'T'))
         .collect();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
     assert_eq!(
@@ -673,34 +682,25 @@ fn retained_events_are_read_by_revision_range() {
     let first = w.revision;
     w.revoke(2, "t", RevokeScope::Session, &b.session_id);
     let second = w.revision;
-    let all = events::retained_between(&w.state, 0, second, 10).unwrap();
+    let whole = |r| Position::after(r, 0, true);
+    let all = events::retained_after(&w.state, whole(0), second, 10).unwrap();
     assert_eq!(
         all.iter()
-            .map(|(r, e)| (*r, e.session_id.clone()))
+            .map(|(r, _, e)| (*r, e.session_id.clone()))
             .collect::<Vec<_>>(),
         vec![
             (first, a.session_id.clone()),
             (second, b.session_id.clone())
         ]
     );
-    assert_eq!(
-        events::retained_between(&w.state, first, second, 10)
+    let count = |from, upto, limit| {
+        events::retained_after(&w.state, whole(from), upto, limit)
             .unwrap()
-            .len(),
-        1
-    );
-    assert_eq!(
-        events::retained_between(&w.state, 0, first, 10)
-            .unwrap()
-            .len(),
-        1
-    );
-    assert_eq!(
-        events::retained_between(&w.state, 0, second, 1)
-            .unwrap()
-            .len(),
-        1
-    );
+            .len()
+    };
+    assert_eq!(count(first, second, 10), 1);
+    assert_eq!(count(0, first, 10), 1);
+    assert_eq!(count(0, second, 1), 1);
 }
 
 #[test]
@@ -1083,7 +1083,7 @@ proptest! {
 }
 
 #[test]
-fn event_pages_end_on_whole_revisions() {
+fn event_pages_resume_inside_a_revision_without_skipping_or_repeating() {
     let mut state = MemoryState::new();
     let event = |n: u64| RevocationEvent {
         session_id: format!("sid_{n}"),
@@ -1092,23 +1092,320 @@ fn event_pages_end_on_whole_revisions() {
     events::retain(&mut state, 5, 0, &[event(1), event(2), event(3)]);
     events::retain(&mut state, 6, 0, &[event(4)]);
     events::retain(&mut state, 7, 0, &[event(5), event(6)]);
-    let revisions = |page: Vec<(u64, RevocationEvent)>| -> Vec<u64> {
-        page.into_iter().map(|(r, _)| r).collect()
-    };
+    for page_size in 1..=4 {
+        let mut from = Position::default();
+        let mut seen = Vec::new();
+        loop {
+            let page = events::retained_after(&state, from, 10, page_size).unwrap();
+            let Some((revision, sequence, _)) = page.last() else {
+                break;
+            };
+            assert!(page.len() <= page_size);
+            from = Position::after(*revision, *sequence, false);
+            seen.extend(page.into_iter().map(|(r, s, e)| (r, s, e.session_id)));
+        }
+        let ids: Vec<&str> = seen.iter().map(|(_, _, id)| id.as_str()).collect();
+        assert_eq!(ids, ["sid_1", "sid_2", "sid_3", "sid_4", "sid_5", "sid_6"]);
+        assert_eq!((seen[2].0, seen[2].1), (5, 2));
+    }
+    let whole = |r| Position::after(r, 0, true);
+    let revisions =
+        |page: Vec<events::Retained>| -> Vec<u64> { page.into_iter().map(|(r, _, _)| r).collect() };
     assert_eq!(
-        revisions(events::retained_between(&state, 0, 10, 2).unwrap()),
-        vec![5, 5, 5],
-        "a page completes the revision it started"
-    );
-    assert_eq!(
-        revisions(events::retained_between(&state, 5, 10, 2).unwrap()),
+        revisions(events::retained_after(&state, whole(5), 10, 10).unwrap()),
         vec![6, 7, 7]
     );
     assert_eq!(
-        revisions(events::retained_between(&state, 5, 6, 2).unwrap()),
+        revisions(events::retained_after(&state, whole(5), 6, 10).unwrap()),
         vec![6]
     );
-    assert!(events::retained_between(&state, 7, 10, 2)
+    assert!(events::retained_after(&state, whole(7), 10, 2)
         .unwrap()
         .is_empty());
+    assert!(!whole(5).owes(5, 2) && Position::after(5, 1, false).owes(5, 2));
+}
+
+/// The entries that differ between two states (added, changed or removed keys).
+fn changed_keys(
+    before: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    after: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+) -> usize {
+    let keys: std::collections::BTreeSet<&Vec<u8>> = before.keys().chain(after.keys()).collect();
+    keys.into_iter()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .count()
+}
+
+/// Every session of a tenant in ListRevoked, page by page.
+fn all_revoked(w: &World, tenant: &str, now: i64) -> Vec<SessionRecord> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = query::revoked_sessions(&w.state, tenant, now, 500, cursor.as_deref()).unwrap();
+        out.extend(page.sessions);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return out,
+        }
+    }
+}
+
+#[test]
+fn a_user_or_tenant_revocation_writes_a_few_keys_and_one_event_whatever_its_size() {
+    const MANY: usize = 3_000;
+    let mut w = World::new();
+    let mut tokens = Vec::new();
+    for _ in 0..MANY {
+        let (r, refresh) = w.create_in(0, "t", "u", None, 0);
+        tokens.push((created(&r).session.clone().unwrap(), refresh));
+    }
+    let (other, _) = w.create_in(0, "t", "v", None, 0);
+    let other = created(&other).session.clone().unwrap();
+    w.create_in(0, "t2", "u", None, 0);
+
+    let before = w.data();
+    let result = w.revoke(1, "t", RevokeScope::User, "u");
+    assert_eq!(revoked_count(&result), MANY as u64);
+    assert!(
+        changed_keys(&before, &w.data()) <= 4,
+        "a user revocation wrote {} keys",
+        changed_keys(&before, &w.data())
+    );
+    assert_eq!(result.events.len(), 1, "one scoped event");
+    let event = &result.events[0];
+    assert_eq!(
+        (event.scope(), event.tenant.as_str(), event.user_id.as_str()),
+        (RevokeScope::User, "t", "u")
+    );
+    assert!(event.session_id.is_empty() && event.family_id.is_empty());
+
+    // Every read and every command honours the watermark.
+    let (first, first_token) = tokens[0].clone();
+    let (last, last_token) = tokens[MANY - 1].clone();
+    for s in [&first, &last] {
+        let read = w.session(&s.session_id).unwrap();
+        assert_eq!(query::status_at(&read, 2), SessionStatus::Revoked);
+        assert_eq!(read.revoked_at_ms, 1);
+        assert_eq!(read.revocation_reason(), RevocationReason::Logout);
+    }
+    let (found, _) = query::session_by_refresh_hash(&w.state, "t", &last_token)
+        .unwrap()
+        .unwrap();
+    assert!(found.revoked);
+    assert_eq!(
+        w.rotate(2, &first_token, "").0.outcome(),
+        RotateOutcome::Revoked
+    );
+    assert_eq!(w.touch(2, "t", &last.session_id), TouchOutcome::Revoked);
+    assert_eq!(
+        w.lease(2, &last.session_id, "h").outcome(),
+        LeaseOutcome::Revoked
+    );
+    let active = query::list_user_sessions(&w.state, "t", "u", false, 2, 10, None).unwrap();
+    assert!(active.sessions.is_empty());
+    assert_eq!(query::count_active(&w.state, "t", Some("u"), 2).unwrap(), 0);
+    assert_eq!(query::count_active(&w.state, "t", None, 2).unwrap(), 1);
+    assert_eq!(query::count_active(&w.state, "t2", None, 2).unwrap(), 1);
+    assert_eq!(all_revoked(&w, "t", 2).len(), MANY);
+    let joined = w.create_in(3, "t", "u", Some(&first.family_id), 0).0;
+    assert_eq!(
+        created(&joined).outcome(),
+        CreateSessionOutcome::FamilyRevoked
+    );
+    // Revoking again, or one of the covered sessions, changes nothing.
+    assert_eq!(
+        revoked_count(&w.revoke(3, "t", RevokeScope::Session, &last.session_id)),
+        0
+    );
+    assert_eq!(revoked_count(&w.revoke(3, "t", RevokeScope::User, "u")), 0);
+
+    // A session created after the revocation is not covered.
+    let (late, late_token) = w.create_in(4, "t", "u", None, 0);
+    let late = created(&late).session.clone().unwrap();
+    assert_eq!(
+        query::status_at(&w.session(&late.session_id).unwrap(), 5),
+        SessionStatus::Active
+    );
+    assert_eq!(
+        w.rotate(5, &late_token, "").0.outcome(),
+        RotateOutcome::Rotated
+    );
+    assert_eq!(query::count_active(&w.state, "t", Some("u"), 5).unwrap(), 1);
+
+    // The tenant: every session created so far (u's late one, v's), one event, O(1).
+    let before = w.data();
+    let result = w.revoke(6, "t", RevokeScope::Tenant, "");
+    assert_eq!(revoked_count(&result), 2);
+    assert!(changed_keys(&before, &w.data()) <= 4);
+    assert_eq!(result.events.len(), 1);
+    assert_eq!(result.events[0].scope(), RevokeScope::Tenant);
+    for id in [&late.session_id, &other.session_id] {
+        assert!(w.session(id).unwrap().revoked);
+    }
+    assert_eq!(query::count_active(&w.state, "t", None, 7).unwrap(), 0);
+    assert_eq!(query::count_active(&w.state, "t", Some("v"), 7).unwrap(), 0);
+    assert_eq!(query::count_active(&w.state, "t2", None, 7).unwrap(), 1);
+    let (after, _) = w.create_in(8, "t", "v", None, 0);
+    let after = created(&after).session.clone().unwrap();
+    assert!(!w.session(&after.session_id).unwrap().revoked);
+    assert_eq!(query::count_active(&w.state, "t", None, 9).unwrap(), 1);
+
+    // Collection of the covered sessions keeps the counters right.
+    while w.collect(25 * HOUR, 1_000) > 0 {}
+    assert!(w.session(&first.session_id).is_none());
+    assert_eq!(
+        query::count_active(&w.state, "t", None, 25 * HOUR).unwrap(),
+        0
+    );
+    let (fresh, _) = w.create_in(25 * HOUR, "t", "u", None, 0);
+    assert!(!created(&fresh).session.as_ref().unwrap().revoked);
+    assert_eq!(
+        query::count_active(&w.state, "t", None, 25 * HOUR).unwrap(),
+        1
+    );
+}
+
+/// A state that counts the index rows read by scans.
+struct CountingScans<'a> {
+    inner: &'a mut MemoryState,
+    rows: std::cell::Cell<usize>,
+}
+
+impl StateRead for CountingScans<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        self.inner.get(key)
+    }
+
+    fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<StateEntry>, StateError> {
+        let rows = self.inner.scan_prefix(prefix, start_after, limit)?;
+        self.rows.set(self.rows.get() + rows.len());
+        Ok(rows)
+    }
+}
+
+impl StateWrite for CountingScans<'_> {
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.inner.put(key, value);
+    }
+
+    fn delete(&mut self, key: &[u8]) {
+        self.inner.delete(key);
+    }
+}
+
+#[test]
+fn the_session_limit_reads_a_bounded_part_of_the_users_index() {
+    let mut w = World::new();
+    // A user with many revoked sessions still in the index (not yet expired).
+    for _ in 0..3_000 {
+        let (r, _) = w.create_in(0, "t", "u", None, 0);
+        let id = created(&r).session.clone().unwrap().session_id;
+        w.revoke(0, "t", RevokeScope::Session, &id);
+    }
+    w.create_in(0, "t", "u", None, 0);
+    let command = Command {
+        schema_version: SCHEMA_VERSION,
+        now_ms: 1,
+        request_key: Vec::new(),
+        request_fingerprint: Vec::new(),
+        kind: Some(command::Kind::CreateSession(CreateSession {
+            session_id: format!("sid_{:022}", 999_999),
+            family_id: format!("fam_{:022}", 999_999),
+            tenant: "t".into(),
+            user_id: "u".into(),
+            expires_at_ms: HOUR,
+            refresh_hash: hash(999_999),
+            max_sessions_per_user: 5,
+            ..Default::default()
+        })),
+    };
+    let mut counting = CountingScans {
+        inner: &mut w.state,
+        rows: Default::default(),
+    };
+    let result = apply(&command, 999_999, &mut counting).unwrap();
+    assert_eq!(created(&result).outcome(), CreateSessionOutcome::Created);
+    assert!(created(&result).evicted_session_ids.is_empty());
+    let rows = counting.rows.get();
+    assert!(
+        rows < 100,
+        "a create under the limit scanned {rows} index rows"
+    );
+}
+
+#[test]
+fn time_never_goes_back_and_deadlines_move_with_it() {
+    let mut w = World::new();
+    w.create_in(10 * HOUR, "t", "u", None, 0);
+    // Stamped earlier than the last applied command (a leader whose clock is behind).
+    let (r, _) = w.create_in(HOUR, "t", "u", None, 0);
+    let r = created(&r);
+    let s = r.session.clone().unwrap();
+    assert_eq!(s.created_at_ms, 10 * HOUR);
+    assert_eq!(
+        s.expires_at_ms,
+        10 * HOUR + 24 * HOUR,
+        "the lifetime is kept"
+    );
+    assert_eq!(r.access_expires_at_ms, 10 * HOUR + 15 * 60_000);
+    let revoked = w.revoke(HOUR, "t", RevokeScope::Session, &s.session_id);
+    assert_eq!(revoked.events[0].revoked_at_ms, 10 * HOUR);
+    assert_eq!(time::applied(&w.state).unwrap(), 10 * HOUR);
+}
+
+#[test]
+fn commands_this_binary_does_not_understand_stop_apply() {
+    let mut state = MemoryState::new();
+    let unknown_kind = Command {
+        schema_version: SCHEMA_VERSION,
+        now_ms: 1,
+        request_key: Vec::new(),
+        request_fingerprint: Vec::new(),
+        kind: None,
+    };
+    let newer = Command {
+        schema_version: SCHEMA_VERSION + 1,
+        kind: Some(command::Kind::Touch(Touch::default())),
+        ..unknown_kind.clone()
+    };
+    let batch = Command {
+        kind: Some(command::Kind::Batch(crate::proto::internal::CommandBatch {
+            commands: vec![
+                Command {
+                    kind: Some(command::Kind::Touch(Touch::default())),
+                    ..unknown_kind.clone()
+                },
+                unknown_kind.clone(),
+            ],
+        })),
+        ..unknown_kind.clone()
+    };
+    for command in [unknown_kind, newer, batch] {
+        assert!(matches!(
+            apply(&command, 1, &mut state),
+            Err(StateError::Unsupported(_))
+        ));
+        assert!(state.entries().is_empty(), "nothing was written");
+    }
+}
+
+#[test]
+fn a_token_read_before_its_rotation_is_reported_retired_when_the_session_moved_on() {
+    let mut w = World::new();
+    let (_, first) = w.create(0);
+    let token_before = w.state.get(&keys::refresh(&first)).unwrap().unwrap();
+    w.rotate(1, &first, "");
+    // What a reader sees if it read the token record before the rotation's batch and the
+    // session after it.
+    w.state.put(keys::refresh(&first), token_before);
+    let (session, token) = query::session_by_refresh_hash(&w.state, "t", &first)
+        .unwrap()
+        .unwrap();
+    assert_eq!(session.generation, 1);
+    assert!(token.retired);
 }

@@ -1,8 +1,7 @@
 //! Touch: record activity, which moves the session's idle deadline.
 
-use super::records::load;
 use super::sessions;
-use super::{keys, query, StateError, StateWrite};
+use super::{query, StateError, StateWrite};
 use crate::proto::internal::{command_result, SessionRecord, Touch, TouchResult};
 use crate::proto::v1::{SessionStatus, TouchOutcome};
 
@@ -18,7 +17,7 @@ pub fn apply(
             session,
         }))
     };
-    let Some(mut session) = load::<SessionRecord>(state, &keys::session(&command.session_id))?
+    let Some(mut session) = sessions::load(state, command.session_id.as_bytes())?
         .filter(|s| s.tenant == command.tenant)
     else {
         return result(TouchOutcome::SessionMissing, None);

@@ -12,9 +12,14 @@
 //! than it (such an answer may predate a revocation that was compacted away, which no event
 //! will ever correct). [`GatewayCache::wait_for_revision`] lets a caller that just revoked at
 //! revision R wait until every later lookup through the cache reflects R.
+//! A scoped event (a user or tenant revoked in one command) marks every cached session of
+//! that user or tenant older than its revision, and is remembered (for the most recent
+//! [`SCOPED_MARKS`] scopes) so that a fetch answered before that revision and stored after
+//! the event is stored as revoked too. The stream position is (revision, sequence), so a
+//! revision delivered in parts resumes where it was cut.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,9 +31,15 @@ use tonic::Status;
 use crate::client::Client;
 use crate::proto::v1::watch_revocations_response::Kind;
 use crate::proto::v1::{
-    lookup_request, Consistency, LookupOutcome, LookupRequest, RevocationEvent, Session,
-    SessionStatus, WatchRevocationsRequest,
+    lookup_request, Consistency, LookupOutcome, LookupRequest, RevocationEvent, RevokeScope,
+    Session, SessionStatus, WatchRevocationsRequest,
 };
+
+/// Most user or tenant revocations remembered for fetches that race with them.
+pub const SCOPED_MARKS: usize = 4096;
+
+/// A user (Some) or a whole tenant (None) revoked by a scoped event.
+type Scope = (String, Option<String>);
 
 /// Cache sizing.
 #[derive(Debug, Clone)]
@@ -93,10 +104,15 @@ struct Inner {
     client: Client,
     config: GatewayConfig,
     entries: Mutex<LruCache<String, Arc<Cached>>>,
+    /// Recent scoped revocations: the event of each scope, newest per scope.
+    scoped: Mutex<LruCache<Scope, RevocationEvent>>,
     hits: AtomicU64,
     misses: AtomicU64,
     events_applied: AtomicU64,
     revision: AtomicU64,
+    /// With `revision`, the resume position: 0 when `revision` was received whole,
+    /// otherwise the next event sequence of `revision` owed (a revision cut between parts).
+    sequence: AtomicU32,
     seen_revision: AtomicU64,
     /// No answer older than this is cached (the revision of the last RESYNC). Changed and
     /// read only while `entries` is locked.
@@ -114,10 +130,14 @@ impl GatewayCache {
                 client,
                 config,
                 entries: Mutex::new(LruCache::new(capacity)),
+                scoped: Mutex::new(LruCache::new(
+                    NonZeroUsize::new(SCOPED_MARKS).unwrap_or(NonZeroUsize::MIN),
+                )),
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
                 events_applied: AtomicU64::new(0),
                 revision: AtomicU64::new(0),
+                sequence: AtomicU32::new(0),
                 seen_revision: AtomicU64::new(0),
                 floor: AtomicU64::new(0),
                 advanced: Notify::new(),
@@ -192,6 +212,7 @@ impl GatewayCache {
         session: Option<Session>,
         revision: u64,
     ) -> Option<Arc<Cached>> {
+        let session = session.map(|s| self.with_scoped_marks(s, revision));
         let answer = Arc::new(Cached {
             session,
             revision,
@@ -216,6 +237,50 @@ impl GatewayCache {
         })
     }
 
+    /// `session` as fetched at `revision`, revoked if a scoped revocation after that revision
+    /// covers it (the fetch raced with the event).
+    fn with_scoped_marks(&self, mut session: Session, revision: u64) -> Session {
+        if session.status() == SessionStatus::Revoked {
+            return session;
+        }
+        let Ok(scoped) = self.inner.scoped.lock() else {
+            return session;
+        };
+        let scopes = [
+            (session.tenant.clone(), Some(session.user_id.clone())),
+            (session.tenant.clone(), None),
+        ];
+        let covering = scopes
+            .iter()
+            .filter_map(|scope| scoped.peek(scope))
+            .filter(|event| event.revision > revision)
+            .min_by_key(|event| event.revision);
+        if let Some(event) = covering {
+            revoke(&mut session, event);
+        }
+        session
+    }
+
+    /// Applies one event: one session, or every cached session of a user or tenant (a
+    /// scoped event).
+    pub fn apply_event(&self, event: &RevocationEvent) {
+        let scope = RevokeScope::try_from(event.scope).unwrap_or_default();
+        if !event.session_id.is_empty() {
+            return self.mark_revoked(event);
+        }
+        let key = match scope {
+            RevokeScope::User => (event.tenant.clone(), Some(event.user_id.clone())),
+            RevokeScope::Tenant => (event.tenant.clone(), None),
+            _ => return,
+        };
+        if let Ok(mut scoped) = self.inner.scoped.lock() {
+            scoped.put(key.clone(), event.clone());
+        }
+        self.mark_all(event, |s| {
+            s.tenant == key.0 && key.1.as_ref().is_none_or(|user| *user == s.user_id)
+        });
+    }
+
     /// Marks one session revoked (cached as revoked even if it was not cached).
     pub fn mark_revoked(&self, event: &RevocationEvent) {
         let Ok(mut entries) = self.inner.entries.lock() else {
@@ -231,9 +296,7 @@ impl GatewayCache {
                 user_id: event.user_id.clone(),
                 ..Default::default()
             });
-        session.status = SessionStatus::Revoked as i32;
-        session.revoked_at_ms = event.revoked_at_ms;
-        session.revocation_reason = event.reason;
+        revoke(&mut session, event);
         entries.put(
             event.session_id.clone(),
             Arc::new(Cached {
@@ -244,37 +307,57 @@ impl GatewayCache {
         );
     }
 
-    /// Marks every cached session matching `matches` revoked at `revision`.
-    fn mark_all(&self, revision: u64, matches: impl Fn(&Session) -> bool) {
+    /// Marks revoked, as `event` says, every cached session matching `matches` whose cached
+    /// answer is older than the event (an answer at or after it already includes it: a
+    /// session created after a scoped revocation is not covered by it).
+    fn mark_all(&self, event: &RevocationEvent, matches: impl Fn(&Session) -> bool) {
         let Ok(mut entries) = self.inner.entries.lock() else {
             return;
         };
         for (_, cached) in entries.iter_mut() {
+            if cached.revision >= event.revision || cached.is_revoked() {
+                continue;
+            }
             if let Some(session) = cached.session.as_ref().filter(|s| matches(s)) {
                 let mut session = session.clone();
-                session.status = SessionStatus::Revoked as i32;
+                revoke(&mut session, event);
                 *cached = Arc::new(Cached {
                     session: Some(session),
-                    revision,
+                    revision: event.revision,
                     fetched_at: Instant::now(),
                 });
             }
         }
     }
 
-    /// Marks every cached session of a user revoked.
+    /// Marks every cached session of a user revoked (answers older than `revision`).
     pub fn mark_all_revoked_for_user(&self, tenant: &str, user_id: &str, revision: u64) {
-        self.mark_all(revision, |s| s.tenant == tenant && s.user_id == user_id);
+        self.apply_event(&RevocationEvent {
+            revision,
+            tenant: tenant.to_owned(),
+            user_id: user_id.to_owned(),
+            scope: RevokeScope::User as i32,
+            ..Default::default()
+        });
     }
 
-    /// Marks every cached session of a family revoked.
+    /// Marks every cached session of a family revoked (answers older than `revision`).
     pub fn mark_all_revoked_for_family(&self, family_id: &str, revision: u64) {
-        self.mark_all(revision, |s| s.family_id == family_id);
+        let event = RevocationEvent {
+            revision,
+            ..Default::default()
+        };
+        self.mark_all(&event, |s| s.family_id == family_id);
     }
 
-    /// Marks every cached session of a tenant revoked.
+    /// Marks every cached session of a tenant revoked (answers older than `revision`).
     pub fn mark_all_revoked_for_tenant(&self, tenant: &str, revision: u64) {
-        self.mark_all(revision, |s| s.tenant == tenant);
+        self.apply_event(&RevocationEvent {
+            revision,
+            tenant: tenant.to_owned(),
+            scope: RevokeScope::Tenant as i32,
+            ..Default::default()
+        });
     }
 
     /// Drops every cached answer.
@@ -361,6 +444,7 @@ impl GatewayCache {
             .watch_revocations(WatchRevocationsRequest {
                 from_revision,
                 tenants: Vec::new(),
+                from_sequence: self.inner.sequence.load(Ordering::Relaxed),
             })
             .await?;
         while let Some(message) = stream.message().await? {
@@ -371,20 +455,32 @@ impl GatewayCache {
                         .seen_revision
                         .fetch_max(batch.revision, Ordering::Relaxed);
                     for event in &batch.events {
-                        self.mark_revoked(event);
+                        self.apply_event(event);
                         inner.events_applied.fetch_add(1, Ordering::Relaxed);
                     }
-                    inner.revision.fetch_max(batch.revision, Ordering::Relaxed);
+                    let next = match batch.events.last() {
+                        Some(last) if batch.partial => last.sequence.saturating_add(1),
+                        _ => 0,
+                    };
+                    inner.sequence.store(next, Ordering::Relaxed);
+                    inner.revision.store(batch.revision, Ordering::Relaxed);
                 }
                 Some(Kind::Progress(p)) => {
                     inner.seen_revision.fetch_max(p.revision, Ordering::Relaxed);
-                    inner.revision.fetch_max(p.revision, Ordering::Relaxed);
+                    if p.revision > inner.revision.load(Ordering::Relaxed) {
+                        inner.sequence.store(0, Ordering::Relaxed);
+                        inner.revision.store(p.revision, Ordering::Relaxed);
+                    }
                 }
                 Some(Kind::ResyncRequired(r)) => {
+                    inner.sequence.store(0, Ordering::Relaxed);
                     self.resync(r.current_revision);
                     return Ok(());
                 }
                 Some(Kind::CutOff(c)) => {
+                    inner
+                        .sequence
+                        .store(c.resume_from_sequence, Ordering::Relaxed);
                     inner
                         .revision
                         .store(c.resume_from_revision, Ordering::Relaxed);
@@ -396,6 +492,13 @@ impl GatewayCache {
         }
         Ok(())
     }
+}
+
+/// Marks `session` revoked as `event` says.
+fn revoke(session: &mut Session, event: &RevocationEvent) {
+    session.status = SessionStatus::Revoked as i32;
+    session.revoked_at_ms = event.revoked_at_ms;
+    session.revocation_reason = event.reason;
 }
 
 #[cfg(test)]

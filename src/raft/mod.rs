@@ -160,15 +160,15 @@ impl RaftNode {
     }
 
     /// Makes this node a one-voter cluster if it has never been part of one (no vote, no
-    /// log); does nothing otherwise.
-    pub async fn initialize_single_if_new(&self) -> Result<(), Error> {
+    /// log) and answers true; does nothing and answers false otherwise.
+    pub async fn initialize_single_if_new(&self) -> Result<bool, Error> {
         let raft = &self.inner.raft;
         if raft.is_initialized().await.map_err(unavailable)? {
-            return Ok(());
+            return Ok(false);
         }
         let members = BTreeMap::from([(self.inner.id, BasicNode::new(&self.inner.advertise_addr))]);
         match raft.initialize(members).await {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             Err(RaftError::APIError(e)) => Err(Error::Internal(format!("initialize: {e}"))),
             Err(RaftError::Fatal(e)) => Err(unavailable(e)),
         }

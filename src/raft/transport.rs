@@ -3,6 +3,8 @@
 //! listener only, behind [`PeerGuard`], which admits a request only from a node of this
 //! cluster that is a member (or any node of this cluster while this one waits to be added).
 
+use std::sync::Arc;
+
 use openraft::error::{InstallSnapshotError, RaftError};
 use tonic::{Request, Response, Status};
 
@@ -11,9 +13,9 @@ use super::{wire, RaftNode};
 use crate::auth::audit;
 use crate::proto::internal::raft_transport_server::RaftTransport;
 use crate::proto::internal::{
-    AppendEntriesMessage, AppendEntriesReply, DescribeMessage, DescribeReply, ProposeMessage,
-    ProposeReply, ReadIndexMessage, ReadIndexReply, SnapshotChunkMessage, SnapshotChunkReply,
-    VoteMessage, VoteReply,
+    AppendEntriesMessage, AppendEntriesReply, Command, DescribeMessage, DescribeReply,
+    ProposeMessage, ProposeReply, ReadIndexMessage, ReadIndexReply, SnapshotChunkMessage,
+    SnapshotChunkReply, VoteMessage, VoteReply,
 };
 use crate::tls::{cert_identity, CertIdentity};
 use crate::Error;
@@ -116,16 +118,21 @@ fn check_speaks_for_itself<T>(request: &Request<T>, claimed: Option<u64>) -> Res
     ))
 }
 
+/// Checks a command proposed by a peer (as strictly as the public API checks requests) and
+/// may put this node's policy into it; an error refuses the proposal.
+pub type CommandCheck = Arc<dyn Fn(&mut Command) -> Result<(), Error> + Send + Sync>;
+
 /// Serves this node's Raft RPCs and forwarded requests.
 #[derive(Clone)]
 pub struct TransportService {
     node: RaftNode,
+    check: CommandCheck,
 }
 
 impl TransportService {
-    /// The service of `node`.
-    pub fn new(node: RaftNode) -> Self {
-        TransportService { node }
+    /// The service of `node`, holding proposed commands to `check`.
+    pub fn new(node: RaftNode, check: CommandCheck) -> Self {
+        TransportService { node, check }
     }
 }
 
@@ -192,10 +199,11 @@ impl RaftTransport for TransportService {
         &self,
         request: Request<ProposeMessage>,
     ) -> Result<Response<ProposeReply>, Status> {
-        let command = request
+        let mut command = request
             .into_inner()
             .command
-            .ok_or_else(|| bad_message("no command"))?;
+            .ok_or_else(|| Status::invalid_argument("command: must be set"))?;
+        (self.check)(&mut command).map_err(forwarded_failed)?;
         let applied = self
             .node
             .propose_here(command)

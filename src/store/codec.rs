@@ -161,6 +161,15 @@ pub fn entry_record(entry: &Entry) -> LogEntryRecord {
 
 /// A log entry from its record.
 pub fn entry(record: &LogEntryRecord) -> Result<Entry, CodecError> {
+    if record.schema_version > SCHEMA_VERSION {
+        return Err(CodecError::new(
+            "log entry",
+            format!(
+                "schema version {} is newer than this binary's {SCHEMA_VERSION}: upgrade this node",
+                record.schema_version
+            ),
+        ));
+    }
     let log_id = record
         .log_id
         .as_ref()

@@ -312,6 +312,8 @@ impl Cluster {
         let request = AddLearnerRequest {
             node_id: id,
             addr: self.nodes[&id].peer_addr.clone(),
+            // The server answers (DEADLINE_EXCEEDED) before the client gives up.
+            timeout_ms: 25_000,
         };
         tokio::time::timeout(Duration::from_secs(30), admin.add_learner(request))
             .await
@@ -324,7 +326,10 @@ impl Cluster {
     pub async fn promote(&self, via: u64, id: u64) -> Result<(), String> {
         let mut admin = self.admin(via).await.ok_or("admin unreachable")?;
         admin
-            .promote(PromoteRequest { node_id: id })
+            .promote(PromoteRequest {
+                node_id: id,
+                force: false,
+            })
             .await
             .map(|_| ())
             .map_err(|s| s.message().to_owned())

@@ -151,6 +151,7 @@ impl Runner {
                 let Some(id) = self.resolve(target).await else {
                     return;
                 };
+                self.probe(id).await;
                 self.cluster.pause(id, true);
                 let burst = self.abandoned_requests(id);
                 sleep(ms).await;
@@ -262,6 +263,20 @@ impl Runner {
         }
     }
 
+    /// One LOCAL lookup on the probe connection to `id` (which also opens it); the error, if
+    /// any, in full.
+    async fn probe(&self, id: u64) -> String {
+        let request = LookupRequest {
+            tenant: "probe".into(),
+            key: Some(lookup_request::Key::SessionId("sid_probe".into())),
+            consistency: Consistency::Local as i32,
+        };
+        match self.nodes.client(id).lookup(request).await {
+            Err(s) if s.code() != tonic::Code::InvalidArgument => format!("{s:?}"),
+            _ => String::new(),
+        }
+    }
+
     /// Requests to a paused node that the callers give up on (as impatient clients do): each
     /// leaves a stream the node only sees, already reset, when it resumes.
     fn abandoned_requests(&self, id: u64) -> tokio::task::JoinHandle<()> {
@@ -291,15 +306,8 @@ impl Runner {
         let before = self.cluster.log_count(id, H2_LIMIT);
         let mut refused = 0;
         for _ in 0..5 {
-            let request = LookupRequest {
-                tenant: "probe".into(),
-                key: Some(lookup_request::Key::SessionId("sid_probe".into())),
-                consistency: Consistency::Local as i32,
-            };
-            if let Err(s) = self.nodes.client(id).lookup(request).await {
-                if format!("{s:?}").contains("too_many_resets") {
-                    refused += 1;
-                }
+            if self.probe(id).await.contains("too_many_resets") {
+                refused += 1;
             }
         }
         let goaways = self.cluster.log_count(id, H2_LIMIT) - before;
@@ -401,10 +409,7 @@ async fn preload(url: &str) {
 async fn all_events(url: &str, upto: u64) -> Option<Vec<(u64, String)>> {
     let mut client = SessionAuthorityClient::connect(url.to_owned()).await.ok()?;
     let mut stream = client
-        .watch_revocations(WatchRevocationsRequest {
-            from_revision: 0,
-            tenants: Vec::new(),
-        })
+        .watch_revocations(WatchRevocationsRequest::default())
         .await
         .ok()?
         .into_inner();
@@ -423,7 +428,7 @@ async fn all_events(url: &str, upto: u64) -> Option<Vec<(u64, String)>> {
                         .into_iter()
                         .map(|e| (batch.revision, e.session_id)),
                 );
-                if batch.revision >= upto {
+                if batch.revision >= upto && !batch.partial {
                     return Some(events);
                 }
             }
@@ -650,6 +655,15 @@ async fn check_final(
     let (leader, index) = match converge(&mut runner.cluster, &members).await {
         Ok(x) => x,
         Err(state) => {
+            for id in &members {
+                if !runner.cluster.running(*id) {
+                    report.violations.push(Violation {
+                        invariant: 0,
+                        message: format!("node {id} exited by itself and does not start again"),
+                        history: runner.cluster.log_errors(*id, 2),
+                    });
+                }
+            }
             let tails: Vec<String> = members
                 .iter()
                 .flat_map(|id| runner.cluster.log_errors(*id, 2))
@@ -860,11 +874,12 @@ fn random_fault_schedules_keep_the_invariants() {
     assert!(failed.is_empty(), "violations in seeds {failed:?}");
 }
 
-/// Schedules that caught defects (README "How we test faults"). On commit 1782221 seed 1
-/// left a node SIGKILLed during a snapshot install unable to start again ("Failed to get log
-/// entries [0, 64)"), and seed 3 made a watcher on a node that installed a snapshot miss
-/// revocations without RESYNC_REQUIRED.
-const REGRESSION_SEEDS: &[u64] = &[1, 3];
+/// Schedules that caught defects (README "How we test faults"). On commit 1782221 seeds 1
+/// and 4 left a node SIGKILLed during a snapshot install unable to start again ("Failed to
+/// get log entries [0, 64)"), and seeds 3 and 1 made a watcher on a node that installed a
+/// snapshot miss revocations without RESYNC_REQUIRED (which of the two a run shows depends
+/// on timing).
+const REGRESSION_SEEDS: &[u64] = &[1, 3, 4];
 
 /// The regression schedules (`scripts/chaos.sh --regressions`): every invariant holds. Known
 /// to fail on bases without the storage fix (snapshot install), so not in the CI set yet.
@@ -927,6 +942,51 @@ fn digest_snapshot_and_purge_work_on_a_real_node() {
             }
             assert!(Instant::now() < deadline, "log not purged: {status:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
+/// Issue (d): a node that campaigned while cut off (uncommitted vote, no leader), killed and
+/// restarted with its usual flags (node 1 bootstraps), must serve at once. On 1782221
+/// `server::start` waits up to 10 s for a leader before it listens, so the node cannot hear
+/// the leader, campaigns at rising terms, and then forces an election (measured: 10.7 s
+/// unreachable, the cluster's term 2 -> 8).
+#[test]
+#[ignore = "fails until server::start serves before it waits for a leader: scripts/chaos.sh"]
+fn a_restarted_node_serves_before_it_knows_a_leader() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let mut cluster = Cluster::prepare(&[1, 2, 3], GRACE_MS).await;
+        cluster.start(1);
+        cluster
+            .wait_leader(Duration::from_secs(20))
+            .await
+            .expect("leader");
+        for id in [2, 3] {
+            cluster.start(id);
+            cluster.add_learner(1, id).await.expect("add");
+            cluster.promote(1, id).await.expect("promote");
+        }
+        // Leadership moves away from node 1, then node 1 campaigns alone.
+        cluster.isolate(&[1], LinkMode::Down);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        cluster.proxies.heal();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cluster.isolate(&[1], LinkMode::Down);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let campaigning = cluster.status(1).await.expect("status");
+        assert_eq!(campaigning.leader_id, 0, "node 1 should be campaigning");
+        cluster.kill(1);
+        cluster.proxies.heal();
+        cluster.start(1);
+        let restarted = Instant::now();
+        while cluster.status(1).await.is_none() {
+            assert!(
+                restarted.elapsed() < Duration::from_secs(5),
+                "node 1 not serving {:?} after its restart",
+                restarted.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
 }

@@ -426,9 +426,10 @@ pub async fn watcher(history: History, node: u64, url: String, mut stop: watch::
             resync: None,
             ended: String::new(),
         };
+        let mut partial = Vec::new();
         let request = WatchRevocationsRequest {
             from_revision: resume,
-            tenants: Vec::new(),
+            ..Default::default()
         };
         let opened = tokio::select! {
             r = tokio::time::timeout(Duration::from_secs(5), client.watch_revocations(request)) => r,
@@ -445,10 +446,19 @@ pub async fn watcher(history: History, node: u64, url: String, mut stop: watch::
                     match next {
                         Ok(Some(message)) => match message.kind {
                             Some(Kind::Events(batch)) => {
-                                for e in batch.events {
-                                    segment.events.push((batch.revision, e.session_id));
+                                // A revision split over several messages counts once its
+                                // last part arrived; a stream cut between parts resumes
+                                // before it and receives the whole revision again.
+                                partial.extend(
+                                    batch
+                                        .events
+                                        .into_iter()
+                                        .map(|e| (batch.revision, e.session_id)),
+                                );
+                                if !batch.partial {
+                                    segment.events.append(&mut partial);
+                                    segment.high = segment.high.max(batch.revision);
                                 }
-                                segment.high = segment.high.max(batch.revision);
                             }
                             Some(Kind::Progress(p)) => segment.high = segment.high.max(p.revision),
                             Some(Kind::ResyncRequired(r)) => {

@@ -63,7 +63,10 @@ impl TestCluster {
         self.add_learner(id).await;
         let mut admin = self.admin().await;
         admin
-            .promote(PromoteRequest { node_id: id })
+            .promote(PromoteRequest {
+                node_id: id,
+                ..Default::default()
+            })
             .await
             .expect("promote");
     }
@@ -74,7 +77,11 @@ impl TestCluster {
         let addr = self.nodes[&id].node.peer_addr().to_string();
         let mut admin = self.admin().await;
         admin
-            .add_learner(AddLearnerRequest { node_id: id, addr })
+            .add_learner(AddLearnerRequest {
+                node_id: id,
+                addr,
+                ..Default::default()
+            })
             .await
             .expect("add learner");
     }
