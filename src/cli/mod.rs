@@ -181,3 +181,15 @@ pub async fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap's own consistency checks (names, groups, global flags of every subcommand), which
+    /// otherwise fire only when a command line is parsed.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -50,13 +50,13 @@ pub enum SessionCommand {
         #[arg(long, default_value = "")]
         tenant: String,
         /// Session id.
-        #[arg(long, group = "key")]
+        #[arg(long, group = "lookup_by")]
         id: Option<String>,
         /// Raw refresh token.
-        #[arg(long, group = "key")]
+        #[arg(long, group = "lookup_by")]
         refresh_token: Option<String>,
         /// Raw access token.
-        #[arg(long, group = "key")]
+        #[arg(long, group = "lookup_by")]
         access_token: Option<String>,
         /// Read this node's applied state instead of confirming with the leader.
         #[arg(long)]
