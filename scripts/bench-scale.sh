@@ -36,9 +36,11 @@ json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 
 port1=$(free_port)
 port2=$(free_port)
+peer1=$(free_port)
+peer2=$(free_port)
 ep1=http://127.0.0.1:$port1
 start_node1() {
-  "$bin" serve --node-id 1 --listen "127.0.0.1:$port1" --data-dir "$work/node1" \
+  "$bin" serve --node-id 1 --listen "127.0.0.1:$port1" --peer-listen "127.0.0.1:$peer1" --data-dir "$work/node1" \
     >>"$work/node1.log" 2>&1 &
   node1=$!
   pids+=("$node1")
@@ -83,7 +85,7 @@ echo "restarted in ${restart_secs}s; RSS $rss_after_restart_kb KiB, peak $restar
 echo 5 >"/proc/$node1/clear_refs" # the peak from here on: building and sending a snapshot
 
 echo "adding a learner"
-"$bin" serve --node-id 2 --listen "127.0.0.1:$port2" --data-dir "$work/node2" --join \
+"$bin" serve --node-id 2 --listen "127.0.0.1:$port2" --peer-listen "127.0.0.1:$peer2" --data-dir "$work/node2" --join \
   >"$work/node2.log" 2>&1 &
 node2=$!
 pids+=("$node2")
@@ -91,7 +93,7 @@ for _ in $(seq 1 200); do status "http://127.0.0.1:$port2" >/dev/null && break; 
 target_index=$(status "$ep1" | json_field "['last_log_index']")
 purged_index=$(status "$ep1" | json_field "['purged_index']")
 learner_started=$(now)
-"$bin" cluster add-learner --endpoint "$ep1" 2 "127.0.0.1:$port2" >/dev/null
+"$bin" cluster add-learner --endpoint "$ep1" 2 "127.0.0.1:$peer2" >/dev/null
 for _ in $(seq 1 12000); do
   if ! kill -0 "$node2" 2>/dev/null; then
     echo "the learner died while catching up (see dmesg for the OOM killer); logs in $work" >&2

@@ -20,8 +20,23 @@ pub struct Config {
     pub node_id: u64,
     /// Address the gRPC server binds.
     pub listen_addr: SocketAddr,
-    /// Address other nodes and clients use to reach this node (default: the bound address).
+    /// Address clients use to reach this node (default: the bound address).
     pub advertise_addr: Option<String>,
+    /// Address the peer listener (Raft transport and forwarding, nothing else) binds.
+    /// Default: the client listener's IP, port + 1 (port 0 stays 0: any free port).
+    pub peer_listen_addr: Option<SocketAddr>,
+    /// Address other nodes use to reach this node's peer listener; it is the address in the
+    /// Raft membership (default: the bound peer address).
+    pub peer_advertise_addr: Option<String>,
+    /// The cluster's identity: sent with every peer message (a mismatch is refused) and
+    /// named in node certificates (`sessiond://<cluster_id>/node/<id>`).
+    pub cluster_id: String,
+    /// TLS for both listeners (absent: plaintext).
+    pub tls: Option<TlsConfig>,
+    /// Client credentials and their roles (no principal: every call is allowed).
+    pub auth: AuthConfig,
+    /// Allow serving a non-loopback address without TLS or authentication.
+    pub insecure: bool,
     /// Directory holding the sled database and snapshots.
     pub data_dir: PathBuf,
     /// On the first start, make this node a one-node cluster. False for a node that joins an
@@ -58,6 +73,12 @@ impl Default for Config {
             node_id: 1,
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             advertise_addr: None,
+            peer_listen_addr: None,
+            peer_advertise_addr: None,
+            cluster_id: "sessiond".into(),
+            tls: None,
+            auth: AuthConfig::default(),
+            insecure: false,
             data_dir: PathBuf::from("data"),
             bootstrap: true,
             log_format: LogFormat::Human,
@@ -73,6 +94,75 @@ impl Default for Config {
             clock_offset_ms: 0,
         }
     }
+}
+
+/// TLS files of a node. The same CA verifies peer certificates (always required on the peer
+/// listener) and client certificates (as `client_certs` says); the node's certificate serves
+/// both listeners and is its client certificate towards peers. All files are PEM and are read
+/// again on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The cluster CA certificate.
+    pub ca_file: PathBuf,
+    /// This node's certificate chain.
+    pub cert_file: PathBuf,
+    /// This node's private key.
+    pub key_file: PathBuf,
+    /// Client certificates on the client listener.
+    #[serde(default)]
+    pub client_certs: ClientCertPolicy,
+}
+
+/// Whether the client listener asks for client certificates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertPolicy {
+    /// Not asked for: clients authenticate with API keys.
+    None,
+    /// Verified when presented; API keys also work.
+    #[default]
+    Optional,
+    /// Every client must present one signed by the CA.
+    Required,
+}
+
+/// Who may call the client listener. Without any principal every call is allowed (the
+/// loopback development mode).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The known principals.
+    pub principals: Vec<PrincipalConfig>,
+}
+
+/// One principal: a name, a role, its tenants, and how it proves who it is.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalConfig {
+    /// The principal's name. A client certificate naming it (URI SAN
+    /// `sessiond://<cluster_id>/client/<name>`, or else its subject CN) authenticates as it.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// The tenants it may act in; `"*"` means every tenant.
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    /// SHA-256 (hex) of its bearer API key (`sessiond certs api-key` makes one), if it uses one.
+    #[serde(default)]
+    pub api_key_sha256: Option<String>,
+}
+
+/// What a principal may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// An auth service: create, rotate, revoke, lease, touch, lookup, validate, list, count.
+    Service,
+    /// An API gateway: lookup, validate, watch, list revoked (read only).
+    Gateway,
+    /// An operator: cluster administration and status.
+    Operator,
 }
 
 /// How log lines are written.
@@ -286,6 +376,46 @@ impl Config {
             .unwrap_or(self.sessions.max_sessions_per_user)
     }
 
+    /// The peer listener's bind address: as configured, else the client listener's IP with
+    /// the next port (port 0 stays 0).
+    pub fn peer_listen_addr(&self) -> SocketAddr {
+        self.peer_listen_addr.unwrap_or_else(|| {
+            let port = match self.listen_addr.port() {
+                0 => 0,
+                p => p.saturating_add(1),
+            };
+            SocketAddr::new(self.listen_addr.ip(), port)
+        })
+    }
+
+    /// Whether this is the open development mode: no TLS and no principals.
+    pub fn is_open(&self) -> bool {
+        self.tls.is_none() && self.auth.principals.is_empty()
+    }
+
+    /// Refuses to expose an unprotected node: a listener bound to a non-loopback address
+    /// needs TLS and authentication, unless `insecure` is set.
+    pub fn check_exposure(&self) -> Result<(), Error> {
+        let exposed = [self.listen_addr, self.peer_listen_addr()]
+            .iter()
+            .any(|a| !a.ip().is_loopback());
+        if exposed && !self.insecure {
+            if self.tls.is_none() {
+                return Err(Error::invalid(
+                    "tls",
+                    "a non-loopback listener needs TLS (tls.*) or --insecure",
+                ));
+            }
+            if self.auth.principals.is_empty() {
+                return Err(Error::invalid(
+                    "auth",
+                    "a non-loopback listener needs authentication (auth.principals) or --insecure",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Rejects settings that contradict each other.
     pub fn check(&self) -> Result<(), Error> {
         let s = &self.sessions;
@@ -334,6 +464,19 @@ impl Config {
         if self.node_id == 0 {
             return Err(Error::invalid("config", "node_id must be at least 1"));
         }
+        if self.cluster_id.is_empty()
+            || self.cluster_id.len() > 64
+            || !self
+                .cluster_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        {
+            return Err(Error::invalid(
+                "config",
+                "cluster_id must be 1-64 letters, digits, '-', '.' or '_'",
+            ));
+        }
+        crate::auth::check_principals(&self.auth)?;
         if s.ttl_jitter_pct > 50 {
             return Err(Error::invalid(
                 "config",
@@ -408,10 +551,29 @@ mod tests {
         assert!(Config::from_toml("[sessions]\ndefault_ttl_ms = 10\nmax_ttl_ms = 5").is_err());
         assert!(Config::from_toml("[raft]\nheartbeat_ms = 900").is_err());
         assert!(Config::from_toml("node_id = 0").is_err());
+        assert!(Config::from_toml("cluster_id = \"a/b\"").is_err());
         assert!(Config::from_toml("[storage]\ncache_capacity_mb = 1").is_err());
         let c = Config::from_toml("[storage]\ncache_capacity_mb = 64").unwrap();
         assert_eq!(c.storage.cache_capacity_bytes(), 64 << 20);
         assert!(Config::from_toml("[sessions]\nttl_jitter_pct = 51").is_err());
         assert!(Config::from_toml("[sessions]\nttl_jitter_pct = 50").is_ok());
+    }
+
+    #[test]
+    fn peer_listener_defaults_to_the_next_port() {
+        let mut c = Config::default();
+        assert_eq!(c.peer_listen_addr().to_string(), "127.0.0.1:50052");
+        c.listen_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        assert_eq!(c.peer_listen_addr().port(), 0);
+    }
+
+    #[test]
+    fn exposure_without_tls_and_auth_needs_insecure() {
+        let mut c = Config::default();
+        c.check_exposure().unwrap();
+        c.listen_addr = SocketAddr::from(([0, 0, 0, 0], 50051));
+        assert!(c.check_exposure().is_err());
+        c.insecure = true;
+        c.check_exposure().unwrap();
     }
 }

@@ -14,12 +14,15 @@
 //! - [`raft`]: openraft type configuration, network, and the [`raft::RaftNode`] handle.
 //! - [`api`]: gRPC services: validation, command building, outcome mapping.
 //! - [`client`]: a typed Rust client; [`cli`]: the `sessiond` command line.
+//! - [`tls`]: TLS of the two listeners and of peer connections; [`auth`]: principals, roles,
+//!   tenant scopes and the audit trail of the client listener.
 //! - [`config`]: node configuration (flags, environment, TOML file); [`clock`]: the wall clock.
 //! - [`gateway`]: the gateway's session cache fed by the revocation stream.
 //! - [`health`]: the node's health verdict; [`metrics`]: Prometheus metrics and probes.
 //! - [`bench`]: the `sessiond bench` load generator.
 
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod client;
@@ -34,6 +37,7 @@ pub mod proto;
 pub mod raft;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod token;
 
 pub use error::Error;

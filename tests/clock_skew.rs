@@ -20,16 +20,19 @@ use sessiond::proto::v1::*;
 const HOUR_MS: i64 = 3_600_000;
 const GRACE_MS: u64 = 3_000;
 
-/// Starts node `id` with its clock shifted by `offset_ms`; returns it and its endpoint.
-fn start(root: &Path, id: u64, offset_ms: i64) -> (ServerProcess, String) {
+/// Starts node `id` with its clock shifted by `offset_ms`; returns it, its client endpoint
+/// and its peer address (the one to add it by).
+fn start(root: &Path, id: u64, offset_ms: i64) -> (ServerProcess, String, String) {
     let port = free_port();
+    let peer_port = free_port();
     let dir = root.join(format!("node-{id}"));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("sessiond.toml");
     std::fs::write(
         &config,
         format!(
-            "node_id = {id}\nlisten_addr = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\
+            "node_id = {id}\nlisten_addr = \"127.0.0.1:{port}\"\n\
+             peer_listen_addr = \"127.0.0.1:{peer_port}\"\ndata_dir = \"{}\"\n\
              bootstrap = {}\nclock_offset_ms = {offset_ms}\n\n\
              [sessions]\nreuse_grace_ms = {GRACE_MS}\n\n\
              [gc]\ninterval_ms = 300\nevent_retention_ms = 2000\n\n\
@@ -41,7 +44,11 @@ fn start(root: &Path, id: u64, offset_ms: i64) -> (ServerProcess, String) {
     .unwrap();
     let process =
         ServerProcess::spawn_with(&["--config", config.to_str().unwrap()], &dir.join("log"));
-    (process, format!("http://127.0.0.1:{port}"))
+    (
+        process,
+        format!("http://127.0.0.1:{port}"),
+        format!("127.0.0.1:{peer_port}"),
+    )
 }
 
 async fn leader_id(endpoint: &str) -> u64 {
@@ -68,12 +75,11 @@ async fn rotate(client: &Client, token: &str) -> RotateResponse {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_skewed_node_decides_no_time() {
     let root = tempfile::tempdir().unwrap();
-    let (p1, on_time) = start(root.path(), 1, 0);
-    let (p2, ahead) = start(root.path(), 2, HOUR_MS);
-    let (p3, behind) = start(root.path(), 3, -HOUR_MS);
+    let (p1, on_time, _) = start(root.path(), 1, 0);
+    let (p2, ahead, ahead_peer) = start(root.path(), 2, HOUR_MS);
+    let (p3, behind, behind_peer) = start(root.path(), 3, -HOUR_MS);
     let mut admin = ClusterClient::connect(on_time.clone()).await.unwrap();
-    for (id, endpoint) in [(2u64, &ahead), (3, &behind)] {
-        let addr = endpoint.trim_start_matches("http://").to_owned();
+    for (id, addr) in [(2u64, ahead_peer), (3, behind_peer)] {
         admin
             .add_learner(AddLearnerRequest {
                 node_id: id,

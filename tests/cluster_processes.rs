@@ -19,17 +19,19 @@ struct NodeFiles {
     config: PathBuf,
     log: PathBuf,
     endpoint: String,
+    peer_addr: String,
 }
 
 fn write_node_files(root: &Path, id: u64) -> NodeFiles {
     let port = free_port();
+    let peer_port = free_port();
     let dir = root.join(format!("node-{id}"));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("sessiond.toml");
     std::fs::write(
         &config,
         format!(
-            "node_id = {id}\nlisten_addr = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nbootstrap = {}\n\n[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 800\nelection_timeout_max_ms = 1600\n",
+            "node_id = {id}\nlisten_addr = \"127.0.0.1:{port}\"\npeer_listen_addr = \"127.0.0.1:{peer_port}\"\ndata_dir = \"{}\"\nbootstrap = {}\n\n[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 800\nelection_timeout_max_ms = 1600\n",
             dir.join("data").display(),
             id == 1
         ),
@@ -39,6 +41,7 @@ fn write_node_files(root: &Path, id: u64) -> NodeFiles {
         config,
         log: dir.join("sessiond.log"),
         endpoint: format!("http://127.0.0.1:{port}"),
+        peer_addr: format!("127.0.0.1:{peer_port}"),
     }
 }
 
@@ -113,10 +116,7 @@ async fn acknowledged_writes_survive_sigkill_of_a_follower_and_the_leader() {
         .await
         .unwrap();
     for id in [2u64, 3] {
-        let addr = files[id as usize - 1]
-            .endpoint
-            .trim_start_matches("http://")
-            .to_owned();
+        let addr = files[id as usize - 1].peer_addr.clone();
         admin
             .add_learner(AddLearnerRequest {
                 node_id: id,

@@ -1,5 +1,5 @@
-//! Internal proposals are checked like public requests: anyone who reaches the node can call
-//! `RaftTransport/Propose`, so a command with no kind, a nested batch, a clock far from the
+//! Internal proposals are checked like public requests: any member node that reaches the
+//! peer listener can call `RaftTransport/Propose`, so a command with no kind, a nested batch, a clock far from the
 //! leader's, malformed ids or hashes, or out-of-range deadlines gets INVALID_ARGUMENT and
 //! changes nothing; a well-formed proposal is applied with the leader's policy and time.
 
@@ -12,6 +12,7 @@ use sessiond::proto::internal::{
 };
 use sessiond::proto::v1::*;
 use sessiond::proto::SCHEMA_VERSION;
+use sessiond::raft::network::{PEER_CLUSTER_METADATA, PEER_NODE_METADATA};
 use tonic::Code;
 
 fn at(now_ms: i64, kind: command::Kind) -> Command {
@@ -27,7 +28,9 @@ fn at(now_ms: i64, kind: command::Kind) -> Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_internal_proposals_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let t = TestNode::start(test_config(dir.path())).await;
+    let config = test_config(dir.path());
+    let cluster_id = config.cluster_id.clone();
+    let t = TestNode::start(config).await;
     let created = t
         .client
         .create_session(create_request("t", "u"))
@@ -35,9 +38,19 @@ async fn malformed_internal_proposals_are_refused_and_change_nothing() {
         .unwrap()
         .session
         .unwrap();
-    let mut peer = RaftTransportClient::connect(format!("http://{}", t.node.addr()))
+    // A member of the cluster speaking on the peer listener (node 1 is the only member).
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", t.node.peer_addr()))
+        .unwrap()
+        .connect()
         .await
         .unwrap();
+    let mut peer =
+        RaftTransportClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
+            let metadata = request.metadata_mut();
+            metadata.insert(PEER_CLUSTER_METADATA, cluster_id.parse().unwrap());
+            metadata.insert(PEER_NODE_METADATA, "1".parse().unwrap());
+            Ok(request)
+        });
     let now = sessiond::clock::now_ms();
     let good_create = CreateSession {
         session_id: format!("sid_{}", "A".repeat(22)),

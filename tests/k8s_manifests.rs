@@ -1,5 +1,6 @@
 //! The Kubernetes ConfigMap (cluster/k8s/configmap.yaml) holds a configuration sessiond
-//! accepts, with the metrics and probe listener the pods' probes need. (The manifests'
+//! accepts, with the metrics and probe listener the pods' probes need, the peer port the
+//! StatefulSet names, and an exposure a node agrees to start with. (The manifests'
 //! schemas are checked in CI with kubernetes-validate.)
 
 use sessiond::config::Config;
@@ -25,4 +26,12 @@ fn the_configmap_holds_a_valid_config_with_metrics_enabled() {
         "the probes use the metrics port"
     );
     assert_eq!(config.listen_addr.port(), 50051);
+    assert_eq!(
+        config.peer_listen_addr().port(),
+        50052,
+        "the peer port the StatefulSet names"
+    );
+    config
+        .check_exposure()
+        .expect("a pod listening on every interface starts (TLS or insecure)");
 }

@@ -62,7 +62,7 @@ async fn add_learner_returns_once_the_learner_installed_a_snapshot_and_holds_the
     let target = purged_leader_log(&cluster).await;
 
     cluster.start_node(2, false).await;
-    let addr = cluster.nodes[&2].node.addr().to_string();
+    let addr = cluster.nodes[&2].node.peer_addr().to_string();
     let status = cluster
         .admin()
         .await
@@ -128,7 +128,7 @@ async fn add_cut_off_learner(
 ) {
     cluster.start_node(id, false).await;
     cluster.isolate(id, true);
-    let addr = cluster.nodes[&id].node.addr().to_string();
+    let addr = cluster.nodes[&id].node.peer_addr().to_string();
     let started = Instant::now();
     let timed_out = admin
         .add_learner(AddLearnerRequest {

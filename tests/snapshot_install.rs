@@ -218,17 +218,20 @@ struct NodeFiles {
     config: PathBuf,
     log: PathBuf,
     endpoint: String,
+    /// The peer listener's address (the one the membership names).
+    peer_addr: String,
 }
 
 fn node_files(root: &Path, id: u64) -> NodeFiles {
     let port = free_port();
+    let peer_port = free_port();
     let dir = root.join(format!("node-{id}"));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("sessiond.toml");
     std::fs::write(
         &config,
         format!(
-            "node_id = {id}\nlisten_addr = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nbootstrap = {}\n\n[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 800\nelection_timeout_max_ms = 1600\nsnapshot_logs_since_last = 40\nmax_in_snapshot_log_to_keep = 0\n",
+            "node_id = {id}\nlisten_addr = \"127.0.0.1:{port}\"\npeer_listen_addr = \"127.0.0.1:{peer_port}\"\ndata_dir = \"{}\"\nbootstrap = {}\n\n[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 800\nelection_timeout_max_ms = 1600\nsnapshot_logs_since_last = 40\nmax_in_snapshot_log_to_keep = 0\n",
             dir.join("data").display(),
             id == 1
         ),
@@ -238,6 +241,7 @@ fn node_files(root: &Path, id: u64) -> NodeFiles {
         config,
         log: dir.join("sessiond.log"),
         endpoint: format!("http://127.0.0.1:{port}"),
+        peer_addr: format!("127.0.0.1:{peer_port}"),
     }
 }
 
@@ -303,7 +307,7 @@ async fn a_learner_killed_at_random_points_of_snapshot_installs_recovers_on_its_
     let added = admin
         .add_learner(AddLearnerRequest {
             node_id: 2,
-            addr: learner_files.endpoint.trim_start_matches("http://").into(),
+            addr: learner_files.peer_addr.clone(),
             timeout_ms: 1,
         })
         .await;

@@ -1,8 +1,13 @@
 //! Cluster administration: add a learner (it catches up by log or snapshot), promote it to
 //! voter, remove a node, and report the cluster's status. Any node accepts these requests; a
-//! follower relays membership changes to the leader. Three node-local operator calls serve
-//! audits and the fault harness: a digest of the applied state, and forcing a snapshot or a
-//! log purge on the node asked.
+//! follower relays membership changes to the leader's client listener, with the caller's
+//! API key if it gave one, else with this node's certificate (a node is an operator).
+//!
+//! Member addresses in the membership are peer addresses; the status also gives each
+//! member's client address, which the member tells over the peer transport.
+//!
+//! Three node-local operator calls serve audits and the fault harness: a digest of the
+//! applied state, and forcing a snapshot or a log purge on the node asked.
 //!
 //! The membership commands tell the truth: AddLearner answers once the leader has replicated
 //! to the learner every entry its log held at the call (a snapshot install included), or
@@ -15,8 +20,10 @@ use std::time::Duration;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use sha2::{Digest, Sha256};
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{audit, Principal};
 use crate::domain::StateRead;
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::cluster_server::Cluster;
@@ -72,7 +79,7 @@ impl ClusterAdmin {
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let last_log_index = m.last_log_index.unwrap_or(0);
-        let members = membership
+        let mut members: Vec<Member> = membership
             .nodes()
             .map(|(id, node)| {
                 let matched = if *id == m.id {
@@ -91,9 +98,11 @@ impl ClusterAdmin {
                     leader: m.current_leader == Some(*id),
                     matched_index: matched.unwrap_or(0),
                     lag: matched.map_or(0, |i| last_log_index.saturating_sub(i)),
+                    client_addr: String::new(),
                 }
             })
             .collect();
+        self.fill_client_addrs(&mut members).await;
         Ok(ClusterStatusResponse {
             node_id: m.id,
             leader_id: m.current_leader.unwrap_or(0),
@@ -108,24 +117,58 @@ impl ClusterAdmin {
         })
     }
 
-    /// The leader's address when this node does not lead, to relay a request there.
-    fn leader_elsewhere(&self) -> Option<String> {
+    /// Sets each member's client address: this node's own, the others' as they tell it
+    /// (asked concurrently, remembered).
+    async fn fill_client_addrs(&self, members: &mut [Member]) {
+        let peers = self.node.peers();
+        let own = self.node.node_id();
+        let asked = futures::future::join_all(members.iter().map(|m| async move {
+            if m.node_id == own {
+                Some(self.node.client_addr().to_owned())
+            } else {
+                peers.client_addr(m.node_id, &m.addr).await
+            }
+        }))
+        .await;
+        for (member, addr) in members.iter_mut().zip(asked) {
+            member.client_addr = addr.unwrap_or_default();
+        }
+    }
+
+    /// The leader's (id, peer address) when this node does not lead, to relay a request.
+    fn leader_elsewhere(&self) -> Option<(u64, String)> {
         let m = self.node.raft().metrics().borrow().clone();
         let leader = m.current_leader.filter(|id| *id != m.id)?;
         m.membership_config
             .membership()
             .get_node(&leader)
-            .map(|n| format!("http://{}", n.addr))
+            .map(|n| (leader, n.addr.clone()))
     }
 
-    async fn relay(&self) -> Result<Option<ClusterClient<tonic::transport::Channel>>, Status> {
-        match self.leader_elsewhere() {
-            None => Ok(None),
-            Some(addr) => ClusterClient::connect(addr)
-                .await
-                .map(Some)
-                .map_err(|e| Status::unavailable(format!("cannot reach the leader: {e}"))),
+    /// A client of the leader's client listener when another node leads.
+    async fn relay(&self) -> Result<Option<ClusterClient<Channel>>, Status> {
+        let Some((leader, peer_addr)) = self.leader_elsewhere() else {
+            return Ok(None);
+        };
+        let unreachable = |e: &dyn std::fmt::Display| {
+            Status::unavailable(format!("cannot reach the leader (node {leader}): {e}"))
+        };
+        let addr = self
+            .node
+            .peers()
+            .client_addr(leader, &peer_addr)
+            .await
+            .ok_or_else(|| unreachable(&"it does not tell its client address"))?;
+        let tls = self.node.peers().tls();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| unreachable(&e))?
+            .connect_timeout(std::time::Duration::from_secs(5));
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).map_err(|e| unreachable(&e))?;
         }
+        let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
+        Ok(Some(ClusterClient::new(channel)))
     }
 
     /// Refuses (FAILED_PRECONDITION) unless learner `id` holds the leader's log to within
@@ -217,6 +260,25 @@ fn membership_failed(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Err
     }
 }
 
+/// The caller's `authorization` header, to relay with its request.
+fn relayed_key<T>(
+    request: &Request<T>,
+) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+    request.metadata().get("authorization").cloned()
+}
+
+/// A request to relay to the leader, with the caller's `authorization` header if it had one.
+fn relayed<T>(
+    message: T,
+    key: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(key) = key {
+        request.metadata_mut().insert("authorization", key);
+    }
+    request
+}
+
 fn node_id(id: u64) -> Result<u64, Error> {
     if id == 0 {
         return Err(Error::invalid("node_id", "must be a positive integer"));
@@ -230,13 +292,18 @@ impl Cluster for ClusterAdmin {
         &self,
         request: Request<AddLearnerRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
+        let key = relayed_key(&request);
         let r = request.into_inner();
         let id = node_id(r.node_id)?;
         if r.addr.is_empty() || r.addr.len() > 256 || !r.addr.contains(':') {
             return Err(Error::invalid("addr", "must be host:port").into());
         }
         if let Some(mut leader) = self.relay().await? {
-            return leader.add_learner(r).await;
+            let addr = r.addr.clone();
+            let done = leader.add_learner(relayed(r, key)).await?;
+            audit::membership_changed(&principal, "add_learner", id, &addr);
+            return Ok(done);
         }
         let members = self
             .node
@@ -260,6 +327,7 @@ impl Cluster for ClusterAdmin {
             .add_learner(id, BasicNode::new(&r.addr), false)
             .await
             .map_err(membership_failed)?;
+        audit::membership_changed(&principal, "add_learner", id, &r.addr);
         let target = at_call.max(added.log_id.index);
         tracing::info!(node_id = id, addr = %r.addr, target, "learner added; waiting for it to catch up");
         let timeout = match r.timeout_ms {
@@ -291,10 +359,14 @@ impl Cluster for ClusterAdmin {
         &self,
         request: Request<PromoteRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
+        let key = relayed_key(&request);
         let r = request.into_inner();
         let id = node_id(r.node_id)?;
         if let Some(mut leader) = self.relay().await? {
-            return leader.promote(r).await;
+            let done = leader.promote(relayed(r, key)).await?;
+            audit::membership_changed(&principal, "promote", id, "");
+            return Ok(done);
         }
         if !r.force {
             self.caught_up(id)?;
@@ -304,7 +376,7 @@ impl Cluster for ClusterAdmin {
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
             .map_err(membership_failed)?;
-        tracing::info!(node_id = id, "promoted to voter");
+        audit::membership_changed(&principal, "promote", id, "");
         self.changed().await
     }
 
@@ -312,10 +384,14 @@ impl Cluster for ClusterAdmin {
         &self,
         request: Request<RemoveRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
+        let key = relayed_key(&request);
         let r = request.into_inner();
         let id = node_id(r.node_id)?;
         if let Some(mut leader) = self.relay().await? {
-            return leader.remove(r).await;
+            let done = leader.remove(relayed(r, key)).await?;
+            audit::membership_changed(&principal, "remove", id, "");
+            return Ok(done);
         }
         let members = self
             .node
@@ -339,7 +415,7 @@ impl Cluster for ClusterAdmin {
             .change_membership(change, false)
             .await
             .map_err(membership_failed)?;
-        tracing::info!(node_id = id, "node removed");
+        audit::membership_changed(&principal, "remove", id, "");
         self.changed().await
     }
 

@@ -1,21 +1,28 @@
 //! [`Authority`]: the shared context of the handlers, and its binding to the generated
 //! `SessionAuthority` tonic service. Handlers never hold a lock across `.await`: the Raft
 //! node and the state reader are internally synchronized.
+//!
+//! The binding also enforces the caller's tenant scope (its role was checked by
+//! `auth::layer` before): a request naming a tenant outside the [`Principal`]'s tenants is
+//! PERMISSION_DENIED before its handler runs, a Rotate is checked against the tenant of the
+//! presented token's session, and a stream without a tenant filter is limited to the
+//! principal's tenants.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use super::limits::{Admitted, StreamLimiter};
+use crate::auth::{audit, Principal};
 use crate::config::Config;
-use crate::domain::StateError;
+use crate::domain::{query, StateError};
 use crate::proto::internal::{command, Command};
 use crate::proto::v1::session_authority_server::SessionAuthority;
 use crate::proto::v1::*;
 use crate::proto::SCHEMA_VERSION;
 use crate::raft::{Applied, RaftNode};
 use crate::store::StateReader;
-use crate::token;
+use crate::token::{self, TokenKind};
 use crate::Error;
 
 /// What every handler needs: the Raft node and the configuration (defaults and limits).
@@ -172,6 +179,58 @@ impl Idempotency {
 
 pub use crate::clock::now_ms;
 
+/// The caller of `request` and the request message, once the caller may act in the tenant
+/// the message names.
+fn scoped<T>(request: Request<T>, tenant: impl Fn(&T) -> &str) -> Result<(Principal, T), Status> {
+    let principal = Principal::of(&request)?.clone();
+    principal.check_tenant(tenant(request.get_ref()))?;
+    Ok((principal, request.into_inner()))
+}
+
+impl Authority {
+    /// PERMISSION_DENIED unless `principal` may act in the tenant of the session the
+    /// presented refresh token belongs to. This node's applied state is asked first; a token
+    /// not found there (not yet replicated here) is looked up again after a linearizable
+    /// barrier. A token found in none of the principal's tenants is refused (the rotation
+    /// would be INVALID_TOKEN or in another tenant).
+    async fn check_rotate_scope(
+        &self,
+        principal: &Principal,
+        request: &RotateRequest,
+    ) -> Result<(), Status> {
+        let Some(tenants) = principal.limited_tenants() else {
+            return Ok(());
+        };
+        let Ok(token) =
+            super::validate::raw_token("refresh_token", TokenKind::Refresh, &request.refresh_token)
+        else {
+            return Ok(()); // the handler answers INVALID_ARGUMENT
+        };
+        let hash = token.hash();
+        let in_scope = |authority: &Authority| -> Result<bool, Error> {
+            for tenant in tenants {
+                if query::session_by_refresh_hash(authority.node.state(), tenant, hash.as_bytes())?
+                    .is_some()
+                {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        };
+        if in_scope(self)? {
+            return Ok(());
+        }
+        self.node.ensure_linearizable().await?;
+        if in_scope(self)? {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "principal '{}' may not rotate this token: its session is in none of its tenants",
+            principal.name
+        )))
+    }
+}
+
 /// How far past the last stamped time (beyond one GC interval) a read's clock may run.
 pub const READ_CLOCK_SLACK_MS: i64 = 2_000;
 
@@ -185,13 +244,17 @@ impl SessionAuthority for Authority {
         &self,
         request: Request<CreateSessionRequest>,
     ) -> Result<Response<CreateSessionResponse>, Status> {
-        reply(super::create::handle(self, request.into_inner()).await)
+        let (_, request) = scoped(request, |r| &r.tenant)?;
+        reply(super::create::handle(self, request).await)
     }
 
     async fn rotate(
         &self,
         request: Request<RotateRequest>,
     ) -> Result<Response<RotateResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
+        self.check_rotate_scope(&principal, request.get_ref())
+            .await?;
         reply(super::rotate::handle(self, request.into_inner()).await)
     }
 
@@ -199,49 +262,74 @@ impl SessionAuthority for Authority {
         &self,
         request: Request<AcquireRenewalLeaseRequest>,
     ) -> Result<Response<AcquireRenewalLeaseResponse>, Status> {
-        reply(super::lease::handle(self, request.into_inner()).await)
+        let (_, request) = scoped(request, |r| &r.tenant)?;
+        reply(super::lease::handle(self, request).await)
     }
 
     async fn lookup(
         &self,
         request: Request<LookupRequest>,
     ) -> Result<Response<LookupResponse>, Status> {
-        reply(super::reads::lookup(self, request.into_inner()).await)
+        let (_, request) = scoped(request, |r| &r.tenant)?;
+        reply(super::reads::lookup(self, request).await)
     }
 
     async fn validate_access_token(
         &self,
         request: Request<ValidateAccessTokenRequest>,
     ) -> Result<Response<ValidateAccessTokenResponse>, Status> {
-        reply(super::reads::validate_access_token(self, request.into_inner()).await)
+        let (_, request) = scoped(request, |r| &r.tenant)?;
+        reply(super::reads::validate_access_token(self, request).await)
     }
 
     async fn touch(
         &self,
         request: Request<TouchRequest>,
     ) -> Result<Response<TouchResponse>, Status> {
-        reply(super::touch::handle(self, request.into_inner()).await)
+        let (_, request) = scoped(request, |r| &r.tenant)?;
+        reply(super::touch::handle(self, request).await)
     }
 
     async fn revoke(
         &self,
         request: Request<RevokeRequest>,
     ) -> Result<Response<RevokeResponse>, Status> {
-        reply(super::revoke::handle(self, request.into_inner()).await)
+        let (principal, request) = scoped(request, |r| &r.tenant)?;
+        let scope = RevokeScope::try_from(request.scope).unwrap_or_default();
+        let (tenant, user) = (request.tenant.clone(), request.id.clone());
+        let revoked = super::revoke::handle(self, request).await;
+        if let (Ok(r), RevokeScope::User | RevokeScope::Tenant) = (&revoked, scope) {
+            let scope = if scope == RevokeScope::User {
+                "user"
+            } else {
+                "tenant"
+            };
+            audit::bulk_revocation(
+                &principal,
+                &tenant,
+                scope,
+                &user,
+                r.revoked_count,
+                r.revision,
+            );
+        }
+        reply(revoked)
     }
 
     async fn list_sessions(
         &self,
         request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
-        reply(super::reads::list_sessions(self, request.into_inner()).await)
+        let (_, request) = scoped(request, |r| &r.tenant)?;
+        reply(super::reads::list_sessions(self, request).await)
     }
 
     async fn count_sessions(
         &self,
         request: Request<CountSessionsRequest>,
     ) -> Result<Response<CountSessionsResponse>, Status> {
-        reply(super::reads::count_sessions(self, request.into_inner()).await)
+        let (_, request) = scoped(request, |r| &r.tenant)?;
+        reply(super::reads::count_sessions(self, request).await)
     }
 
     type WatchRevocationsStream = Admitted<super::watch::RevocationStream>;
@@ -250,8 +338,19 @@ impl SessionAuthority for Authority {
         &self,
         request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        let slot = self.streams.admit(request.remote_addr())?;
-        let stream = super::watch::watch(self, request.into_inner())?;
+        let principal = Principal::of(&request)?.clone();
+        let remote = request.remote_addr();
+        let mut request = request.into_inner();
+        if let Some(allowed) = principal.limited_tenants() {
+            if request.tenants.is_empty() {
+                request.tenants = allowed.iter().cloned().collect();
+            }
+            for tenant in &request.tenants {
+                principal.check_tenant(tenant)?;
+            }
+        }
+        let slot = self.streams.admit(remote)?;
+        let stream = super::watch::watch(self, request)?;
         Ok(Response::new(Admitted::new(stream, slot)))
     }
 
@@ -259,13 +358,15 @@ impl SessionAuthority for Authority {
         &self,
         request: Request<ListRevokedRequest>,
     ) -> Result<Response<ListRevokedResponse>, Status> {
-        reply(super::watch::list_revoked(self, request.into_inner()).await)
+        let (_, request) = scoped(request, |r| &r.tenant)?;
+        reply(super::watch::list_revoked(self, request).await)
     }
 
     async fn get_anomaly_counters(
         &self,
         request: Request<GetAnomalyCountersRequest>,
     ) -> Result<Response<GetAnomalyCountersResponse>, Status> {
-        reply(super::reads::anomaly_counters(self, request.into_inner()).await)
+        let (_, request) = scoped(request, |r| &r.tenant)?;
+        reply(super::reads::anomaly_counters(self, request).await)
     }
 }

@@ -14,7 +14,7 @@ use super::report::Recorder;
 use super::sessiond::SessiondStore;
 use super::store::SessionStore;
 use super::workload::{Clock, Pacer, Plan};
-use crate::client::Client;
+use crate::client::{Client, ClientOptions};
 use crate::proto::v1::{
     watch_revocations_response::Kind, CountSessionsRequest, WatchRevocationsRequest,
 };
@@ -30,16 +30,18 @@ struct Ack {
 }
 
 /// Runs revoke-fanout with `concurrency` revokers and `subscribers` stream consumers spread
-/// round-robin over `endpoints`; sessions live in `tenant` (a tenant of this run alone).
+/// round-robin over `endpoints` (connected with `options`); sessions live in `tenant` (a
+/// tenant of this run alone).
 pub async fn run(
     endpoints: &[String],
+    options: &ClientOptions,
     tenant: &str,
     plan: Arc<Plan>,
     concurrency: usize,
     subscribers: usize,
     clock: Arc<Clock>,
 ) -> anyhow::Result<Recorder> {
-    let stores = SessiondStore::spread(endpoints, tenant)?;
+    let stores = SessiondStore::spread(endpoints, options, tenant)?;
     let from_revision = stores[0]
         .client()
         .count_sessions(CountSessionsRequest {
@@ -54,7 +56,7 @@ pub async fn run(
     let (stop, stopped) = watch::channel(false);
     let mut consumers = JoinSet::new();
     for index in 0..subscribers {
-        let client = Client::connect(&endpoints[index % endpoints.len()]).await?;
+        let client = Client::connect_with(&endpoints[index % endpoints.len()], options).await?;
         let stream = client
             .watch_revocations(WatchRevocationsRequest {
                 from_revision,

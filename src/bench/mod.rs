@@ -90,6 +90,9 @@ pub struct BenchArgs {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// TLS and credentials for a secured sessiond cluster (https:// endpoints).
+    #[command(flatten)]
+    pub connect: crate::cli::ConnectArgs,
 }
 
 impl BenchArgs {
@@ -148,6 +151,7 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
             let tenant = format!("bench-fanout-{run_tag}");
             let recorder = fanout::run(
                 &args.endpoints,
+                &args.connect.options()?,
                 &tenant,
                 plan,
                 args.concurrency,
@@ -159,7 +163,8 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
             (recorder, clock.measure_from().elapsed())
         }
         Target::Sessiond => {
-            let stores = sessiond::SessiondStore::spread(&args.endpoints, "bench")?;
+            let options = args.connect.options()?;
+            let stores = sessiond::SessiondStore::spread(&args.endpoints, &options, "bench")?;
             drive(args, plan, stores).await?
         }
         #[cfg(feature = "compare")]

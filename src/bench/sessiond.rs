@@ -3,7 +3,7 @@
 use tonic::Status;
 
 use super::store::{Held, OpError, ReadConsistency, SessionStore};
-use crate::client::Client;
+use crate::client::{Client, ClientOptions};
 use crate::proto::v1::{
     lookup_request, Consistency, CreateSessionOutcome, CreateSessionRequest, LookupOutcome,
     LookupRequest, RevocationReason, RevokeRequest, RevokeScope, RotateOutcome, RotateRequest,
@@ -27,12 +27,19 @@ impl SessiondStore {
 
     /// One store per endpoint, each preferring a different node first, so that workers
     /// spread over the cluster the way etcd's balanced client does.
-    pub fn spread(endpoints: &[String], tenant: &str) -> anyhow::Result<Vec<Self>> {
+    pub fn spread(
+        endpoints: &[String],
+        options: &ClientOptions,
+        tenant: &str,
+    ) -> anyhow::Result<Vec<Self>> {
         (0..endpoints.len())
             .map(|first| {
                 let mut order = endpoints.to_vec();
                 order.rotate_left(first);
-                Ok(SessiondStore::new(Client::for_cluster(&order)?, tenant))
+                Ok(SessiondStore::new(
+                    Client::for_cluster_with(&order, options)?,
+                    tenant,
+                ))
             })
             .collect()
     }

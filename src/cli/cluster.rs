@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use serde_json::json;
-use tonic::transport::Channel;
 
+use crate::client::{connect_transport, Transport};
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::{
     AddLearnerRequest, ClusterStatusRequest, ClusterStatusResponse, MemberRole, PromoteRequest,
@@ -21,7 +21,7 @@ pub enum ClusterCommand {
     AddLearner {
         /// The new node's id (never reused).
         node_id: u64,
-        /// The new node's address, host:port.
+        /// The new node's peer address (its peer listener), host:port.
         addr: String,
         /// Seconds to wait for the learner to catch up.
         #[arg(long, default_value_t = 600)]
@@ -56,17 +56,15 @@ pub enum ClusterCommand {
 /// How often add-learner reports the learner's progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
-/// Connects to the first of the comma-separated `endpoints` that answers.
-pub async fn connect_any(endpoints: &str) -> anyhow::Result<Channel> {
+/// Connects to the first of `target`'s comma-separated endpoints that answers, with its
+/// TLS and credentials.
+pub async fn connect_any(target: &super::Target) -> anyhow::Result<Transport> {
+    let options = target.connect.options()?;
     let mut failures = Vec::new();
-    for endpoint in super::endpoint_list(endpoints) {
-        let connected = match Channel::from_shared(endpoint.clone()) {
-            Ok(c) => c.connect_timeout(Duration::from_secs(3)).connect().await,
-            Err(e) => anyhow::bail!("invalid endpoint {endpoint:?}: {e}"),
-        };
-        match connected {
-            Ok(channel) => return Ok(channel),
-            Err(e) => failures.push(format!("{endpoint}: {e}")),
+    for endpoint in super::endpoint_list(&target.endpoint) {
+        match connect_transport(&endpoint, &options).await {
+            Ok(transport) => return Ok(transport),
+            Err(e) => failures.push(e.to_string()),
         }
     }
     Err(super::Unreachable(failures.join("; ")).into())
@@ -74,7 +72,7 @@ pub async fn connect_any(endpoints: &str) -> anyhow::Result<Channel> {
 
 /// Adds the learner, printing its progress (to stderr) while the call waits.
 async fn add_learner(
-    client: &mut ClusterClient<Channel>,
+    client: &mut ClusterClient<Transport>,
     request: AddLearnerRequest,
     quiet: bool,
 ) -> anyhow::Result<Option<ClusterStatusResponse>> {
@@ -110,7 +108,7 @@ async fn add_learner(
 /// resulting status.
 pub async fn run(target: &super::Target, command: ClusterCommand) -> anyhow::Result<()> {
     let json_output = target.json;
-    let mut client = ClusterClient::new(connect_any(&target.endpoint).await?);
+    let mut client = ClusterClient::new(connect_any(target).await?);
     let (what, status) = match command {
         ClusterCommand::Digest => {
             let d = client
@@ -228,6 +226,7 @@ fn to_json(done: &str, s: &ClusterStatusResponse) -> serde_json::Value {
         "members": s.members.iter().map(|m| json!({
             "node_id": m.node_id,
             "addr": m.addr,
+            "client_addr": m.client_addr,
             "role": role(m.role),
             "leader": m.leader,
             "matched_index": m.matched_index,
@@ -259,13 +258,18 @@ fn render(s: &ClusterStatusResponse) -> String {
         s.purged_index,
     );
     out.push_str(&format!(
-        "{:>6}  {:<24} {:<8} {:>8} {:>8}\n",
-        "id", "addr", "role", "matched", "lag"
+        "{:>6}  {:<24} {:<24} {:<8} {:>8} {:>8}\n",
+        "id", "client addr", "peer addr", "role", "matched", "lag"
     ));
     for m in &s.members {
         out.push_str(&format!(
-            "{:>6}  {:<24} {:<8} {:>8} {:>8}{}\n",
+            "{:>6}  {:<24} {:<24} {:<8} {:>8} {:>8}{}\n",
             m.node_id,
+            if m.client_addr.is_empty() {
+                "?"
+            } else {
+                &m.client_addr
+            },
             m.addr,
             role(m.role),
             m.matched_index,

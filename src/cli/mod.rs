@@ -1,22 +1,26 @@
 //! The `sessiond` command line: `serve` runs a node; `session …` talks to a running node for
 //! operators debugging a user's sessions; `cluster …` grows, shrinks and inspects a cluster;
 //! `watch` prints revocations as they happen; `bench` measures throughput and latency;
-//! `completions` prints a shell completion script.
+//! `certs` makes development certificates and API keys; `completions` prints a shell
+//! completion script.
 //!
 //! Every client command takes `--endpoint` as one URL or a comma-separated list of a
-//! cluster's nodes, and `--json`. Exit codes: see [`output::exit_code`].
+//! cluster's nodes, `--json`, and the TLS and credential flags of [`ConnectArgs`]. Exit
+//! codes: see [`output::exit_code`].
 
+pub mod certs;
 pub mod cluster;
 pub mod output;
 pub mod serve;
 pub mod session;
 pub mod watch;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::client::{Client, DEFAULT_ENDPOINT};
+use crate::client::{Client, ClientOptions, DEFAULT_ENDPOINT};
 
 /// sessiond: a Raft-replicated session authority.
 #[derive(Debug, Parser)]
@@ -25,6 +29,39 @@ pub struct Cli {
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How the client commands reach a cluster with TLS and authentication.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConnectArgs {
+    /// CA certificate (PEM) to trust for https:// endpoints.
+    #[arg(long, env = "SESSIOND_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS; needs --key and --ca.
+    #[arg(long, env = "SESSIOND_CERT", global = true, requires_all = ["key", "ca"])]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, env = "SESSIOND_KEY", global = true, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// API key, sent as `authorization: Bearer <key>` (prefer the environment variable).
+    #[arg(long, env = "SESSIOND_API_KEY", global = true, hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+impl ConnectArgs {
+    /// The client options these flags describe.
+    pub fn options(&self) -> anyhow::Result<ClientOptions> {
+        let identity = self.cert.as_deref().zip(self.key.as_deref());
+        let tls = self
+            .ca
+            .as_deref()
+            .map(|ca| crate::tls::client_config(ca, identity))
+            .transpose()?;
+        Ok(ClientOptions {
+            tls,
+            api_key: self.api_key.clone(),
+        })
+    }
 }
 
 /// Where a client command connects, and how it prints.
@@ -36,6 +73,9 @@ pub struct Target {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// TLS and credentials.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 /// Top-level commands.
@@ -45,7 +85,7 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Create, rotate, look up, list and revoke sessions on a running node.
     Session {
-        /// Endpoints and output format.
+        /// Endpoints, output format, TLS and credentials.
         #[command(flatten)]
         target: Target,
         /// What to do.
@@ -54,7 +94,7 @@ pub enum Command {
     },
     /// Print revocation events as they arrive.
     Watch {
-        /// Endpoints and output format.
+        /// Endpoints, output format, TLS and credentials.
         #[command(flatten)]
         target: Target,
         /// What to watch.
@@ -63,12 +103,18 @@ pub enum Command {
     },
     /// Add, promote and remove nodes; show the cluster's status.
     Cluster {
-        /// Endpoints and output format.
+        /// Endpoints, output format, TLS and credentials.
         #[command(flatten)]
         target: Target,
         /// What to do.
         #[command(subcommand)]
         command: cluster::ClusterCommand,
+    },
+    /// Make a development CA, node and client certificates, and API keys.
+    Certs {
+        /// What to make.
+        #[command(subcommand)]
+        command: certs::CertsCommand,
     },
     /// Load-test a cluster (or, built with `--features compare`, etcd or Redis).
     Bench(crate::bench::BenchArgs),
@@ -94,13 +140,15 @@ pub fn endpoint_list(endpoints: &str) -> Vec<String> {
         .collect()
 }
 
-/// A client of `endpoints` (one node, or a cluster's nodes tried in turn).
-pub async fn client(endpoints: &str) -> anyhow::Result<Client> {
-    let urls = endpoint_list(endpoints);
+/// A client of `target`'s endpoints (one node, or a cluster's nodes tried in turn), with
+/// its TLS and credentials.
+pub async fn client(target: &Target) -> anyhow::Result<Client> {
+    let urls = endpoint_list(&target.endpoint);
+    let options = target.connect.options()?;
     match urls.as_slice() {
         [] => Err(Unreachable("no endpoint given".into()).into()),
-        [one] => Ok(Client::connect(one).await?),
-        many => Ok(Client::for_cluster(many)?),
+        [one] => Ok(Client::connect_with(one, &options).await?),
+        many => Ok(Client::for_cluster_with(many, &options)?),
     }
 }
 
@@ -113,6 +161,7 @@ pub async fn main() -> ExitCode {
         Command::Session { target, command } => session::run(&target, command).await,
         Command::Watch { target, args } => watch::run(&target, args).await,
         Command::Cluster { target, command } => cluster::run(&target, command).await,
+        Command::Certs { command } => certs::run(command),
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -130,5 +179,17 @@ pub async fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(output::exit_code(&e))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap's own consistency checks (names, groups, global flags of every subcommand), which
+    /// otherwise fire only when a command line is parsed.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::config::{Config, LogFormat};
+use crate::config::{ClientCertPolicy, Config, LogFormat, TlsConfig};
 
 /// Flags of `sessiond serve`. Every flag also reads an environment variable.
 #[derive(Debug, Clone, Default, Args)]
@@ -20,9 +20,33 @@ pub struct ServeArgs {
     /// Address to bind the gRPC server to.
     #[arg(long, env = "SESSIOND_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Address other nodes and clients reach this node at.
+    /// Address clients reach this node at.
     #[arg(long, env = "SESSIOND_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Address to bind the peer listener (Raft transport) to (default: client port + 1).
+    #[arg(long, env = "SESSIOND_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+    /// Address other nodes reach this node's peer listener at (its membership address).
+    #[arg(long, env = "SESSIOND_PEER_ADVERTISE")]
+    pub peer_advertise: Option<String>,
+    /// The cluster id (checked on every peer message, named in node certificates).
+    #[arg(long, env = "SESSIOND_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
+    /// Cluster CA certificate (PEM); with --tls-cert and --tls-key turns TLS on.
+    #[arg(long, env = "SESSIOND_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM).
+    #[arg(long, env = "SESSIOND_TLS_CERT", requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "SESSIOND_TLS_KEY", requires = "tls_ca")]
+    pub tls_key: Option<PathBuf>,
+    /// Client certificates on the client listener.
+    #[arg(long, env = "SESSIOND_TLS_CLIENT_CERTS", value_enum)]
+    pub tls_client_certs: Option<ClientCertPolicy>,
+    /// Allow a non-loopback listener without TLS or authentication (never in production).
+    #[arg(long, env = "SESSIOND_INSECURE")]
+    pub insecure: bool,
     /// Data directory (sled database and snapshots).
     #[arg(long, env = "SESSIOND_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -87,6 +111,25 @@ impl ServeArgs {
         if self.advertise.is_some() {
             config.advertise_addr = self.advertise.clone();
         }
+        if self.peer_listen.is_some() {
+            config.peer_listen_addr = self.peer_listen;
+        }
+        if self.peer_advertise.is_some() {
+            config.peer_advertise_addr = self.peer_advertise.clone();
+        }
+        set(&mut config.cluster_id, self.cluster_id.clone());
+        if let (Some(ca), Some(cert), Some(key)) = (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            config.tls = Some(TlsConfig {
+                ca_file: ca.clone(),
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+                client_certs: ClientCertPolicy::default(),
+            });
+        }
+        if let (Some(tls), Some(policy)) = (&mut config.tls, self.tls_client_certs) {
+            tls.client_certs = policy;
+        }
+        config.insecure |= self.insecure;
         config.check()?;
         Ok(config)
     }

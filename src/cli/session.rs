@@ -50,13 +50,13 @@ pub enum SessionCommand {
         #[arg(long, default_value = "")]
         tenant: String,
         /// Session id.
-        #[arg(long, group = "key")]
+        #[arg(long, group = "lookup_by")]
         id: Option<String>,
         /// Raw refresh token.
-        #[arg(long, group = "key")]
+        #[arg(long, group = "lookup_by")]
         refresh_token: Option<String>,
         /// Raw access token.
-        #[arg(long, group = "key")]
+        #[arg(long, group = "lookup_by")]
         access_token: Option<String>,
         /// Read this node's applied state instead of confirming with the leader.
         #[arg(long)]
@@ -207,7 +207,7 @@ fn answer(
 /// Runs one session subcommand against `target` (one URL, or several separated by commas:
 /// any nodes of a cluster) and prints the result.
 pub async fn run(target: &super::Target, command: SessionCommand) -> anyhow::Result<()> {
-    let client = super::client(&target.endpoint).await?;
+    let client = super::client(target).await?;
     let now = crate::clock::now_ms();
     let report = match command {
         SessionCommand::Create {

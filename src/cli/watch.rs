@@ -25,7 +25,7 @@ pub struct WatchArgs {
 /// one JSON object per line.
 pub async fn run(target: &super::Target, args: WatchArgs) -> anyhow::Result<()> {
     let json = target.json;
-    let client = super::client(&target.endpoint).await?;
+    let client = super::client(target).await?;
     let mut stream = client
         .watch_revocations(WatchRevocationsRequest {
             from_revision: args.from_revision,

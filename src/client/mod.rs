@@ -15,12 +15,18 @@
 //! a fresh one here, reused on every retry of that call, so a retried write that had
 //! committed returns its first result, revision included; a retried rotation returns the same
 //! successor however late the first one committed.
+//!
+//! Against a cluster with TLS and authentication, give [`ClientOptions`]: the CA to trust
+//! (and a client certificate) for `https://` endpoints, and/or an API key sent as
+//! `authorization: Bearer <key>`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::proto::v1::cluster_client::ClusterClient;
@@ -38,6 +44,42 @@ const ROUND_PAUSE: Duration = Duration::from_millis(200);
 /// How long a learned leader is trusted before the client asks again.
 const LEADER_HINT_TTL: Duration = Duration::from_secs(5);
 
+/// How the client secures its connections and proves who it is.
+#[derive(Clone, Default)]
+pub struct ClientOptions {
+    /// TLS for `https://` endpoints: the CA to trust and, for mTLS, a client certificate
+    /// (see [`crate::tls::client_config`]).
+    pub tls: Option<ClientTlsConfig>,
+    /// An API key, sent with every request as `authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+}
+
+/// Adds the API key (if any) to every request.
+#[derive(Clone)]
+pub struct Credentials(Option<MetadataValue<Ascii>>);
+
+impl Credentials {
+    fn new(options: &ClientOptions) -> Self {
+        Credentials(options.api_key.as_ref().and_then(|key| {
+            let mut value = MetadataValue::try_from(format!("Bearer {key}")).ok()?;
+            value.set_sensitive(true);
+            Some(value)
+        }))
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(key) = &self.0 {
+            request.metadata_mut().insert("authorization", key.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel to one node that sends the client's credentials.
+pub type Transport = InterceptedService<Channel, Credentials>;
+
 /// A connection to one or more sessiond nodes.
 #[derive(Clone)]
 pub struct Client {
@@ -48,8 +90,8 @@ pub struct Client {
 
 /// One endpoint: its session client and its address as the cluster advertises it.
 struct Node {
-    sessions: SessionAuthorityClient<Channel>,
-    channel: Channel,
+    sessions: SessionAuthorityClient<Transport>,
+    channel: Transport,
     /// `host:port` of the endpoint URL.
     addr: String,
 }
@@ -102,24 +144,46 @@ macro_rules! unary {
     };
 }
 
-fn endpoint(url: &str) -> Result<Endpoint, ConnectError> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .map_err(|source| ConnectError {
-            endpoint: url.to_owned(),
-            source,
-        })?
+fn endpoint(url: &str, options: &ClientOptions) -> Result<Endpoint, ConnectError> {
+    let failed = |source| ConnectError {
+        endpoint: url.to_owned(),
+        source,
+    };
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(failed)?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true))
+        .tcp_nodelay(true);
+    match &options.tls {
+        Some(tls) => endpoint.tls_config(tls.clone()).map_err(failed),
+        None => Ok(endpoint),
+    }
 }
 
-fn node(url: &str, channel: Channel) -> Node {
+fn node(url: &str, channel: Channel, options: &ClientOptions) -> Node {
     let addr = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let channel = InterceptedService::new(channel, Credentials::new(options));
     Node {
         sessions: SessionAuthorityClient::new(channel.clone())
             .max_decoding_message_size(16 * 1024 * 1024),
         channel,
         addr: addr.trim_end_matches('/').to_owned(),
     }
+}
+
+/// A connected channel to `url` that sends the credentials of `options`, for the other
+/// services' generated clients (e.g. cluster administration).
+pub async fn connect_transport(
+    url: &str,
+    options: &ClientOptions,
+) -> Result<Transport, ConnectError> {
+    let channel = endpoint(url, options)?
+        .connect()
+        .await
+        .map_err(|source| ConnectError {
+            endpoint: url.to_owned(),
+            source,
+        })?;
+    Ok(InterceptedService::new(channel, Credentials::new(options)))
 }
 
 /// A fresh idempotency key for a write the caller sent without one.
@@ -130,7 +194,18 @@ fn fresh_request_id() -> String {
 impl Client {
     /// Connects to `endpoint` (e.g. `http://127.0.0.1:50051`), failing if it is not up.
     pub async fn connect(url: &str) -> Result<Self, ConnectError> {
-        let channel = endpoint(url)?
+        Self::connect_with(url, &ClientOptions::default()).await
+    }
+
+    /// A client of every node in `urls`, connecting lazily (a node that is down now is
+    /// tried again later).
+    pub fn for_cluster(urls: &[String]) -> Result<Self, ConnectError> {
+        Self::for_cluster_with(urls, &ClientOptions::default())
+    }
+
+    /// [`Client::connect`] with TLS and credentials.
+    pub async fn connect_with(url: &str, options: &ClientOptions) -> Result<Self, ConnectError> {
+        let channel = endpoint(url, options)?
             .connect()
             .await
             .map_err(|source| ConnectError {
@@ -138,18 +213,20 @@ impl Client {
                 source,
             })?;
         Ok(Client {
-            nodes: Arc::new(vec![node(url, channel)]),
+            nodes: Arc::new(vec![node(url, channel, options)]),
             preferred: Arc::new(AtomicUsize::new(0)),
             leader: Arc::default(),
         })
     }
 
-    /// A client of every node in `urls`, connecting lazily (a node that is down now is
-    /// tried again later).
-    pub fn for_cluster(urls: &[String]) -> Result<Self, ConnectError> {
+    /// [`Client::for_cluster`] with TLS and credentials.
+    pub fn for_cluster_with(
+        urls: &[String],
+        options: &ClientOptions,
+    ) -> Result<Self, ConnectError> {
         let nodes = urls
             .iter()
-            .map(|u| endpoint(u).map(|e| node(u, e.connect_lazy())))
+            .map(|u| endpoint(u, options).map(|e| node(u, e.connect_lazy(), options)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Client {
             nodes: Arc::new(nodes),
@@ -181,11 +258,14 @@ impl Client {
             .await
             .ok()?
             .into_inner();
-        let index = status
-            .members
-            .iter()
-            .find(|m| m.leader)
-            .and_then(|leader| self.nodes.iter().position(|n| n.addr == leader.addr));
+        let index = status.members.iter().find(|m| m.leader).and_then(|leader| {
+            let addr = if leader.client_addr.is_empty() {
+                &leader.addr
+            } else {
+                &leader.client_addr
+            };
+            self.nodes.iter().position(|n| &n.addr == addr)
+        });
         self.leader.lock().expect("leader hint lock").index = index;
         index
     }
@@ -202,7 +282,7 @@ impl Client {
     async fn write<Req, Resp, F, Fut>(&self, request: Req, send: F) -> Result<Resp, Status>
     where
         Req: Clone,
-        F: Fn(SessionAuthorityClient<Channel>, Req) -> Fut,
+        F: Fn(SessionAuthorityClient<Transport>, Req) -> Fut,
         Fut: std::future::Future<Output = Result<Resp, Status>>,
     {
         if let Some(leader) = self.leader_index().await {
@@ -220,7 +300,7 @@ impl Client {
     async fn call<Req, Resp, F, Fut>(&self, request: Req, send: F) -> Result<Resp, Status>
     where
         Req: Clone,
-        F: Fn(SessionAuthorityClient<Channel>, Req) -> Fut,
+        F: Fn(SessionAuthorityClient<Transport>, Req) -> Fut,
         Fut: std::future::Future<Output = Result<Resp, Status>>,
     {
         let count = self.nodes.len();

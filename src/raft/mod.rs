@@ -43,8 +43,14 @@ pub struct NodeOptions {
     pub node_id: u64,
     /// Where its database and snapshots live.
     pub data_dir: PathBuf,
-    /// The address other nodes and clients reach it at.
+    /// The address other nodes reach its peer listener at: its address in the membership.
     pub advertise_addr: String,
+    /// The address clients reach its client listener at (told to peers that ask).
+    pub client_addr: String,
+    /// The cluster's id, sent with every peer request.
+    pub cluster_id: String,
+    /// TLS of the connections to peers (`None`: plaintext).
+    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
     /// Leader heartbeat interval.
     pub heartbeat_ms: u64,
     /// Lower bound of the randomized election timeout.
@@ -77,6 +83,7 @@ pub struct RaftNode {
 struct Inner {
     id: u64,
     advertise_addr: String,
+    client_addr: String,
     raft: Raft<TypeConfig>,
     state: StateReader,
     flusher: Flusher,
@@ -112,7 +119,7 @@ impl RaftNode {
     pub async fn open(options: NodeOptions) -> Result<Self, Error> {
         let store = Store::open(&options.data_dir, options.cache_capacity_bytes)?;
         let config = Config {
-            cluster_name: "sessiond".into(),
+            cluster_name: options.cluster_id.clone(),
             heartbeat_interval: options.heartbeat_ms,
             election_timeout_min: options.election_timeout_min_ms,
             election_timeout_max: options.election_timeout_max_ms,
@@ -126,7 +133,7 @@ impl RaftNode {
         .validate()
         .map_err(|e| Error::invalid("raft", e.to_string()))?;
         let state = store.state_machine.reader();
-        let peers = Peers::default();
+        let peers = Peers::new(&options.cluster_id, options.node_id, options.peer_tls);
         let raft = Raft::new(
             options.node_id,
             Arc::new(config),
@@ -140,6 +147,7 @@ impl RaftNode {
             inner: Arc::new(Inner {
                 id: options.node_id,
                 advertise_addr: options.advertise_addr,
+                client_addr: options.client_addr,
                 group_commit: GroupCommit::start(raft.clone()),
                 raft,
                 state,
@@ -152,15 +160,15 @@ impl RaftNode {
     }
 
     /// Makes this node a one-voter cluster if it has never been part of one (no vote, no
-    /// log); does nothing otherwise.
-    pub async fn initialize_single_if_new(&self) -> Result<(), Error> {
+    /// log) and answers true; does nothing and answers false otherwise.
+    pub async fn initialize_single_if_new(&self) -> Result<bool, Error> {
         let raft = &self.inner.raft;
         if raft.is_initialized().await.map_err(unavailable)? {
-            return Ok(());
+            return Ok(false);
         }
         let members = BTreeMap::from([(self.inner.id, BasicNode::new(&self.inner.advertise_addr))]);
         match raft.initialize(members).await {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             Err(RaftError::APIError(e)) => Err(Error::Internal(format!("initialize: {e}"))),
             Err(RaftError::Fatal(e)) => Err(unavailable(e)),
         }
@@ -335,6 +343,11 @@ impl RaftNode {
     /// This node's id.
     pub fn node_id(&self) -> u64 {
         self.inner.id
+    }
+
+    /// The address clients reach this node at.
+    pub fn client_addr(&self) -> &str {
+        &self.inner.client_addr
     }
 
     /// Whether this node currently believes it leads.

@@ -2,13 +2,17 @@
 //! timeouts from openraft's RPC options, and a partition switch that cuts this node off from
 //! chosen peers (for fault tests without root). The same peer pool carries the requests a
 //! follower forwards to its leader (a client write, a read index).
+//!
+//! Peers talk to each other's peer listener only: over TLS with this node's certificate when
+//! the cluster uses TLS, and with the cluster id and this node's id in the metadata of every
+//! request (see [`PEER_CLUSTER_METADATA`]), which the receiver checks.
 
 // openraft's RPC error types are large by design, and they are what its traits return.
 #![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, Unreachable,
@@ -20,23 +24,32 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use prost::Message;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use super::{wire, TypeConfig};
 use crate::proto::internal::raft_transport_client::RaftTransportClient;
 use crate::proto::internal::{
-    AppendEntriesMessage, Command, CommandResult, ProposeMessage, ReadIndexMessage,
+    AppendEntriesMessage, Command, CommandResult, DescribeMessage, ProposeMessage, ReadIndexMessage,
 };
 
 /// Largest message between nodes (appends and snapshot chunks).
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Metadata key of the cluster id every peer request carries.
+pub const PEER_CLUSTER_METADATA: &str = "sessiond-cluster";
+/// Metadata key of the sending node's id every peer request carries.
+pub const PEER_NODE_METADATA: &str = "sessiond-node";
 /// Largest AppendEntries payload sent at once (more than one entry): a larger range is
 /// refused with `PayloadTooLarge`, and openraft retries at once with fewer entries. It also
 /// keeps each catch-up RPC well inside its deadline (the heartbeat interval).
 pub const MAX_APPEND_PAYLOAD_BYTES: usize = 2 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a peer may take to say where its clients reach it.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a failed attempt to ask a peer its client address is remembered.
+const DESCRIBE_RETRY: Duration = Duration::from_secs(5);
 /// Test-only: `peer=dial,…` pairs of addresses; a peer advertised at `peer` is dialled at
 /// `dial` (the fault harness puts a fault-injecting proxy there).
 const PEER_DIAL_ENV: &str = "SESSIOND_TEST_PEER_DIAL";
@@ -57,15 +70,19 @@ fn dial_addr(addr: &str) -> String {
 }
 
 /// The connections to this node's peers, shared by Raft replication and forwarding.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Peers {
     inner: Arc<PeersInner>,
 }
 
-#[derive(Default)]
 struct PeersInner {
+    cluster_id: MetadataValue<tonic::metadata::Ascii>,
+    node_id: MetadataValue<tonic::metadata::Ascii>,
+    tls: RwLock<Option<ClientTlsConfig>>,
     channels: Mutex<HashMap<String, Channel>>,
     blocked: RwLock<BTreeSet<u64>>,
+    /// Client addresses of peers by (id, peer address): the answer, or when asking failed.
+    client_addrs: Mutex<HashMap<(u64, String), Result<String, Instant>>>,
 }
 
 /// Why a request to a peer failed.
@@ -80,6 +97,48 @@ pub enum PeerError {
 }
 
 impl Peers {
+    /// The peer pool of node `node_id` of cluster `cluster_id`, connecting with `tls` (or in
+    /// plaintext).
+    pub fn new(cluster_id: &str, node_id: u64, tls: Option<ClientTlsConfig>) -> Self {
+        Peers {
+            inner: Arc::new(PeersInner {
+                cluster_id: MetadataValue::try_from(cluster_id)
+                    .unwrap_or_else(|_| MetadataValue::from_static("invalid")),
+                node_id: MetadataValue::from(node_id),
+                tls: RwLock::new(tls),
+                channels: Mutex::default(),
+                blocked: RwLock::default(),
+                client_addrs: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Replaces the TLS settings (after a certificate rotation): connections opened from now
+    /// on use them.
+    pub fn set_tls(&self, tls: ClientTlsConfig) {
+        if let Ok(mut current) = self.inner.tls.write() {
+            *current = Some(tls);
+        }
+        if let Ok(mut channels) = self.inner.channels.lock() {
+            channels.clear();
+        }
+    }
+
+    /// The TLS settings of this node's outgoing connections, if the cluster uses TLS.
+    pub fn tls(&self) -> Option<ClientTlsConfig> {
+        self.inner.tls.read().ok().and_then(|t| t.clone())
+    }
+
+    /// A request carrying the cluster id and this node's id.
+    fn request<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(timeout);
+        let metadata = request.metadata_mut();
+        metadata.insert(PEER_CLUSTER_METADATA, self.inner.cluster_id.clone());
+        metadata.insert(PEER_NODE_METADATA, self.inner.node_id.clone());
+        request
+    }
+
     /// Cuts (or, with an empty set, restores) this node's links to `peers`: every request to
     /// them fails as unreachable.
     pub fn set_partitioned_from(&self, peers: impl IntoIterator<Item = u64>) {
@@ -109,12 +168,19 @@ impl Peers {
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = Endpoint::from_shared(format!("http://{}", dial_addr(addr)))
+                let tls = self.tls();
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", dial_addr(addr)))
                     .map_err(|e| PeerError::Unreachable(target, e.to_string()))?
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .connect_lazy();
+                    .http2_keep_alive_interval(Duration::from_secs(10));
+                if let Some(tls) = tls {
+                    endpoint = endpoint
+                        .tls_config(tls)
+                        .map_err(|e| PeerError::Unreachable(target, e.to_string()))?;
+                }
+                let channel = endpoint.connect_lazy();
                 channels.insert(addr.to_owned(), channel.clone());
                 channel
             }
@@ -132,10 +198,12 @@ impl Peers {
         command: Command,
     ) -> Result<(u64, CommandResult), PeerError> {
         let mut client = self.client(target, addr)?;
-        let mut request = tonic::Request::new(ProposeMessage {
-            command: Some(command),
-        });
-        request.set_timeout(FORWARD_TIMEOUT);
+        let request = self.request(
+            ProposeMessage {
+                command: Some(command),
+            },
+            FORWARD_TIMEOUT,
+        );
         let reply = client
             .propose(request)
             .await
@@ -147,14 +215,50 @@ impl Peers {
     /// Asks the leader `target` at `addr` for a read index.
     pub async fn read_index(&self, target: u64, addr: &str) -> Result<u64, PeerError> {
         let mut client = self.client(target, addr)?;
-        let mut request = tonic::Request::new(ReadIndexMessage {});
-        request.set_timeout(FORWARD_TIMEOUT);
+        let request = self.request(ReadIndexMessage {}, FORWARD_TIMEOUT);
         Ok(client
             .read_index(request)
             .await
             .map_err(|s| status_error(target, s))?
             .into_inner()
             .index)
+    }
+
+    /// The client address of peer `target` at `peer_addr`, asked once and remembered (a
+    /// failed attempt is retried after a few seconds); `None` if it cannot be asked now.
+    pub async fn client_addr(&self, target: u64, peer_addr: &str) -> Option<String> {
+        let key = (target, peer_addr.to_owned());
+        if let Ok(known) = self.inner.client_addrs.lock() {
+            match known.get(&key) {
+                Some(Ok(addr)) => return Some(addr.clone()),
+                Some(Err(at)) if at.elapsed() < DESCRIBE_RETRY => return None,
+                _ => {}
+            }
+        }
+        let asked = async {
+            let mut client = self.client(target, peer_addr)?;
+            let reply = client
+                .describe(self.request(DescribeMessage {}, DESCRIBE_TIMEOUT))
+                .await
+                .map_err(|s| status_error(target, s))?
+                .into_inner();
+            if reply.node_id != target {
+                return Err(PeerError::Refused(
+                    target,
+                    Status::failed_precondition("another node answers at this address"),
+                ));
+            }
+            Ok(reply.client_addr)
+        }
+        .await;
+        let answer = asked.map_err(|e| {
+            tracing::debug!(error = %e, "cannot ask a peer for its client address");
+            Instant::now()
+        });
+        if let Ok(mut known) = self.inner.client_addrs.lock() {
+            known.insert(key, answer.clone());
+        }
+        answer.ok()
     }
 }
 
@@ -205,9 +309,7 @@ fn undecodable<E: std::error::Error>(
 
 impl PeerLink {
     fn request<T>(&self, message: T, option: &RPCOption) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(option.hard_ttl());
-        request
+        self.peers.request(message, option.hard_ttl())
     }
 }
 

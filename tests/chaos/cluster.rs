@@ -19,8 +19,10 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One node of the cluster.
 pub struct Node {
-    /// Address it serves clients and peers on.
+    /// Address it serves clients on.
     pub addr: String,
+    /// Address it serves peers on (its membership address; dialled through a proxy).
+    pub peer_addr: String,
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -40,6 +42,7 @@ pub struct Cluster {
     pub nodes: BTreeMap<u64, Node>,
     /// The peer links.
     pub proxies: Proxies,
+    /// Peer addresses by node id.
     addrs: BTreeMap<u64, String>,
     grace_ms: i64,
 }
@@ -88,7 +91,8 @@ impl Cluster {
                 (
                     *id,
                     Node {
-                        addr: addr.clone(),
+                        addr: format!("127.0.0.1:{}", free_port()),
+                        peer_addr: addr.clone(),
                         data_dir: dir.join("data"),
                         log: dir.join("sessiond.log"),
                         child: None,
@@ -148,6 +152,8 @@ impl Cluster {
             .arg(id.to_string())
             .arg("--listen")
             .arg(&node.addr)
+            .arg("--peer-listen")
+            .arg(&node.peer_addr)
             .arg("--data-dir")
             .arg(&node.data_dir)
             .arg("--reuse-grace-ms")
@@ -305,7 +311,7 @@ impl Cluster {
         let mut admin = self.admin(via).await.ok_or("admin unreachable")?;
         let request = AddLearnerRequest {
             node_id: id,
-            addr: self.nodes[&id].addr.clone(),
+            addr: self.nodes[&id].peer_addr.clone(),
             // The server answers (DEADLINE_EXCEEDED) before the client gives up.
             timeout_ms: 25_000,
         };

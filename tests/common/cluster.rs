@@ -74,7 +74,7 @@ impl TestCluster {
     /// Starts node `id` and adds it as a learner (returns once it has caught up).
     pub async fn add_learner(&mut self, id: u64) {
         self.start_node(id, false).await;
-        let addr = self.nodes[&id].node.addr().to_string();
+        let addr = self.nodes[&id].node.peer_addr().to_string();
         let mut admin = self.admin().await;
         admin
             .add_learner(AddLearnerRequest {
