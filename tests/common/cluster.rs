@@ -59,16 +59,33 @@ impl TestCluster {
     }
 
     /// Starts node `id`, adds it as a learner and promotes it.
+    /// Under load a learner may fall behind again between catching up and the promotion;
+    /// Promote then refuses it, and the operator waits, as this does.
     pub async fn add_voter(&mut self, id: u64) {
         self.add_learner(id).await;
         let mut admin = self.admin().await;
-        admin
-            .promote(PromoteRequest {
-                node_id: id,
-                ..Default::default()
-            })
-            .await
-            .expect("promote");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let promoted = admin
+                .promote(PromoteRequest {
+                    node_id: id,
+                    ..Default::default()
+                })
+                .await;
+            match promoted {
+                Err(status)
+                    if status.code() == tonic::Code::FailedPrecondition
+                        && status.message().contains("has not caught up")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                promoted => {
+                    promoted.expect("promote");
+                    return;
+                }
+            }
+        }
     }
 
     /// Starts node `id` and adds it as a learner (returns once it has caught up).
