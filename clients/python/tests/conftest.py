@@ -32,11 +32,13 @@ def free_port() -> int:
 
 
 class Node:
-    """`sessiond serve` as a child process; restartable on the same port and data."""
+    """`sessiond serve` as a child process; restartable on the same ports and data. The peer
+    port is chosen free too: the default (client port + 1) may belong to someone else."""
 
     def __init__(self, data_dir: Path, config: Optional[str] = None):
         self.data_dir = data_dir
         self.port = free_port()
+        self.peer_port = free_port()
         self.config_path: Optional[Path] = None
         if config is not None:
             self.config_path = data_dir.parent / f"{data_dir.name}.toml"
@@ -49,7 +51,8 @@ class Node:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        args = [str(BINARY), "serve", "--listen", self.endpoint, "--data-dir", str(self.data_dir),
+        args = [str(BINARY), "serve", "--listen", self.endpoint,
+                "--peer-listen", f"127.0.0.1:{self.peer_port}", "--data-dir", str(self.data_dir),
                 "--log-format", "json"]
         if self.config_path is not None:
             args += ["--config", str(self.config_path)]
