@@ -48,6 +48,8 @@ pub struct Config {
     pub sessions: SessionPolicy,
     /// Per-tenant overrides, keyed by tenant name.
     pub tenants: BTreeMap<String, TenantPolicy>,
+    /// Admission limits per tenant.
+    pub limits: LimitsConfig,
     /// Garbage collection of expired records.
     pub gc: GcConfig,
     /// Raft timing and log compaction.
@@ -84,6 +86,7 @@ impl Default for Config {
             log_format: LogFormat::Human,
             sessions: SessionPolicy::default(),
             tenants: BTreeMap::new(),
+            limits: LimitsConfig::default(),
             gc: GcConfig::default(),
             raft: RaftConfig::default(),
             watch: WatchConfig::default(),
@@ -232,6 +235,20 @@ pub struct TenantPolicy {
     /// Per-user session limit in this tenant (0 = unlimited); creating one more session
     /// revokes the user's oldest.
     pub max_sessions_per_user: Option<u32>,
+    /// Requests per second this node admits for this tenant (0 = unlimited); overrides
+    /// `limits.tenant_requests_per_sec`.
+    pub requests_per_sec: Option<u32>,
+}
+
+/// Admission limits that keep one tenant from taking a node's whole capacity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Requests per second each node admits per tenant (0 = unlimited, the default); over
+    /// it, RESOURCE_EXHAUSTED.
+    pub tenant_requests_per_sec: u32,
+    /// Requests a tenant may send at once above its rate (0 = one second's worth).
+    pub tenant_burst: u32,
 }
 
 /// Periodic removal of expired sessions, access tokens and idempotency records.
@@ -374,6 +391,14 @@ impl Config {
             .get(tenant)
             .and_then(|t| t.max_sessions_per_user)
             .unwrap_or(self.sessions.max_sessions_per_user)
+    }
+
+    /// The request rate this node admits for `tenant` (0 = unlimited).
+    pub fn tenant_requests_per_sec(&self, tenant: &str) -> u32 {
+        self.tenants
+            .get(tenant)
+            .and_then(|t| t.requests_per_sec)
+            .unwrap_or(self.limits.tenant_requests_per_sec)
     }
 
     /// The peer listener's bind address: as configured, else the client listener's IP with

@@ -390,6 +390,7 @@ async fn list_count_touch_and_session_limit() {
             "limited".into(),
             TenantPolicy {
                 max_sessions_per_user: Some(2),
+                ..Default::default()
             },
         );
     })
@@ -742,5 +743,50 @@ async fn health_and_reflection_are_served() {
         .service
         .iter()
         .any(|s| s.name == "sessiond.v1.SessionAuthority"));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_request_rate_is_refused_and_others_are_served() {
+    let (t, _dir) = node_with(|c| {
+        c.limits.tenant_requests_per_sec = 1;
+        c.limits.tenant_burst = 3;
+    })
+    .await;
+    let first = create(&t, "noisy", "u").await;
+    let rotated = t
+        .client
+        .rotate(rotate_request(&first.refresh_token))
+        .await
+        .unwrap();
+    assert_eq!(rotated.outcome(), RotateOutcome::Rotated);
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    for _ in 0..10 {
+        match t.client.create_session(create_request("noisy", "u")).await {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(e.message().contains("'noisy'"), "{e:?}");
+                refused += 1;
+            }
+        }
+    }
+    // A burst of 3 (two spent above) and then one request per second: of the ten, at most
+    // one plus one per second elapsed got through.
+    let admitted_at_most = 1 + started.elapsed().as_secs() as usize + 1;
+    assert!(
+        refused >= 10 - admitted_at_most.min(10),
+        "{refused} refused in {:?}",
+        started.elapsed()
+    );
+    assert!(refused > 0);
+    let err = t
+        .client
+        .rotate(rotate_request(&rotated.refresh_token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "rotations count too");
+    create(&t, "quiet", "u").await;
     t.stop().await;
 }

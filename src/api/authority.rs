@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::limits::StreamLimiter;
+use super::limits::{StreamLimiter, TenantLimiter};
 use crate::config::Config;
 use crate::domain::StateError;
 use crate::proto::internal::{command, Command};
@@ -22,6 +22,7 @@ pub struct Authority {
     config: Arc<Config>,
     stopping: tokio::sync::watch::Receiver<bool>,
     streams: Arc<StreamLimiter>,
+    tenants: Arc<TenantLimiter>,
 }
 
 impl Authority {
@@ -34,6 +35,7 @@ impl Authority {
     ) -> Self {
         Authority {
             node,
+            tenants: Arc::new(TenantLimiter::new(&config)),
             config,
             stopping,
             streams: Arc::default(),
@@ -53,6 +55,11 @@ impl Authority {
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The request rates admitted per tenant.
+    pub fn tenants(&self) -> &TenantLimiter {
+        &self.tenants
     }
 
     /// The limit on concurrent revocation streams per connection.

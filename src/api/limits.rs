@@ -1,19 +1,28 @@
-//! Admission limits: how many revocation streams one connection may hold open at once.
+//! Admission limits: how many revocation streams one connection may hold open at once, and
+//! how many requests per second a node admits for one tenant.
 //!
 //! A stream costs the node a delivery task and a buffer for as long as it stays open, so one
 //! client must not be able to open thousands of them over one connection. Connections are
 //! told apart by their peer address (client address and port); a stream over the limit is
 //! refused with RESOURCE_EXHAUSTED, and its slot is freed when the stream ends or the
 //! client drops it.
+//!
+//! A tenant's requests are admitted at its configured rate (GCRA, `governor`), so one
+//! tenant's flood leaves the others their share of the node; over it, RESOURCE_EXHAUSTED
+//! before anything is read or proposed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio_stream::Stream;
 use tonic::Status;
+
+use crate::config::Config;
 
 /// Most revocation streams one connection may hold open at once.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 32;
@@ -95,9 +104,116 @@ impl<S: Stream + Unpin> Stream for Admitted<S> {
     }
 }
 
+/// Tenants whose rate state is kept before idle ones are forgotten.
+const TRACKED_TENANTS: usize = 4096;
+
+/// Per-tenant request rates: the default rate for every tenant without one of its own, and a
+/// limiter per tenant configured with its own rate (0: unlimited).
+#[derive(Debug, Default)]
+pub struct TenantLimiter {
+    default: Option<(u32, DefaultKeyedRateLimiter<String>)>,
+    configured: BTreeMap<String, Option<(u32, DefaultDirectRateLimiter)>>,
+}
+
+impl TenantLimiter {
+    /// The limits `config` sets (`limits.tenant_requests_per_sec`, `limits.tenant_burst`,
+    /// `tenants.<name>.requests_per_sec`).
+    pub fn new(config: &Config) -> Self {
+        let burst = config.limits.tenant_burst;
+        let quota = |rate: u32| {
+            let rate = NonZeroU32::new(rate)?;
+            let burst = NonZeroU32::new(burst).unwrap_or(rate);
+            Some(Quota::per_second(rate).allow_burst(burst))
+        };
+        let default_rate = config.limits.tenant_requests_per_sec;
+        TenantLimiter {
+            default: quota(default_rate).map(|q| (default_rate, RateLimiter::keyed(q))),
+            configured: config
+                .tenants
+                .iter()
+                .filter_map(|(name, policy)| {
+                    let rate = policy.requests_per_sec?;
+                    let limiter = quota(rate).map(|q| (rate, RateLimiter::direct(q)));
+                    Some((name.clone(), limiter))
+                })
+                .collect(),
+        }
+    }
+
+    /// Admits one request for `tenant`, or RESOURCE_EXHAUSTED when the tenant is over its
+    /// rate on this node.
+    pub fn admit(&self, tenant: &str) -> Result<(), Status> {
+        let (rate, admitted) = match self.configured.get(tenant) {
+            Some(None) => return Ok(()),
+            Some(Some((rate, limiter))) => (*rate, limiter.check().is_ok()),
+            None => {
+                let Some((rate, limiter)) = &self.default else {
+                    return Ok(());
+                };
+                if limiter.len() > TRACKED_TENANTS {
+                    limiter.retain_recent();
+                }
+                (*rate, limiter.check_key(&tenant.to_owned()).is_ok())
+            }
+        };
+        if admitted {
+            Ok(())
+        } else {
+            Err(Status::resource_exhausted(format!(
+                "tenant '{tenant}' is over its request rate ({rate}/s on this node): retry later"
+            )))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::TenantPolicy;
+
+    #[test]
+    fn a_tenant_over_its_rate_is_refused_and_leaves_others_alone() {
+        let mut config = Config::default();
+        config.limits.tenant_requests_per_sec = 5;
+        config.tenants.insert(
+            "vip".into(),
+            TenantPolicy {
+                requests_per_sec: Some(0),
+                ..Default::default()
+            },
+        );
+        config.tenants.insert(
+            "small".into(),
+            TenantPolicy {
+                requests_per_sec: Some(2),
+                ..Default::default()
+            },
+        );
+        let limiter = TenantLimiter::new(&config);
+        for _ in 0..5 {
+            limiter.admit("noisy").unwrap();
+        }
+        let refused = limiter.admit("noisy").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("'noisy'"), "{refused:?}");
+        limiter
+            .admit("quiet")
+            .expect("another tenant keeps its share");
+        for _ in 0..100 {
+            limiter.admit("vip").expect("an unlimited tenant");
+        }
+        limiter.admit("small").unwrap();
+        limiter.admit("small").unwrap();
+        assert!(limiter.admit("small").is_err(), "its own, lower rate");
+    }
+
+    #[test]
+    fn without_a_rate_nothing_is_limited() {
+        let limiter = TenantLimiter::new(&Config::default());
+        for _ in 0..1000 {
+            limiter.admit("t").unwrap();
+        }
+    }
 
     #[test]
     fn each_connection_gets_its_own_bounded_number_of_slots() {

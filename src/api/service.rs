@@ -19,15 +19,38 @@ use crate::proto::v1::*;
 use crate::token::TokenKind;
 use crate::Error;
 
-/// The caller of `request` and the request message, once the caller may act in the tenant
-/// the message names.
-fn scoped<T>(request: Request<T>, tenant: impl Fn(&T) -> &str) -> Result<(Principal, T), Status> {
-    let principal = Principal::of(&request)?.clone();
-    principal.check_tenant(tenant(request.get_ref()))?;
-    Ok((principal, request.into_inner()))
-}
-
 impl Authority {
+    /// The caller of `request` and the request message, once the caller may act in the
+    /// tenant the message names and the tenant is within its request rate.
+    fn scoped<T>(
+        &self,
+        request: Request<T>,
+        tenant: impl Fn(&T) -> &str,
+    ) -> Result<(Principal, T), Status> {
+        let principal = Principal::of(&request)?.clone();
+        let tenant = tenant(request.get_ref());
+        principal.check_tenant(tenant)?;
+        self.tenants().admit(tenant)?;
+        Ok((principal, request.into_inner()))
+    }
+
+    /// Counts a rotation against the rate of the presented token's tenant, when this node
+    /// knows the token (an unknown one is answered without a consensus round: see
+    /// [`crate::domain::absence`]).
+    fn admit_rotation(&self, request: &RotateRequest) -> Result<(), Status> {
+        let Ok(token) =
+            super::validate::raw_token("refresh_token", TokenKind::Refresh, &request.refresh_token)
+        else {
+            return Ok(()); // the handler answers INVALID_ARGUMENT
+        };
+        let tenant = query::tenant_of_refresh_hash(self.node().state(), token.hash().as_bytes())
+            .map_err(Error::from)?;
+        match tenant {
+            Some(tenant) => self.tenants().admit(&tenant),
+            None => Ok(()),
+        }
+    }
+
     /// PERMISSION_DENIED unless `principal` may act in the tenant of the session the
     /// presented refresh token belongs to. This node's applied state is asked first; a token
     /// not found there (not yet replicated here) is looked up again after a linearizable
@@ -85,7 +108,7 @@ impl SessionAuthority for Authority {
         &self,
         request: Request<CreateSessionRequest>,
     ) -> Result<Response<CreateSessionResponse>, Status> {
-        let (_, request) = scoped(request, |r| &r.tenant)?;
+        let (_, request) = self.scoped(request, |r| &r.tenant)?;
         reply(super::create::handle(self, request).await)
     }
 
@@ -96,6 +119,7 @@ impl SessionAuthority for Authority {
         let principal = Principal::of(&request)?.clone();
         self.check_rotate_scope(&principal, request.get_ref())
             .await?;
+        self.admit_rotation(request.get_ref())?;
         reply(super::rotate::handle(self, request.into_inner()).await)
     }
 
@@ -103,7 +127,7 @@ impl SessionAuthority for Authority {
         &self,
         request: Request<AcquireRenewalLeaseRequest>,
     ) -> Result<Response<AcquireRenewalLeaseResponse>, Status> {
-        let (_, request) = scoped(request, |r| &r.tenant)?;
+        let (_, request) = self.scoped(request, |r| &r.tenant)?;
         reply(super::lease::handle(self, request).await)
     }
 
@@ -111,7 +135,7 @@ impl SessionAuthority for Authority {
         &self,
         request: Request<LookupRequest>,
     ) -> Result<Response<LookupResponse>, Status> {
-        let (_, request) = scoped(request, |r| &r.tenant)?;
+        let (_, request) = self.scoped(request, |r| &r.tenant)?;
         reply(super::reads::lookup(self, request).await)
     }
 
@@ -119,7 +143,7 @@ impl SessionAuthority for Authority {
         &self,
         request: Request<ValidateAccessTokenRequest>,
     ) -> Result<Response<ValidateAccessTokenResponse>, Status> {
-        let (_, request) = scoped(request, |r| &r.tenant)?;
+        let (_, request) = self.scoped(request, |r| &r.tenant)?;
         reply(super::reads::validate_access_token(self, request).await)
     }
 
@@ -127,7 +151,7 @@ impl SessionAuthority for Authority {
         &self,
         request: Request<TouchRequest>,
     ) -> Result<Response<TouchResponse>, Status> {
-        let (_, request) = scoped(request, |r| &r.tenant)?;
+        let (_, request) = self.scoped(request, |r| &r.tenant)?;
         reply(super::touch::handle(self, request).await)
     }
 
@@ -135,7 +159,7 @@ impl SessionAuthority for Authority {
         &self,
         request: Request<RevokeRequest>,
     ) -> Result<Response<RevokeResponse>, Status> {
-        let (principal, request) = scoped(request, |r| &r.tenant)?;
+        let (principal, request) = self.scoped(request, |r| &r.tenant)?;
         let scope = RevokeScope::try_from(request.scope).unwrap_or_default();
         let (tenant, user) = (request.tenant.clone(), request.id.clone());
         let revoked = super::revoke::handle(self, request).await;
@@ -161,7 +185,7 @@ impl SessionAuthority for Authority {
         &self,
         request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
-        let (_, request) = scoped(request, |r| &r.tenant)?;
+        let (_, request) = self.scoped(request, |r| &r.tenant)?;
         reply(super::reads::list_sessions(self, request).await)
     }
 
@@ -169,7 +193,7 @@ impl SessionAuthority for Authority {
         &self,
         request: Request<CountSessionsRequest>,
     ) -> Result<Response<CountSessionsResponse>, Status> {
-        let (_, request) = scoped(request, |r| &r.tenant)?;
+        let (_, request) = self.scoped(request, |r| &r.tenant)?;
         reply(super::reads::count_sessions(self, request).await)
     }
 
@@ -199,7 +223,7 @@ impl SessionAuthority for Authority {
         &self,
         request: Request<ListRevokedRequest>,
     ) -> Result<Response<ListRevokedResponse>, Status> {
-        let (_, request) = scoped(request, |r| &r.tenant)?;
+        let (_, request) = self.scoped(request, |r| &r.tenant)?;
         reply(super::watch::list_revoked(self, request).await)
     }
 
@@ -207,7 +231,7 @@ impl SessionAuthority for Authority {
         &self,
         request: Request<GetAnomalyCountersRequest>,
     ) -> Result<Response<GetAnomalyCountersResponse>, Status> {
-        let (_, request) = scoped(request, |r| &r.tenant)?;
+        let (_, request) = self.scoped(request, |r| &r.tenant)?;
         reply(super::reads::anomaly_counters(self, request).await)
     }
 }

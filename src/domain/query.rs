@@ -27,6 +27,17 @@ pub fn session_by_id(
     Ok(load_session(state, session_id.as_bytes())?.filter(|s| s.tenant == tenant))
 }
 
+/// The tenant of the session a refresh-token hash belongs to, if this state holds both.
+pub fn tenant_of_refresh_hash(
+    state: &impl StateRead,
+    hash: &[u8],
+) -> Result<Option<String>, StateError> {
+    let Some(token) = load::<RefreshTokenRecord>(state, &keys::refresh(hash))? else {
+        return Ok(None);
+    };
+    Ok(load_session(state, token.session_id.as_bytes())?.map(|s| s.tenant))
+}
+
 /// The session a refresh-token hash belongs to (current or retired), if it belongs to
 /// `tenant`, with the token's index record (marked retired when the session's current token
 /// is another one).
