@@ -96,6 +96,11 @@ fn write_outcome(r: Result<Ret, String>) -> Outcome {
     }
 }
 
+/// A fresh request id for an operation of `kind` (random, within the 16..=128 bytes allowed).
+fn request_id(kind: &str, rng: &mut StdRng) -> String {
+    format!("chaos-{kind}-{:016x}", rng.random::<u64>())
+}
+
 fn read_outcome(r: Result<Ret, String>) -> Outcome {
     match r {
         Ok(ret) => Outcome::Ok(ret),
@@ -151,6 +156,7 @@ impl Workload {
         let tenant = tenant_name(rng.random_range(0..TENANTS));
         let user = format!("u{}", rng.random_range(0..USERS));
         let node = self.node(rng);
+        let request_id = request_id("create", rng);
         let id = self.history.invoke(
             client,
             node,
@@ -158,11 +164,12 @@ impl Workload {
                 tenant: tenant.clone(),
                 user: user.clone(),
             },
+            request_id.clone(),
         );
         let request = CreateSessionRequest {
             tenant: tenant.clone(),
             user_id: user.clone(),
-            request_id: format!("chaos-create-{id:08}-{}", rng.random::<u64>()),
+            request_id,
             ..Default::default()
         };
         let r = timed(self.nodes.client(node).create_session(request)).await;
@@ -256,6 +263,7 @@ impl Workload {
                 presented_gen,
                 attempt_of: usize::MAX,
             },
+            String::new(),
         );
         let attempt_of = retry_of.unwrap_or(id);
         if let OpKind::Rotate { attempt_of: a, .. } = &mut self.history.ops.lock().unwrap()[id].kind
@@ -300,6 +308,7 @@ impl Workload {
             Scope::User(u) => (RevokeScope::User, u.clone()),
             Scope::Tenant => (RevokeScope::Tenant, String::new()),
         };
+        let request_id = request_id("revoke", rng);
         let id = self.history.invoke(
             client,
             node,
@@ -307,13 +316,14 @@ impl Workload {
                 tenant: tenant.clone(),
                 scope,
             },
+            request_id.clone(),
         );
         let request = RevokeRequest {
             tenant,
             scope: proto_scope as i32,
             id: target,
             reason: RevocationReason::Logout as i32,
-            request_id: format!("chaos-revoke-{id:08}-{}", rng.random::<u64>()),
+            request_id,
         };
         let r = timed(self.nodes.client(node).revoke(request))
             .await
@@ -362,6 +372,7 @@ impl Workload {
                 session,
                 linearizable,
             },
+            String::new(),
         );
         let consistency = if linearizable {
             Consistency::Linearizable
@@ -386,7 +397,7 @@ impl Workload {
         };
         let id = self
             .history
-            .invoke(client, 0, OpKind::GatewayLookup { session });
+            .invoke(client, 0, OpKind::GatewayLookup { session }, String::new());
         let r = tokio::time::timeout(CALL_TIMEOUT, self.gateway.lookup(&tenant, &sid))
             .await
             .map_err(|_| "timed out".to_owned())
