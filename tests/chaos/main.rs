@@ -17,6 +17,7 @@ mod check;
 mod cluster;
 mod history;
 mod proxy;
+mod reforward;
 mod schedule;
 mod workload;
 
