@@ -4,13 +4,19 @@
 #   - a 3-node sessiond cluster (scripts/cluster-up.sh, loopback),
 #   - a 3-member etcd cluster (Debian's etcd-server, default fsync on every commit),
 #   - Redis with appendfsync always (the like-for-like durable row) and appendfsync everysec,
-# all on loopback, one after the other on this machine. Writes per-run JSON, results.md (a
+# all on loopback, one after the other on this machine. The CPU time of every server process
+# during each measured phase (from /proc, by `sessiond bench --server-pids`) is reported per
+# operation beside throughput and latency. Writes per-run JSON, results.md (a
 # markdown table with the machine it ran on) and chart.png under $RESULTS (default
 # bench-results/<timestamp>). Stops exactly the processes it started.
 #
+# Also one sessiond node alone (`sessiond-single`, rotate only: the row compared with Redis,
+# which neither replicates nor keeps a log).
+#
 # Knobs (environment): CONCURRENCY (64), DURATION (10 s), WARMUP (2 s), KEYSPACE (10000),
-# SUBSCRIBERS (100), FANOUT_CONCURRENCY (4), FANOUT_RATE (200 revocations/s), WORKLOADS (create rotate lookup-linearizable
-# lookup-local mixed), TARGETS (sessiond etcd redis-always redis-everysec).
+# SUBSCRIBERS (1000), FANOUT_CONCURRENCY (4), FANOUT_RATE (200 revocations/s), WORKLOADS
+# (create rotate lookup-linearizable lookup-local mixed), SINGLE_WORKLOADS (rotate), TARGETS
+# (sessiond sessiond-single etcd redis-always redis-everysec).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -20,11 +26,12 @@ concurrency=${CONCURRENCY:-64}
 duration=${DURATION:-10}
 warmup=${WARMUP:-2}
 keyspace=${KEYSPACE:-10000}
-subscribers=${SUBSCRIBERS:-100}
+subscribers=${SUBSCRIBERS:-1000}
 fanout_concurrency=${FANOUT_CONCURRENCY:-4}
 fanout_rate=${FANOUT_RATE:-200}
 workloads=${WORKLOADS:-create rotate lookup-linearizable lookup-local mixed}
-targets=${TARGETS:-sessiond etcd redis-always redis-everysec}
+single_workloads=${SINGLE_WORKLOADS:-rotate}
+targets=${TARGETS:-sessiond sessiond-single etcd redis-always redis-everysec}
 mkdir -p "$results"
 work=$(mktemp -d "${TMPDIR:-/tmp}/sessiond-bench.XXXXXX")
 pids=()
@@ -63,10 +70,23 @@ wait_for() { # command... : retries for 20 s
 start_sessiond() {
   SESSIOND_CLUSTER_DIR=$work/sessiond SESSIOND_BIN=$bin scripts/cluster-up.sh >"$work/sessiond-up.log"
   endpoints=http://127.0.0.1:50061,http://127.0.0.1:50062,http://127.0.0.1:50063
+  server_pids=$(paste -sd, "$work/sessiond/pids")
+}
+
+start_sessiond_single() {
+  local port peer
+  port=$(free_port)
+  peer=$(free_port)
+  "$bin" serve --listen "127.0.0.1:$port" --peer-listen "127.0.0.1:$peer" \
+    --data-dir "$work/sessiond-single" >"$work/sessiond-single.log" 2>&1 &
+  pids+=($!)
+  server_pids=$!
+  endpoints="http://127.0.0.1:$port"
+  wait_for "$bin" session count --endpoint "$endpoints" --tenant bench
 }
 
 start_etcd() {
-  local cluster="" clients=() peers=()
+  local cluster="" clients=() peers=() started=()
   for i in 1 2 3; do
     clients[$i]=$(free_port)
     peers[$i]=$(free_port)
@@ -81,7 +101,9 @@ start_etcd() {
       --initial-cluster "$cluster" --initial-cluster-token sessiond-bench \
       --initial-cluster-state new >"$work/etcd$i.log" 2>&1 &
     pids+=($!)
+    started+=($!)
   done
+  server_pids=$(IFS=,; echo "${started[*]}")
   endpoints="http://127.0.0.1:${clients[1]},http://127.0.0.1:${clients[2]},http://127.0.0.1:${clients[3]}"
   wait_for env ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health
 }
@@ -93,6 +115,7 @@ start_redis() { # appendfsync policy
   redis-server --port "$port" --bind 127.0.0.1 --dir "$work/redis-$1" --save '' \
     --appendonly yes --appendfsync "$1" >"$work/redis-$1.log" 2>&1 &
   pids+=($!)
+  server_pids=$!
   endpoints="redis://127.0.0.1:$port"
   wait_for redis-cli -p "$port" ping
 }
@@ -110,23 +133,27 @@ run_workload() { # target-label bench-target workload
   echo "== $label $workload (concurrency $clients)"
   "$bin" bench --target "$target" --endpoints "$endpoints" "${args[@]}" \
     --concurrency "$clients" --duration "$duration" --warmup "$warmup" --keyspace "$keyspace" \
-    --json >"$results/$label-$workload.json"
+    --server-pids "$server_pids" --json >"$results/$label-$workload.json"
   python3 scripts/bench_report.py summary "$results/$label-$workload.json"
 }
 
 for label in $targets; do
   case $label in
     sessiond) start_sessiond; target=sessiond ;;
+    sessiond-single) start_sessiond_single; target=sessiond ;;
     etcd) start_etcd; target=etcd ;;
     redis-always) start_redis always; target=redis ;;
     redis-everysec) start_redis everysec; target=redis ;;
     *) echo "unknown target $label" >&2; exit 2 ;;
   esac
-  for workload in $workloads; do run_workload "$label" "$target" "$workload"; done
+  list=$workloads
+  [ "$label" = sessiond-single ] && list=$single_workloads
+  for workload in $list; do run_workload "$label" "$target" "$workload"; done
   if [ "$label" = sessiond ]; then
     run_workload sessiond sessiond revoke-fanout
     SESSIOND_CLUSTER_DIR=$work/sessiond scripts/cluster-down.sh >/dev/null
   fi
+  if [ "$label" = sessiond-single ]; then kill -TERM "$server_pids"; wait "$server_pids" || true; fi
 done
 
 python3 scripts/bench_report.py machine "$work" >"$results/machine.json"

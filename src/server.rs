@@ -26,8 +26,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
+use crate::api::authority::now_ms;
 use crate::api::cluster::ClusterAdmin;
-use crate::api::service::now_ms;
 use crate::api::Authority;
 use crate::auth::layer::AuthLayer;
 use crate::auth::Authenticator;

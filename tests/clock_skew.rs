@@ -11,54 +11,28 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::process::{add_voters, status, NodeFiles};
 use common::*;
 use sessiond::client::Client;
-use sessiond::proto::v1::cluster_client::ClusterClient;
 use sessiond::proto::v1::watch_revocations_response::Kind;
 use sessiond::proto::v1::*;
 
 const HOUR_MS: i64 = 3_600_000;
 const GRACE_MS: u64 = 3_000;
 
-/// Starts node `id` with its clock shifted by `offset_ms`; returns it, its client endpoint
-/// and its peer address (the one to add it by).
-fn start(root: &Path, id: u64, offset_ms: i64) -> (ServerProcess, String, String) {
-    let port = free_port();
-    let peer_port = free_port();
-    let dir = root.join(format!("node-{id}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("sessiond.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "node_id = {id}\nlisten_addr = \"127.0.0.1:{port}\"\n\
-             peer_listen_addr = \"127.0.0.1:{peer_port}\"\ndata_dir = \"{}\"\n\
-             bootstrap = {}\nclock_offset_ms = {offset_ms}\n\n\
-             [sessions]\nreuse_grace_ms = {GRACE_MS}\n\n\
-             [gc]\ninterval_ms = 300\nevent_retention_ms = 2000\n\n\
-             [raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 2000\nelection_timeout_max_ms = 4000\n",
-            dir.join("data").display(),
-            id == 1
-        ),
-    )
-    .unwrap();
-    let process =
-        ServerProcess::spawn_with(&["--config", config.to_str().unwrap()], &dir.join("log"));
-    (
-        process,
-        format!("http://127.0.0.1:{port}"),
-        format!("127.0.0.1:{peer_port}"),
-    )
+/// Starts node `id` with its clock shifted by `offset_ms`; returns it and its files.
+fn start(root: &Path, id: u64, offset_ms: i64) -> (ServerProcess, NodeFiles) {
+    let tail = format!(
+        "clock_offset_ms = {offset_ms}\n\n[sessions]\nreuse_grace_ms = {GRACE_MS}\n\n\
+         [gc]\ninterval_ms = 300\nevent_retention_ms = 2000\n\n\
+         [raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 2000\nelection_timeout_max_ms = 4000\n"
+    );
+    let files = NodeFiles::write(root, id, &tail);
+    (files.spawn(), files)
 }
 
 async fn leader_id(endpoint: &str) -> u64 {
-    let mut admin = ClusterClient::connect(endpoint.to_owned()).await.unwrap();
-    admin
-        .status(ClusterStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .leader_id
+    status(endpoint).await.unwrap().leader_id
 }
 
 async fn create(client: &Client, ttl_ms: i64) -> (Session, String) {
@@ -75,27 +49,11 @@ async fn rotate(client: &Client, token: &str) -> RotateResponse {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_skewed_node_decides_no_time() {
     let root = tempfile::tempdir().unwrap();
-    let (p1, on_time, _) = start(root.path(), 1, 0);
-    let (p2, ahead, ahead_peer) = start(root.path(), 2, HOUR_MS);
-    let (p3, behind, behind_peer) = start(root.path(), 3, -HOUR_MS);
-    let mut admin = ClusterClient::connect(on_time.clone()).await.unwrap();
-    for (id, addr) in [(2u64, ahead_peer), (3, behind_peer)] {
-        admin
-            .add_learner(AddLearnerRequest {
-                node_id: id,
-                addr,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        admin
-            .promote(PromoteRequest {
-                node_id: id,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
+    let (p1, on_time) = start(root.path(), 1, 0);
+    let (p2, ahead) = start(root.path(), 2, HOUR_MS);
+    let (p3, behind) = start(root.path(), 3, -HOUR_MS);
+    add_voters(&on_time.endpoint, &[(2, &ahead), (3, &behind)]).await;
+    let (on_time, ahead, behind) = (on_time.endpoint, ahead.endpoint, behind.endpoint);
     let (c1, c_ahead, c_behind) = (
         connect(&on_time).await,
         connect(&ahead).await,

@@ -5,60 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::process::{add_voters, status, NodeFiles, FAST_RAFT};
 use common::workload::{self, History};
 use common::*;
-use sessiond::proto::v1::cluster_client::ClusterClient;
-use sessiond::proto::v1::*;
-
-/// One node's configuration file and log.
-struct NodeFiles {
-    config: PathBuf,
-    log: PathBuf,
-    endpoint: String,
-    peer_addr: String,
-}
-
-fn write_node_files(root: &Path, id: u64) -> NodeFiles {
-    let port = free_port();
-    let peer_port = free_port();
-    let dir = root.join(format!("node-{id}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("sessiond.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "node_id = {id}\nlisten_addr = \"127.0.0.1:{port}\"\npeer_listen_addr = \"127.0.0.1:{peer_port}\"\ndata_dir = \"{}\"\nbootstrap = {}\n\n[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 800\nelection_timeout_max_ms = 1600\n",
-            dir.join("data").display(),
-            id == 1
-        ),
-    )
-    .unwrap();
-    NodeFiles {
-        config,
-        log: dir.join("sessiond.log"),
-        endpoint: format!("http://127.0.0.1:{port}"),
-        peer_addr: format!("127.0.0.1:{peer_port}"),
-    }
-}
-
-fn spawn(files: &NodeFiles) -> ServerProcess {
-    ServerProcess::spawn_with(&["--config", files.config.to_str().unwrap()], &files.log)
-}
-
-async fn status(endpoint: &str) -> Option<ClusterStatusResponse> {
-    let mut admin = ClusterClient::connect(endpoint.to_owned()).await.ok()?;
-    Some(
-        admin
-            .status(ClusterStatusRequest {})
-            .await
-            .ok()?
-            .into_inner(),
-    )
-}
 
 /// The leader as seen by node 1..=3, once one is known.
 async fn leader(files: &[NodeFiles]) -> u64 {
@@ -108,31 +60,11 @@ async fn converged(files: &[NodeFiles]) {
 async fn acknowledged_writes_survive_sigkill_of_a_follower_and_the_leader() {
     let root = tempfile::tempdir().unwrap();
     let files: Vec<NodeFiles> = (1..=3)
-        .map(|id| write_node_files(root.path(), id))
+        .map(|id| NodeFiles::write(root.path(), id, FAST_RAFT))
         .collect();
-    let mut processes: Vec<Option<ServerProcess>> = files.iter().map(|f| Some(spawn(f))).collect();
+    let mut processes: Vec<Option<ServerProcess>> = files.iter().map(|f| Some(f.spawn())).collect();
 
-    let mut admin = ClusterClient::connect(files[0].endpoint.clone())
-        .await
-        .unwrap();
-    for id in [2u64, 3] {
-        let addr = files[id as usize - 1].peer_addr.clone();
-        admin
-            .add_learner(AddLearnerRequest {
-                node_id: id,
-                addr,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        admin
-            .promote(PromoteRequest {
-                node_id: id,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
+    add_voters(&files[0].endpoint, &[(2, &files[1]), (3, &files[2])]).await;
 
     let mut clients = Vec::new();
     for f in &files {
@@ -148,7 +80,7 @@ async fn acknowledged_writes_survive_sigkill_of_a_follower_and_the_leader() {
         let index = victim as usize - 1;
         processes[index].take().unwrap().kill9();
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        processes[index] = Some(spawn(&files[index]));
+        processes[index] = Some(files[index].spawn());
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
     workload::finish(stop, tasks).await;

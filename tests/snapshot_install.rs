@@ -6,12 +6,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::TestCluster;
+use common::process::{status, NodeFiles, FAST_RAFT};
 use common::*;
 use sessiond::client::Client;
 use sessiond::proto::v1::cluster_client::ClusterClient;
@@ -213,51 +214,12 @@ async fn subscribers_attached_during_a_stream_of_revocations_miss_no_revision() 
     cluster.stop().await;
 }
 
-/// One node process's configuration file, log and endpoint.
-struct NodeFiles {
-    config: PathBuf,
-    log: PathBuf,
-    endpoint: String,
-    /// The peer listener's address (the one the membership names).
-    peer_addr: String,
-}
-
+/// Fast timers, and a snapshot every 40 entries with the log purged up to it, so that a
+/// node that falls behind catches up by snapshot.
 fn node_files(root: &Path, id: u64) -> NodeFiles {
-    let port = free_port();
-    let peer_port = free_port();
-    let dir = root.join(format!("node-{id}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("sessiond.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "node_id = {id}\nlisten_addr = \"127.0.0.1:{port}\"\npeer_listen_addr = \"127.0.0.1:{peer_port}\"\ndata_dir = \"{}\"\nbootstrap = {}\n\n[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 800\nelection_timeout_max_ms = 1600\nsnapshot_logs_since_last = 40\nmax_in_snapshot_log_to_keep = 0\n",
-            dir.join("data").display(),
-            id == 1
-        ),
-    )
-    .unwrap();
-    NodeFiles {
-        config,
-        log: dir.join("sessiond.log"),
-        endpoint: format!("http://127.0.0.1:{port}"),
-        peer_addr: format!("127.0.0.1:{peer_port}"),
-    }
-}
-
-fn spawn(files: &NodeFiles) -> ServerProcess {
-    ServerProcess::spawn_with(&["--config", files.config.to_str().unwrap()], &files.log)
-}
-
-async fn status(endpoint: &str) -> Option<ClusterStatusResponse> {
-    let mut admin = ClusterClient::connect(endpoint.to_owned()).await.ok()?;
-    Some(
-        admin
-            .status(ClusterStatusRequest {})
-            .await
-            .ok()?
-            .into_inner(),
-    )
+    let tail =
+        format!("{FAST_RAFT}snapshot_logs_since_last = 40\nmax_in_snapshot_log_to_keep = 0\n");
+    NodeFiles::write(root, id, &tail)
 }
 
 /// Creates sessions concurrently (one per user) until the leader purged its log past
@@ -294,11 +256,11 @@ async fn a_learner_killed_at_random_points_of_snapshot_installs_recovers_on_its_
     let root = tempfile::tempdir().unwrap();
     let leader_files = node_files(root.path(), 1);
     let learner_files = node_files(root.path(), 2);
-    let _leader = spawn(&leader_files);
+    let _leader = leader_files.spawn();
     let client = connect(&leader_files.endpoint).await;
     write_until_purged_past(&client, &leader_files.endpoint, 0, 0).await;
 
-    let mut learner = Some(spawn(&learner_files));
+    let mut learner = Some(learner_files.spawn());
     let mut admin = ClusterClient::connect(leader_files.endpoint.clone())
         .await
         .unwrap();
@@ -323,7 +285,7 @@ async fn a_learner_killed_at_random_points_of_snapshot_installs_recovers_on_its_
         }
         learner.take().unwrap().kill9();
         write_until_purged_past(&client, &leader_files.endpoint, round, learner_applied).await;
-        learner = Some(spawn(&learner_files));
+        learner = Some(learner_files.spawn());
     }
 
     let deadline = Instant::now() + Duration::from_secs(90);

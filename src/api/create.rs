@@ -10,11 +10,10 @@
 //! sessions created together do not all expire together); the chosen expiry travels in the
 //! command, so every replica applies the same value.
 
-use super::service::{now_ms, Authority, Idempotency};
+use super::authority::{now_ms, unexpected_result, Authority, Idempotency};
 use super::{convert, validate};
 use crate::proto::internal::{command, command_result, CommandResult, CreateSession};
 use crate::proto::v1::{CreateSessionOutcome, CreateSessionRequest, CreateSessionResponse};
-use crate::proto::SCHEMA_VERSION;
 use crate::token::{self, Fingerprint, IdKind, RawToken, TokenKind, TokenPair};
 use crate::Error;
 
@@ -167,19 +166,7 @@ fn expect_create(
 ) -> Result<crate::proto::internal::CreateSessionResult, Error> {
     match result.kind {
         Some(command_result::Kind::CreateSession(r)) => Ok(r),
-        _ => Err(mismatched(result.deduplicated)),
-    }
-}
-
-/// The error for an applied result of the wrong kind: a request id reused for another kind
-/// of request (the first result is kept), or a bug.
-pub fn mismatched(deduplicated: bool) -> Error {
-    if deduplicated {
-        Error::invalid("request_id", "already used for a different request")
-    } else {
-        Error::Internal(format!(
-            "applied result does not match the command (schema {SCHEMA_VERSION})"
-        ))
+        _ => Err(unexpected_result()),
     }
 }
 

@@ -1,8 +1,7 @@
 //! AcquireRenewalLease: claim a session's renewal for a short time, so that one of many
 //! service instances proceeds with a refresh while the others wait.
 
-use super::create::mismatched;
-use super::service::{now_ms, Authority, Idempotency};
+use super::authority::{now_ms, unexpected_result, Authority, Idempotency};
 use super::{convert, validate};
 use crate::proto::internal::{command, command_result, AcquireLease};
 use crate::proto::v1::{AcquireRenewalLeaseRequest, AcquireRenewalLeaseResponse};
@@ -56,6 +55,6 @@ pub async fn handle(
             lease: r.lease.as_ref().map(convert::lease),
             revision: applied.revision,
         }),
-        _ => Err(mismatched(applied.result.deduplicated)),
+        _ => Err(unexpected_result()),
     }
 }

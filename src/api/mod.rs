@@ -8,10 +8,12 @@
 //! mutates state.
 //!
 //! One file per operation: [`create`], [`rotate`], [`lease`], [`touch`], [`revoke`], and the
-//! read-only [`reads`]; [`service`] binds them to the generated tonic trait. [`cluster`] is
+//! read-only [`reads`], all on the shared [`authority`]; [`service`] binds them to the
+//! generated tonic trait. [`cluster`] is
 //! the operators' membership API; [`watch`] streams revocations, at most
 //! [`limits::MAX_STREAMS_PER_CONNECTION`] at once per connection.
 
+pub mod authority;
 pub mod cluster;
 pub mod convert;
 pub mod create;
@@ -28,4 +30,4 @@ pub mod touch;
 pub mod validate;
 pub mod watch;
 
-pub use service::Authority;
+pub use authority::Authority;

@@ -6,7 +6,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 
-use super::service::Authority;
+use super::authority::Authority;
 use super::{convert, validate};
 use crate::domain::query;
 use crate::proto::v1::*;

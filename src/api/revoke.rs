@@ -3,8 +3,7 @@
 //! or tenant revocation is O(1) in the state machine (a revoked-before watermark, see
 //! `domain::revoke`), so it is acknowledged as fast as any write whatever its size.
 
-use super::create::mismatched;
-use super::service::{now_ms, Authority, Idempotency};
+use super::authority::{now_ms, unexpected_result, Authority, Idempotency};
 use super::{proposal, validate};
 use crate::proto::internal::{command, command_result, Revoke};
 use crate::proto::v1::{RevokeRequest, RevokeResponse};
@@ -45,6 +44,6 @@ pub async fn handle(
             revoked_count: r.revoked_count,
             revision: applied.revision,
         }),
-        _ => Err(mismatched(applied.result.deduplicated)),
+        _ => Err(unexpected_result()),
     }
 }

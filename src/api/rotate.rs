@@ -14,8 +14,7 @@
 //! A token that a linearizable read proves unknown is answered INVALID_TOKEN without a log
 //! entry.
 
-use super::create::mismatched;
-use super::service::{now_ms, Authority, Idempotency};
+use super::authority::{now_ms, unexpected_result, Authority, Idempotency};
 use super::{convert, validate};
 use crate::domain::absence;
 use crate::proto::internal::{command, command_result, Rotate};
@@ -111,7 +110,7 @@ pub async fn handle(
         .await?;
     let result = match applied.result.kind {
         Some(command_result::Kind::Rotate(r)) => r,
-        _ => return Err(mismatched(applied.result.deduplicated)),
+        _ => return Err(unexpected_result()),
     };
     let outcome = RotateOutcome::try_from(result.outcome).unwrap_or_default();
     // The answer may repeat an earlier one: a grace-window retry, or the first answer to this

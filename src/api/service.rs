@@ -1,6 +1,6 @@
-//! [`Authority`]: the shared context of the handlers, and its binding to the generated
-//! `SessionAuthority` tonic service. Handlers never hold a lock across `.await`: the Raft
-//! node and the state reader are internally synchronized.
+//! The binding of [`Authority`] to the generated `SessionAuthority` tonic service: each RPC
+//! calls its handler module. Handlers never hold a lock across `.await`: the Raft node and
+//! the state reader are internally synchronized.
 //!
 //! The binding also enforces the caller's tenant scope (its role was checked by
 //! `auth::layer` before): a request naming a tenant outside the [`Principal`]'s tenants is
@@ -8,176 +8,16 @@
 //! presented token's session, and a stream without a tenant filter is limited to the
 //! principal's tenants.
 
-use std::sync::Arc;
-
 use tonic::{Request, Response, Status};
 
-use super::limits::{Admitted, StreamLimiter};
+use super::authority::Authority;
+use super::limits::Admitted;
 use crate::auth::{audit, Principal};
-use crate::config::Config;
-use crate::domain::{query, StateError};
-use crate::proto::internal::{command, Command};
+use crate::domain::query;
 use crate::proto::v1::session_authority_server::SessionAuthority;
 use crate::proto::v1::*;
-use crate::proto::SCHEMA_VERSION;
-use crate::raft::{Applied, RaftNode};
-use crate::store::StateReader;
-use crate::token::{self, TokenKind};
+use crate::token::TokenKind;
 use crate::Error;
-
-/// What every handler needs: the Raft node and the configuration (defaults and limits).
-#[derive(Clone)]
-pub struct Authority {
-    node: RaftNode,
-    config: Arc<Config>,
-    stopping: tokio::sync::watch::Receiver<bool>,
-    streams: Arc<StreamLimiter>,
-}
-
-impl Authority {
-    /// A service over `node`, applying `config`'s defaults and limits; long-lived streams
-    /// end when `stopping` turns true.
-    pub fn new(
-        node: RaftNode,
-        config: Arc<Config>,
-        stopping: tokio::sync::watch::Receiver<bool>,
-    ) -> Self {
-        Authority {
-            node,
-            config,
-            stopping,
-            streams: Arc::default(),
-        }
-    }
-
-    /// Turns true when the node begins to stop.
-    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.stopping.clone()
-    }
-
-    /// The Raft node this service proposes to and reads from.
-    pub fn node(&self) -> &RaftNode {
-        &self.node
-    }
-
-    /// The configuration in force.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// Proposes one command stamped with `now_ms`; `request_key` is the hashed idempotency
-    /// key or empty.
-    pub async fn propose(
-        &self,
-        now_ms: i64,
-        request_key: Vec<u8>,
-        kind: command::Kind,
-    ) -> Result<Applied, Error> {
-        let command = Command {
-            schema_version: SCHEMA_VERSION,
-            now_ms,
-            request_key,
-            kind: Some(kind),
-            ..Default::default()
-        };
-        self.node.propose(command).await
-    }
-
-    /// Proposes one command under an idempotency key: a retry (same key, same fingerprint)
-    /// gets the first result with the first revision; the key reused with another
-    /// fingerprint is FAILED_PRECONDITION naming `request_id`, and changes nothing.
-    pub async fn propose_idempotent(
-        &self,
-        now_ms: i64,
-        idempotency: Idempotency,
-        kind: command::Kind,
-    ) -> Result<Applied, Error> {
-        let command = Command {
-            schema_version: SCHEMA_VERSION,
-            now_ms,
-            request_key: idempotency.key,
-            request_fingerprint: idempotency.fingerprint,
-            kind: Some(kind),
-        };
-        let mut applied = self.node.propose(command).await?;
-        if applied.result.request_mismatch {
-            return Err(Error::Conflict(
-                "request_id: already used for a request with other parameters".into(),
-            ));
-        }
-        if applied.result.deduplicated && applied.result.first_revision != 0 {
-            applied.revision = applied.result.first_revision;
-        }
-        Ok(applied)
-    }
-
-    /// Whether `absent` is proven on a linearizable view of the state: first checked on this
-    /// node's applied state (a write that finds what it needs costs nothing more), then,
-    /// when it holds there, again after a read barrier. Returns the revision of the proof.
-    /// For facts that stay true once true (see [`crate::domain::absence`]), the caller may
-    /// then answer without proposing anything.
-    pub async fn proven_absent(
-        &self,
-        absent: impl Fn(&StateReader) -> Result<bool, StateError>,
-    ) -> Result<Option<u64>, Error> {
-        let state = self.node.state();
-        if !absent(state)? {
-            return Ok(None);
-        }
-        self.node.ensure_linearizable().await?;
-        let revision = state.applied_index();
-        Ok(absent(state)?.then_some(revision))
-    }
-
-    /// The time a read is answered at: this node's clock held to cluster time, i.e. never
-    /// before the latest time the leader stamped on an entry this node applied, and at most
-    /// one GC interval (the longest an idle leader goes without stamping an entry) plus
-    /// [`READ_CLOCK_SLACK_MS`] after it. A node whose clock runs ahead or behind therefore
-    /// reports no live session expired early and no expired one alive for long.
-    pub fn read_now_ms(&self) -> Result<i64, Error> {
-        let wall = crate::clock::now_ms();
-        let stamped = crate::domain::time::applied(self.node.state())?;
-        if stamped == 0 {
-            return Ok(wall);
-        }
-        let lead = i64::try_from(self.config.gc.interval_ms)
-            .unwrap_or(i64::MAX)
-            .saturating_add(READ_CLOCK_SLACK_MS);
-        Ok(wall.clamp(stamped, stamped.saturating_add(lead)))
-    }
-
-    /// Waits until this node's applied state reflects every write acknowledged before the
-    /// call, when `consistency` asks for it.
-    pub async fn read_barrier(&self, consistency: Consistency) -> Result<(), Error> {
-        match consistency {
-            Consistency::Local => Ok(()),
-            _ => self.node.ensure_linearizable().await,
-        }
-    }
-}
-
-/// A request's idempotency key and fingerprint, or none (the client sent no request id).
-#[derive(Debug, Default)]
-pub struct Idempotency {
-    key: Vec<u8>,
-    fingerprint: Vec<u8>,
-}
-
-impl Idempotency {
-    /// The key of `request_id` for `operation` in `scope` (empty `request_id`: none), bound
-    /// to the request's parameters by `fingerprint` (a [`crate::token::Fingerprint`]).
-    pub fn new(scope: &[u8], operation: &str, request_id: &str, fingerprint: Vec<u8>) -> Self {
-        if request_id.is_empty() {
-            return Idempotency::default();
-        }
-        Idempotency {
-            key: token::request_key(scope, operation, request_id).to_vec(),
-            fingerprint,
-        }
-    }
-}
-
-pub use crate::clock::now_ms;
 
 /// The caller of `request` and the request message, once the caller may act in the tenant
 /// the message names.
@@ -209,8 +49,12 @@ impl Authority {
         let hash = token.hash();
         let in_scope = |authority: &Authority| -> Result<bool, Error> {
             for tenant in tenants {
-                if query::session_by_refresh_hash(authority.node.state(), tenant, hash.as_bytes())?
-                    .is_some()
+                if query::session_by_refresh_hash(
+                    authority.node().state(),
+                    tenant,
+                    hash.as_bytes(),
+                )?
+                .is_some()
                 {
                     return Ok(true);
                 }
@@ -220,7 +64,7 @@ impl Authority {
         if in_scope(self)? {
             return Ok(());
         }
-        self.node.ensure_linearizable().await?;
+        self.node().ensure_linearizable().await?;
         if in_scope(self)? {
             return Ok(());
         }
@@ -230,9 +74,6 @@ impl Authority {
         )))
     }
 }
-
-/// How far past the last stamped time (beyond one GC interval) a read's clock may run.
-pub const READ_CLOCK_SLACK_MS: i64 = 2_000;
 
 fn reply<T>(result: Result<T, Error>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(Status::from)
@@ -349,7 +190,7 @@ impl SessionAuthority for Authority {
                 principal.check_tenant(tenant)?;
             }
         }
-        let slot = self.streams.admit(remote)?;
+        let slot = self.streams().admit(remote)?;
         let stream = super::watch::watch(self, request)?;
         Ok(Response::new(Admitted::new(stream, slot)))
     }

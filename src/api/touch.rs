@@ -1,8 +1,7 @@
 //! Touch: record activity on a session, which extends its sliding (idle) expiry. A session
 //! that a linearizable read proves missing is answered SESSION_MISSING without a log entry.
 
-use super::create::mismatched;
-use super::service::{now_ms, Authority, Idempotency};
+use super::authority::{now_ms, unexpected_result, Authority, Idempotency};
 use super::{convert, validate};
 use crate::domain::absence;
 use crate::proto::internal::{command, command_result, Touch};
@@ -48,6 +47,6 @@ pub async fn handle(authority: &Authority, request: TouchRequest) -> Result<Touc
             session: convert::optional_session(r.session.as_ref(), now),
             revision: applied.revision,
         }),
-        _ => Err(mismatched(applied.result.deduplicated)),
+        _ => Err(unexpected_result()),
     }
 }

@@ -25,7 +25,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use super::service::Authority;
+use super::authority::Authority;
 use super::validate;
 use crate::config::WatchConfig;
 use crate::domain::events::{self, Position};

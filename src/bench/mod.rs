@@ -6,6 +6,7 @@
 //! `--duration` seconds or `--ops` operations. Each of the `--concurrency` workers owns a
 //! slice of the sessions, so rotation chains never contend with each other.
 
+pub mod cpu;
 #[cfg(feature = "compare")]
 pub mod etcd;
 pub mod fanout;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::task::JoinSet;
 
+use cpu::{CpuUsage, CpuWindow};
 use report::{Recorder, Report};
 use store::{ReadConsistency, SessionStore};
 use workload::{Clock, Limit, Plan, Workload};
@@ -87,6 +89,10 @@ pub struct BenchArgs {
     /// Revocation-stream subscribers for revoke-fanout, spread over the endpoints.
     #[arg(long, default_value_t = 100)]
     pub subscribers: usize,
+    /// Comma-separated process ids of the servers under test: their CPU time during the
+    /// measured phase is reported per operation.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pids: Vec<i32>,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -144,9 +150,10 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         rate: args.rate,
         workers: args.concurrency,
     });
-    let (recorder, elapsed) = match args.target {
+    let (recorder, elapsed, cpu) = match args.target {
         Target::Sessiond if args.workload == Workload::RevokeFanout => {
             let clock = Clock::start(Duration::from_secs_f64(args.warmup), args.limit());
+            let cpu = CpuWindow::open(&args.server_pids, clock.measure_from());
             let progress = Progress::for_run(args, clock.clone());
             let tenant = format!("bench-fanout-{run_tag}");
             let recorder = fanout::run(
@@ -160,7 +167,8 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
             )
             .await?;
             progress.finish();
-            (recorder, clock.measure_from().elapsed())
+            let elapsed = clock.measure_from().elapsed();
+            (recorder, elapsed, cpu.close().await?)
         }
         Target::Sessiond => {
             let options = args.connect.options()?;
@@ -184,7 +192,11 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         ),
     };
     let (ops, errors) = recorder.summarize(elapsed);
-    let total = ops.iter().map(|o| o.count).sum::<u64>() as f64;
+    let total = ops.iter().map(|o| o.count).sum::<u64>();
+    let counted = match args.workload {
+        Workload::RevokeFanout => ops.iter().find(|o| o.op == "revoke").map_or(0, |o| o.count),
+        _ => total,
+    };
     Ok(Report {
         target: args.target.name().to_owned(),
         workload: args.workload.name().to_owned(),
@@ -197,19 +209,25 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
             0
         },
         elapsed_secs: elapsed.as_secs_f64(),
-        total_ops_per_sec: total / elapsed.as_secs_f64().max(f64::EPSILON),
+        total_ops_per_sec: total as f64 / elapsed.as_secs_f64().max(f64::EPSILON),
+        server_cpu_us_per_op: if args.server_pids.is_empty() {
+            None
+        } else {
+            cpu.server_us_per_op(counted)
+        },
+        client_cpu_us_per_op: cpu.client_us_per_op(counted),
         ops,
         errors,
     })
 }
 
-/// Loads the key space, then runs the workers; returns their merged measurements and the
-/// length of the measured phase.
+/// Loads the key space, then runs the workers; returns their merged measurements, the
+/// length of the measured phase and the CPU used during it.
 async fn drive<S: SessionStore>(
     args: &BenchArgs,
     plan: Arc<Plan>,
     stores: Vec<S>,
-) -> anyhow::Result<(Recorder, Duration)> {
+) -> anyhow::Result<(Recorder, Duration, CpuUsage)> {
     let per_worker = match args.workload {
         Workload::Create => 0,
         _ => args.keyspace.div_ceil(args.concurrency).max(1),
@@ -239,6 +257,7 @@ async fn drive<S: SessionStore>(
     progress.finish();
 
     let clock = Clock::start(Duration::from_secs_f64(args.warmup), args.limit());
+    let cpu = CpuWindow::open(&args.server_pids, clock.measure_from());
     let progress = Progress::for_run(args, clock.clone());
     let mut workers = JoinSet::new();
     for (worker, held) in slices.into_iter().enumerate() {
@@ -257,7 +276,7 @@ async fn drive<S: SessionStore>(
     }
     let elapsed = clock.measure_from().elapsed();
     progress.finish();
-    Ok((recorder, elapsed))
+    Ok((recorder, elapsed, cpu.close().await?))
 }
 
 /// A progress display fed by a clock's operation counter, on stderr while the run lasts.

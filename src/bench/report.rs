@@ -139,6 +139,11 @@ pub struct Report {
     pub elapsed_secs: f64,
     /// Successful operations per second over all operations.
     pub total_ops_per_sec: f64,
+    /// CPU microseconds of the servers (`--server-pids`) per successful operation of the
+    /// measured phase (revoke-fanout: per revocation).
+    pub server_cpu_us_per_op: Option<f64>,
+    /// CPU microseconds of the load generator per successful operation.
+    pub client_cpu_us_per_op: Option<f64>,
     /// One row per operation.
     pub ops: Vec<OpSummary>,
     /// Failures by `op:kind`.
@@ -164,6 +169,12 @@ impl Report {
             self.elapsed_secs,
             self.total_ops_per_sec,
         );
+        if let Some(server) = self.server_cpu_us_per_op {
+            out.push_str(&format!("server CPU per op: {server:.1} µs\n"));
+        }
+        if let Some(client) = self.client_cpu_us_per_op {
+            out.push_str(&format!("load generator CPU per op: {client:.1} µs\n"));
+        }
         out.push_str(&format!(
             "{:<16} {:>10} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
             "op", "count", "ops/s", "mean ms", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"

@@ -24,17 +24,7 @@ use crate::proto::internal::{Command, CommandResult};
 use crate::store::{Flusher, StateReader, Store};
 use crate::Error;
 
-openraft::declare_raft_types!(
-    /// The Raft types of sessiond: commands in, command results out, nodes known by address.
-    pub TypeConfig:
-        D = Command,
-        R = CommandResult,
-        NodeId = u64,
-        Node = BasicNode,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = crate::store::snapshot::SnapshotFile,
-        AsyncRuntime = openraft::TokioRuntime,
-);
+pub use crate::store::TypeConfig;
 
 /// How to open a node.
 #[derive(Debug, Clone)]

@@ -9,12 +9,12 @@ use openraft::{
 };
 use prost::Message;
 
+use super::TypeConfig;
 use crate::proto::internal::{
     log_entry_record, Command, Empty, LogEntryRecord, LogIdRecord, MembershipRecord, NodeRecord,
     StoredMembershipRecord, VoteRecord, VoterSet,
 };
 use crate::proto::SCHEMA_VERSION;
-use crate::raft::TypeConfig;
 
 /// A log entry of this cluster.
 pub type Entry = openraft::Entry<TypeConfig>;

@@ -22,8 +22,8 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{self, Entry};
+use super::TypeConfig;
 use crate::proto::internal::{LogIdRecord, VoteRecord};
-use crate::raft::TypeConfig;
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";

@@ -22,7 +22,22 @@ use std::path::Path;
 pub use log::{Flusher, LogStore};
 pub use state_machine::{StateMachine, StateReader};
 
+use openraft::BasicNode;
+
+use crate::proto::internal::{Command, CommandResult};
 use crate::Error;
+
+openraft::declare_raft_types!(
+    /// The Raft types of sessiond: commands in, command results out, nodes known by address.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = snapshot::SnapshotFile,
+        AsyncRuntime = openraft::TokioRuntime,
+);
 
 /// sled page cache of the log database: it holds the entries since the last snapshot.
 const LOG_CACHE_BYTES: u64 = 32 * 1024 * 1024;
@@ -80,7 +95,6 @@ mod tests {
     use crate::domain::StateRead;
     use crate::proto::internal::{command, Command, CreateSession};
     use crate::proto::SCHEMA_VERSION;
-    use crate::raft::TypeConfig;
 
     const TEST_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 

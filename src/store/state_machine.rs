@@ -38,13 +38,13 @@ use tokio::sync::broadcast;
 use super::codec::{self, Entry};
 use super::generation::{Generation, Generations};
 use super::snapshot::{self, sync_dir, SnapshotFile, SnapshotReader, SnapshotWriter};
+use super::TypeConfig;
 use crate::domain::{self, StateEntry, StateError, StateRead, StateWrite};
 use crate::proto::internal::{
     command_result, CommandResult, Empty, LogIdRecord, RevocationEvent, SnapshotRecord,
     StoredMembershipRecord,
 };
 use crate::proto::SCHEMA_VERSION;
-use crate::raft::TypeConfig;
 
 /// Key of the last applied log id.
 pub(crate) const APPLIED: &[u8] = &[0, b'a'];

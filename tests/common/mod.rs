@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod process;
 pub mod workload;
 
 use std::io::{BufRead, BufReader};
