@@ -113,14 +113,13 @@ pub async fn handle(
         _ => return Err(unexpected_result()),
     };
     let outcome = RotateOutcome::try_from(result.outcome).unwrap_or_default();
-    // The successor is sealed in the retired token when this answer repeats an earlier one:
-    // a grace-window retry, or a retry of the caller's request id. (A node's own re-forward
-    // of this very command is not one: the successor minted here is the one committed.)
-    let retried = result.retried || applied.result.deduplicated;
+    // The answer may repeat an earlier one: a grace-window retry, or the first answer to this
+    // request id. Then the successor is the one sealed at the first rotation.
+    let repeated = result.retried || applied.result.deduplicated;
     let mut response = RotateResponse {
         outcome: outcome as i32,
         session: convert::optional_session(result.session.as_ref(), now),
-        retried,
+        retried: repeated,
         revoked_count: result.revoked_count,
         lease_holder: result.lease_holder,
         lease_expires_at_ms: result.lease_expires_at_ms,
@@ -128,12 +127,18 @@ pub async fn handle(
         ..Default::default()
     };
     if outcome == RotateOutcome::Rotated {
-        let tokens = if retried {
+        let minted = successor.refresh.hash();
+        let tokens = if repeated {
             token::unseal(presented.expose(), b"", &result.sealed_successor)
                 .ok_or_else(|| Error::Internal("sealed successor does not open".into()))?
         } else {
             successor
         };
+        // A retry is answered with an earlier call's successor. The first rotation may also
+        // be this very command: sent again by the node after an ambiguous failure, it finds
+        // its first copy applied under the caller's request id. Its successor is the one
+        // minted here, and the answer is the token's first redemption.
+        response.retried = tokens.refresh.hash() != minted;
         response.refresh_token = tokens.refresh.expose().to_owned();
         response.access_token = tokens
             .access

@@ -166,7 +166,9 @@ impl RaftNode {
 
     /// Replicates and applies one command, wherever the leader is: on this node if it leads,
     /// otherwise forwarded to the leader. A forwarded command without a request key gets a
-    /// fresh one, so that re-sending it after an ambiguous failure cannot apply it twice.
+    /// fresh one, so that re-sending it after an ambiguous failure (to the next leader, or
+    /// here once this node leads) cannot apply it twice; the answer is then the command's
+    /// own ([`own_answer`]).
     pub async fn propose(&self, mut command: Command) -> Result<Applied, Error> {
         let node_keyed = command.request_key.is_empty();
         let deadline = Instant::now() + LEADER_DEADLINE;
@@ -181,7 +183,7 @@ impl RaftNode {
                         .await?;
                     continue;
                 }
-                done => return done,
+                done => return done.map(|applied| own_answer(applied, node_keyed)),
             };
             if node_keyed && command.request_key.is_empty() {
                 command.request_key = rand::random::<[u8; 32]>().to_vec();
@@ -192,11 +194,8 @@ impl RaftNode {
                 .propose(leader.0, &leader.1, command.clone())
                 .await
             {
-                Ok((revision, mut result)) => {
-                    if node_keyed {
-                        result.deduplicated = false;
-                    }
-                    return Ok(Applied { revision, result });
+                Ok((revision, result)) => {
+                    return Ok(own_answer(Applied { revision, result }, node_keyed));
                 }
                 Err(PeerError::Refused(_, status))
                     if status.code() == tonic::Code::InvalidArgument =>
@@ -363,6 +362,21 @@ impl RaftNode {
             .map_err(Error::Unavailable)?;
         self.inner.state.flush().await.map_err(Error::Unavailable)
     }
+}
+
+/// The answer to a command [`RaftNode::propose`] sent: when this node keyed it
+/// (`node_keyed`) and a re-sent copy found the first one applied, the first result is this
+/// command's own answer, not the repeat of an earlier call that `deduplicated` tells the
+/// API about (a rotation marked retried, a create's tokens unsealed), and its revision is
+/// the first copy's.
+fn own_answer(mut applied: Applied, node_keyed: bool) -> Applied {
+    if node_keyed && applied.result.deduplicated {
+        applied.result.deduplicated = false;
+        if applied.result.first_revision != 0 {
+            applied.revision = applied.result.first_revision;
+        }
+    }
+    applied
 }
 
 fn not_leader(f: ForwardToLeader<u64, BasicNode>) -> Error {

@@ -1,8 +1,10 @@
 //! The checker: DESIGN.md's invariants 1-4 over a recorded [`History`] and the final state
 //! read once the faults healed (invariant 5, the replicas' digests, is checked where they
 //! are read). Per-session histories are checked for linearizability with stateright's
-//! `LinearizabilityTester` against a sequential model of one session; a violation comes
-//! with the smallest sub-history (greedily shrunk) that still shows it.
+//! `LinearizabilityTester` against a sequential model of one session. A violation of a check
+//! on one session comes with that session's whole history (every operation on it, with its
+//! node, request id, invoke and return times and outcome) and its final read: the history
+//! is reduced only by leaving out the other sessions' operations.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,7 +20,7 @@ pub struct Violation {
     pub invariant: u8,
     /// What is wrong.
     pub message: String,
-    /// The smallest history that shows it.
+    /// What shows it: for a check on one session, that session's whole history.
     pub history: Vec<String>,
 }
 
@@ -124,8 +126,6 @@ impl SequentialSpec for SessionModel {
 /// One operation of a per-session history: invoke time, completion (None: unknown).
 #[derive(Debug, Clone)]
 pub struct SessionOp {
-    /// The history entry (usize::MAX for the final read).
-    pub op_id: usize,
     /// The model operation.
     pub op: MOp,
     /// Invoked at (µs).
@@ -158,26 +158,6 @@ pub fn linearizable(ops: &[SessionOp]) -> bool {
         }
     }
     tester.serialized_history().is_some()
-}
-
-/// Drops operations one by one (all but the create) while the history stays
-/// non-linearizable.
-pub fn shrink(mut ops: Vec<SessionOp>) -> Vec<SessionOp> {
-    let mut i = 0;
-    while i < ops.len() {
-        if matches!(ops[i].op, MOp::Create) {
-            i += 1;
-            continue;
-        }
-        let mut fewer = ops.clone();
-        fewer.remove(i);
-        if !linearizable(&fewer) {
-            ops = fewer;
-        } else {
-            i += 1;
-        }
-    }
-    ops
 }
 
 fn rotate_ret(ret: &Ret) -> Option<MRet> {
@@ -274,7 +254,6 @@ fn session_history(
             continue;
         }
         out.push(SessionOp {
-            op_id: op.id,
             op: mop,
             invoke_us: op.invoke_us,
             done: ret.and_then(|r| done_at(op).map(|t| (t, r))),
@@ -282,7 +261,6 @@ fn session_history(
     }
     if let Some(ret) = lookup_ret(final_read) {
         out.push(SessionOp {
-            op_id: usize::MAX,
             op: MOp::Lookup,
             invoke_us: end_us,
             done: Some((end_us + 1, ret)),
@@ -291,20 +269,45 @@ fn session_history(
     out
 }
 
-fn describe(ops: &[Op], history: &[SessionOp]) -> Vec<String> {
-    history
-        .iter()
-        .map(|h| {
-            if h.op_id == usize::MAX {
-                format!(
-                    "final LINEARIZABLE read after the faults healed -> {:?}",
-                    h.done
-                )
-            } else {
-                ops[h.op_id].to_string()
-            }
+/// Every operation on session `index` (`s`), whole and in invocation order: its create, its
+/// rotations, the revocations whose scope covers it and every lookup of it (LOCAL and through
+/// the gateway too, for context). Other sessions' operations are all that is left out.
+fn session_ops<'a>(ops: &'a [Op], index: usize, s: &SessionInfo) -> Vec<&'a Op> {
+    ops.iter()
+        .filter(|op| match &op.kind {
+            OpKind::Create { .. } => op.id == s.created_by,
+            OpKind::Rotate { session, .. }
+            | OpKind::Lookup { session, .. }
+            | OpKind::GatewayLookup { session } => *session == index,
+            OpKind::Revoke { tenant, scope } => covers(tenant, scope, s),
         })
         .collect()
+}
+
+/// A violation of a check on session `index`, shown with the session's whole history and
+/// its final read. Nothing of that history is dropped: removing a write from a history that
+/// is not linearizable can leave one that is not linearizable for another reason (a revoked
+/// final read with the rotation that revoked it removed), which hides the real one.
+fn session_violation(
+    invariant: u8,
+    message: String,
+    ops: &[Op],
+    index: usize,
+    s: &SessionInfo,
+    final_read: &Ret,
+) -> Violation {
+    let mut history: Vec<String> = session_ops(ops, index, s)
+        .into_iter()
+        .map(Op::to_string)
+        .collect();
+    history.push(format!(
+        "final LINEARIZABLE read after the faults healed -> {final_read:?}"
+    ));
+    Violation {
+        invariant,
+        message,
+        history,
+    }
 }
 
 /// Invariants 1-3 over the operations, given each session's final LINEARIZABLE read.
@@ -343,20 +346,19 @@ pub fn check_operations(
     for ((session, gen), tokens) in &successors {
         let redeemed = fresh.get(&(*session, *gen)).map_or(0, Vec::len);
         if tokens.len() > 1 || redeemed > 1 {
-            let shown: Vec<String> = ops
-                .iter()
-                .filter(|o| matches!(&o.kind, OpKind::Rotate { session: s, presented_gen: g, .. } if s == session && g == gen))
-                .map(|o| o.to_string())
-                .collect();
-            violations.push(Violation {
-                invariant: 1,
-                message: format!(
+            let s = &sessions[*session];
+            violations.push(session_violation(
+                1,
+                format!(
                     "session {} token of generation {gen}: {} distinct successors, {redeemed} fresh redemptions",
-                    sessions[*session].id,
+                    s.id,
                     tokens.len()
                 ),
-                history: shown,
-            });
+                ops,
+                *session,
+                s,
+                &finals[*session],
+            ));
         }
     }
     for (index, s) in sessions.iter().enumerate() {
@@ -394,14 +396,14 @@ pub fn check_operations(
             _ => None,
         };
         if let Some(message) = lost {
-            violations.push(Violation {
-                invariant: 2,
-                message: format!("session {}: {message}", s.id),
-                history: vec![
-                    ops[s.created_by].to_string(),
-                    format!("final read: {final_read:?}"),
-                ],
-            });
+            violations.push(session_violation(
+                2,
+                format!("session {}: {message}", s.id),
+                ops,
+                index,
+                s,
+                final_read,
+            ));
         }
         // (3) no LINEARIZABLE read after a revoke ack sees the session active.
         for r in ops.iter().filter(|o| {
@@ -413,22 +415,30 @@ pub fn check_operations(
                 matches!((&o.kind, &o.outcome), (OpKind::Lookup { session, linearizable: true }, Outcome::Ok(Ret::Found { revoked: false, .. }))
                     if *session == index && o.invoke_us > acked)
             }) {
-                violations.push(Violation {
-                    invariant: 3,
-                    message: format!("session {} read active after its revocation was acknowledged", s.id),
-                    history: vec![ops[s.created_by].to_string(), r.to_string(), read.to_string()],
-                });
+                violations.push(session_violation(
+                    3,
+                    format!(
+                        "session {}: LINEARIZABLE read #{} saw it active after revocation #{} was acknowledged",
+                        s.id, read.id, r.id
+                    ),
+                    ops,
+                    index,
+                    s,
+                    final_read,
+                ));
             }
         }
         // (1) + (3): the session's whole history linearizable against the model.
         let history = session_history(ops, index, s, final_read, end_us);
         if !linearizable(&history) {
-            let small = shrink(history);
-            violations.push(Violation {
-                invariant: 1,
-                message: format!("session {}: history not linearizable", s.id),
-                history: describe(ops, &small),
-            });
+            violations.push(session_violation(
+                1,
+                format!("session {}: history not linearizable", s.id),
+                ops,
+                index,
+                s,
+                final_read,
+            ));
         }
     }
     violations
@@ -481,9 +491,8 @@ pub fn check_watchers(segments: &[Segment], truth: &[(u64, String)]) -> Vec<Viol
 mod tests {
     use super::*;
 
-    fn op(id: usize, op: MOp, invoke: u64, done: Option<(u64, MRet)>) -> SessionOp {
+    fn op(op: MOp, invoke: u64, done: Option<(u64, MRet)>) -> SessionOp {
         SessionOp {
-            op_id: id,
             op,
             invoke_us: invoke,
             done,
@@ -493,9 +502,8 @@ mod tests {
     #[test]
     fn a_clean_rotation_history_is_linearizable() {
         let h = vec![
-            op(0, MOp::Create, 0, Some((1, MRet::Created))),
+            op(MOp::Create, 0, Some((1, MRet::Created))),
             op(
-                1,
                 MOp::Rotate(0),
                 2,
                 Some((
@@ -507,7 +515,6 @@ mod tests {
                 )),
             ),
             op(
-                2,
                 MOp::Rotate(0),
                 3,
                 Some((
@@ -518,9 +525,8 @@ mod tests {
                     },
                 )),
             ),
-            op(3, MOp::Revoke, 7, None),
+            op(MOp::Revoke, 7, None),
             op(
-                4,
                 MOp::Lookup,
                 20,
                 Some((
@@ -536,11 +542,10 @@ mod tests {
     }
 
     #[test]
-    fn two_fresh_redemptions_of_one_token_are_caught_and_shrunk() {
+    fn two_fresh_redemptions_of_one_token_are_caught() {
         let h = vec![
-            op(0, MOp::Create, 0, Some((1, MRet::Created))),
+            op(MOp::Create, 0, Some((1, MRet::Created))),
             op(
-                1,
                 MOp::Lookup,
                 1,
                 Some((
@@ -552,7 +557,6 @@ mod tests {
                 )),
             ),
             op(
-                2,
                 MOp::Rotate(0),
                 2,
                 Some((
@@ -564,7 +568,6 @@ mod tests {
                 )),
             ),
             op(
-                3,
                 MOp::Rotate(0),
                 3,
                 Some((
@@ -577,20 +580,127 @@ mod tests {
             ),
         ];
         assert!(!linearizable(&h));
-        let small = shrink(h);
-        assert_eq!(
-            small.iter().map(|o| o.op_id).collect::<Vec<_>>(),
-            vec![0, 2, 3]
-        );
+    }
+
+    fn recorded(id: usize, kind: OpKind, invoke_us: u64, ret: Ret) -> Op {
+        Op {
+            id,
+            client: 0,
+            node: 1 + id as u64 % 3,
+            kind,
+            request_id: format!("rid-{id}"),
+            invoke_us,
+            complete_us: Some(invoke_us + 5),
+            outcome: Outcome::Ok(ret),
+        }
+    }
+
+    fn info(id: &str, user: &str, created_by: usize) -> SessionInfo {
+        SessionInfo {
+            id: id.into(),
+            family: format!("f-{id}"),
+            tenant: "t0".into(),
+            user: user.into(),
+            created_by,
+            tokens: BTreeMap::new(),
+            ops: 0,
+        }
+    }
+
+    /// A session whose token got two fresh successors: both invariant-1 checks report it,
+    /// each with every operation on that session (the ones that explain nothing included)
+    /// and its final read, and with none of the other session's.
+    #[test]
+    fn a_per_session_violation_shows_the_whole_history_of_that_session() {
+        let rotated = |token: &str| Ret::Rotated {
+            gen: 1,
+            retried: false,
+            token: token.into(),
+        };
+        let rotate = |session| OpKind::Rotate {
+            session,
+            presented_gen: 0,
+            attempt_of: 0,
+        };
+        let lookup = |session, linearizable| OpKind::Lookup {
+            session,
+            linearizable,
+        };
+        let revoke = |scope| OpKind::Revoke {
+            tenant: "t0".into(),
+            scope,
+        };
+        let create = OpKind::Create {
+            tenant: "t0".into(),
+            user: "u0".into(),
+        };
+        let ops = vec![
+            recorded(0, create.clone(), 0, Ret::Created { session: 0 }),
+            recorded(1, create, 10, Ret::Created { session: 1 }),
+            recorded(2, rotate(0), 20, rotated("a")),
+            recorded(3, rotate(1), 30, rotated("c")),
+            recorded(4, lookup(0, false), 40, Ret::NotFound),
+            recorded(5, rotate(0), 50, rotated("b")),
+            recorded(
+                6,
+                revoke(Scope::User("u1".into())),
+                60,
+                Ret::Revoked { count: 1 },
+            ),
+            recorded(7, OpKind::GatewayLookup { session: 1 }, 70, Ret::NotFound),
+            recorded(
+                8,
+                revoke(Scope::Session("s1".into())),
+                80,
+                Ret::Revoked { count: 1 },
+            ),
+        ];
+        let sessions = vec![info("s0", "u0", 0), info("s1", "u1", 1)];
+        let finals = vec![
+            Ret::Found {
+                revoked: false,
+                gen: 1,
+            },
+            Ret::Found {
+                revoked: true,
+                gen: 1,
+            },
+        ];
+        let violations = check_operations(&ops, &sessions, &finals, 1_000);
+        assert_eq!(violations.len(), 2, "{violations:?}");
+        for v in &violations {
+            assert_eq!(v.invariant, 1);
+            assert!(v.message.contains("session s0"), "{}", v.message);
+            let shown: Vec<String> = v
+                .history
+                .iter()
+                .map(|line| line.split_whitespace().next().unwrap().to_owned())
+                .collect();
+            assert_eq!(shown, ["#0", "#2", "#4", "#5", "final"], "{:#?}", v.history);
+            assert!(
+                v.history[1].contains("request_id=rid-2"),
+                "{}",
+                v.history[1]
+            );
+            assert!(
+                v.history[1].contains("n3 [0.000s..0.000s]"),
+                "{}",
+                v.history[1]
+            );
+            assert!(
+                v.history[4].contains("revoked: false, gen: 1"),
+                "{}",
+                v.history[4]
+            );
+        }
     }
 
     #[test]
     fn a_revocation_undone_is_caught() {
         let h = vec![
-            op(0, MOp::Create, 0, Some((1, MRet::Created))),
-            op(1, MOp::Revoke, 2, Some((3, MRet::RevokeOk))),
+            op(MOp::Create, 0, Some((1, MRet::Created))),
+            op(MOp::Revoke, 2, Some((3, MRet::RevokeOk))),
             op(
-                2,
                 MOp::Lookup,
                 4,
                 Some((
@@ -608,9 +718,8 @@ mod tests {
     #[test]
     fn a_lost_acknowledged_rotation_is_caught_but_an_unknown_one_may_be_lost() {
         let lost = vec![
-            op(0, MOp::Create, 0, Some((1, MRet::Created))),
+            op(MOp::Create, 0, Some((1, MRet::Created))),
             op(
-                1,
                 MOp::Rotate(0),
                 2,
                 Some((
@@ -622,7 +731,6 @@ mod tests {
                 )),
             ),
             op(
-                2,
                 MOp::Lookup,
                 9,
                 Some((
@@ -636,10 +744,9 @@ mod tests {
         ];
         assert!(!linearizable(&lost));
         let unknown = vec![
-            op(0, MOp::Create, 0, Some((1, MRet::Created))),
-            op(1, MOp::Rotate(0), 2, None),
+            op(MOp::Create, 0, Some((1, MRet::Created))),
+            op(MOp::Rotate(0), 2, None),
             op(
-                2,
                 MOp::Lookup,
                 9,
                 Some((

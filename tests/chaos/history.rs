@@ -123,6 +123,8 @@ pub struct Op {
     pub node: u64,
     /// What was asked.
     pub kind: OpKind,
+    /// The request id sent with it (empty: none).
+    pub request_id: String,
     /// Microseconds since the schedule started, at invocation.
     pub invoke_us: u64,
     /// Microseconds since the start, at completion (None while pending or unknown).
@@ -138,15 +140,18 @@ impl fmt::Display for Op {
             .map_or("?".to_owned(), |t| format!("{:.3}", t as f64 / 1e6));
         write!(
             f,
-            "#{:<5} c{} n{} [{:.3}s..{}s] {:?} -> {:?}",
+            "#{:<5} c{} n{} [{:.3}s..{}s] {:?}",
             self.id,
             self.client,
             self.node,
             self.invoke_us as f64 / 1e6,
             done,
             self.kind,
-            self.outcome
-        )
+        )?;
+        if !self.request_id.is_empty() {
+            write!(f, " request_id={}", self.request_id)?;
+        }
+        write!(f, " -> {:?}", self.outcome)
     }
 }
 
@@ -214,8 +219,9 @@ impl History {
         self.start.elapsed().as_micros() as u64
     }
 
-    /// Records an invocation; returns its id.
-    pub fn invoke(&self, client: usize, node: u64, kind: OpKind) -> usize {
+    /// Records an invocation (`request_id` empty when the request carries none); returns its
+    /// id.
+    pub fn invoke(&self, client: usize, node: u64, kind: OpKind, request_id: String) -> usize {
         let mut ops = self.ops.lock().unwrap();
         let id = ops.len();
         ops.push(Op {
@@ -223,6 +229,7 @@ impl History {
             client,
             node,
             kind,
+            request_id,
             invoke_us: self.now_us(),
             complete_us: None,
             outcome: Outcome::Pending,

@@ -17,6 +17,7 @@ mod check;
 mod cluster;
 mod history;
 mod proxy;
+mod reforward;
 mod schedule;
 mod workload;
 
@@ -791,7 +792,7 @@ fn print_report(schedule: &Schedule, report: &Report) {
         print!("{schedule}");
         for v in &report.violations {
             println!("  invariant {}: {}", v.invariant, v.message);
-            for line in v.history.iter().take(20) {
+            for line in &v.history {
                 println!("      {line}");
             }
         }

@@ -96,6 +96,37 @@ fn write_outcome(r: Result<Ret, String>) -> Outcome {
     }
 }
 
+/// What a rotate attempt presents: a token of generation `gen`, with a request id (empty:
+/// none) that a retry of the attempt sends again.
+#[derive(Debug, Clone)]
+struct Presented {
+    gen: u64,
+    token: String,
+    request_id: String,
+}
+
+impl Presented {
+    /// The token of `gen`, with a fresh request id half the time (the other half the node
+    /// keys the command itself).
+    fn new(gen: u64, token: String, rng: &mut StdRng) -> Self {
+        let request_id = if rng.random_bool(0.5) {
+            request_id("rotate", rng)
+        } else {
+            String::new()
+        };
+        Presented {
+            gen,
+            token,
+            request_id,
+        }
+    }
+}
+
+/// A fresh request id for an operation of `kind` (random, within the 16..=128 bytes allowed).
+fn request_id(kind: &str, rng: &mut StdRng) -> String {
+    format!("chaos-{kind}-{:016x}", rng.random::<u64>())
+}
+
 fn read_outcome(r: Result<Ret, String>) -> Outcome {
     match r {
         Ok(ret) => Outcome::Ok(ret),
@@ -151,6 +182,7 @@ impl Workload {
         let tenant = tenant_name(rng.random_range(0..TENANTS));
         let user = format!("u{}", rng.random_range(0..USERS));
         let node = self.node(rng);
+        let request_id = request_id("create", rng);
         let id = self.history.invoke(
             client,
             node,
@@ -158,11 +190,12 @@ impl Workload {
                 tenant: tenant.clone(),
                 user: user.clone(),
             },
+            request_id.clone(),
         );
         let request = CreateSessionRequest {
             tenant: tenant.clone(),
             user_id: user.clone(),
-            request_id: format!("chaos-create-{id:08}-{}", rng.random::<u64>()),
+            request_id,
             ..Default::default()
         };
         let r = timed(self.nodes.client(node).create_session(request)).await;
@@ -189,7 +222,8 @@ impl Workload {
     }
 
     /// Rotates the newest known token of `session`, `parallel` times at once (on random
-    /// nodes); an attempt whose outcome is unknown is retried once with the same token.
+    /// nodes); an attempt whose outcome is unknown is retried once with the same token and
+    /// request id.
     async fn rotate_current(
         &self,
         client: usize,
@@ -204,14 +238,14 @@ impl Workload {
         };
         let mut attempts = tokio::task::JoinSet::new();
         for _ in 0..parallel {
-            let (w, node, token) = (self.clone(), self.node(rng), token.clone());
-            attempts.spawn(async move { w.rotate(client, node, session, gen, token, None).await });
+            let (w, node) = (self.clone(), self.node(rng));
+            let presented = Presented::new(gen, token.clone(), rng);
+            attempts.spawn(async move { w.rotate(client, node, session, presented, None).await });
         }
         while let Some(attempt) = attempts.join_next().await {
-            let (attempt_of, unknown) = attempt.expect("rotate task");
-            if unknown {
+            if let Some((attempt_of, presented)) = attempt.expect("rotate task") {
                 let node = self.node(rng);
-                self.rotate(client, node, session, gen, token.clone(), Some(attempt_of))
+                self.rotate(client, node, session, presented, Some(attempt_of))
                     .await;
             }
         }
@@ -231,41 +265,43 @@ impl Workload {
         match found {
             Some((gen, token)) => {
                 let node = self.node(rng);
-                self.rotate(client, node, session, gen, token, None).await;
+                let presented = Presented::new(gen, token, rng);
+                self.rotate(client, node, session, presented, None).await;
             }
             None => self.rotate_current(client, session, rng, 1).await,
         }
     }
 
-    /// One rotate attempt; returns (the first attempt's id, whether the outcome is unknown).
+    /// One rotate attempt (`retry_of`: the first attempt it retries). When its outcome is
+    /// unknown, returns what a retry sends: the first attempt's id and the same token and
+    /// request id.
     async fn rotate(
         &self,
         client: usize,
         node: u64,
         session: usize,
-        presented_gen: u64,
-        token: String,
+        presented: Presented,
         retry_of: Option<usize>,
-    ) -> (usize, bool) {
+    ) -> Option<(usize, Presented)> {
         self.touch(session);
         let id = self.history.invoke(
             client,
             node,
             OpKind::Rotate {
                 session,
-                presented_gen,
+                presented_gen: presented.gen,
                 attempt_of: usize::MAX,
             },
+            presented.request_id.clone(),
         );
         let attempt_of = retry_of.unwrap_or(id);
         if let OpKind::Rotate { attempt_of: a, .. } = &mut self.history.ops.lock().unwrap()[id].kind
         {
             *a = attempt_of;
         }
-        // Rotate carries no request id on this base: a retry is the same token presented
-        // again within the grace window (`attempt_of` groups the attempts of one rotation).
         let request = RotateRequest {
-            refresh_token: token,
+            refresh_token: presented.token.clone(),
+            request_id: presented.request_id.clone(),
             ..Default::default()
         };
         let r = timed(self.nodes.client(node).rotate(request))
@@ -289,7 +325,7 @@ impl Workload {
             });
         let unknown = r.is_err();
         self.history.complete(id, write_outcome(r));
-        (attempt_of, unknown)
+        unknown.then_some((attempt_of, presented))
     }
 
     async fn revoke(&self, client: usize, tenant: String, scope: Scope, rng: &mut StdRng) {
@@ -300,6 +336,7 @@ impl Workload {
             Scope::User(u) => (RevokeScope::User, u.clone()),
             Scope::Tenant => (RevokeScope::Tenant, String::new()),
         };
+        let request_id = request_id("revoke", rng);
         let id = self.history.invoke(
             client,
             node,
@@ -307,13 +344,14 @@ impl Workload {
                 tenant: tenant.clone(),
                 scope,
             },
+            request_id.clone(),
         );
         let request = RevokeRequest {
             tenant,
             scope: proto_scope as i32,
             id: target,
             reason: RevocationReason::Logout as i32,
-            request_id: format!("chaos-revoke-{id:08}-{}", rng.random::<u64>()),
+            request_id,
         };
         let r = timed(self.nodes.client(node).revoke(request))
             .await
@@ -362,6 +400,7 @@ impl Workload {
                 session,
                 linearizable,
             },
+            String::new(),
         );
         let consistency = if linearizable {
             Consistency::Linearizable
@@ -386,7 +425,7 @@ impl Workload {
         };
         let id = self
             .history
-            .invoke(client, 0, OpKind::GatewayLookup { session });
+            .invoke(client, 0, OpKind::GatewayLookup { session }, String::new());
         let r = tokio::time::timeout(CALL_TIMEOUT, self.gateway.lookup(&tenant, &sid))
             .await
             .map_err(|_| "timed out".to_owned())
