@@ -59,7 +59,7 @@ const INCOMING_PREFIX: &str = "incoming-";
 /// A snapshot being built.
 const BUILDING_FILE: &str = "building.snap.tmp";
 /// Keys copied per step of a snapshot build (the commit lock is held for one step).
-const BUILD_CHUNK: usize = 1_000;
+const BUILD_CHUNK: usize = 250;
 /// A state database whose files have grown to this many times the size of the last
 /// snapshot (the live data, compactly encoded) is rebuilt from its next snapshot.
 const REBUILD_FACTOR: u64 = 3;
@@ -786,34 +786,32 @@ fn batch_of(written: generation::Written) -> sled::Batch {
     batch
 }
 
-/// Keys written per sled batch while installing a snapshot.
+/// Keys written between two calls of a fill's `after_batch`.
 pub(crate) const INSTALL_BATCH: usize = 10_000;
 
 /// Writes every entry of `reader` and the header's applied id and membership into the
-/// (empty) `generation`, and flushes it; `after_batch` runs after each batch written, with
-/// the batch's last key.
+/// (empty) `generation`, and flushes it; `after_batch` runs after each [`INSTALL_BATCH`]
+/// keys, with the last key written. Keys are inserted one by one, not in sled batches:
+/// the generation is not live until the fill is complete, and large sled batches make
+/// sled's memory grow far beyond its cache (spacejam/sled#1303).
 fn fill(
     generation: &Generation,
     reader: &mut SnapshotReader,
     header: &SnapshotRecord,
     mut after_batch: impl FnMut(&[u8]) -> Result<(), StorageError<u64>>,
 ) -> Result<(), StorageError<u64>> {
-    let mut batch = sled::Batch::default();
-    let mut pending = 0;
+    let mut written = 0;
     while let Some((key, value)) = reader.next_entry().map_err(sm_read_err)? {
-        pending += 1;
-        if pending < INSTALL_BATCH {
-            batch.insert(key, value);
-            continue;
-        }
-        batch.insert(key.as_slice(), value);
         generation
             .tree
-            .apply_batch(std::mem::take(&mut batch))
+            .insert(key.as_slice(), value)
             .map_err(sm_write_err)?;
-        pending = 0;
-        after_batch(&key)?;
+        written += 1;
+        if written % INSTALL_BATCH == 0 {
+            after_batch(&key)?;
+        }
     }
+    let mut batch = sled::Batch::default();
     if let Some(id) = &header.last_log_id {
         batch.insert(APPLIED, id.encode_to_vec());
     }
