@@ -9,6 +9,7 @@
 # scale.json and scale.md under $RESULTS (default bench-results/scale-<timestamp>).
 # Uses free loopback ports and a temporary directory; stops exactly what it started.
 set -euo pipefail
+export NO_COLOR=1 # plain node logs: the worst apply wait is read from them
 cd "$(dirname "$0")/.."
 root=$PWD
 sessions=${SESSIONS:-1000000}
@@ -18,11 +19,19 @@ mkdir -p "$results"
 work=$(mktemp -d "${TMPDIR:-/tmp}/sessiond-scale.XXXXXX")
 pids=()
 cleanup() {
+  local rc=$?
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
+  if [ "$rc" -eq 0 ]; then
+    rm -rf "$work"
+  else
+    cp "$work"/*.log "$results"/ 2>/dev/null || true
+    rm -rf "$work"/node*
+    echo "failed (exit $rc); node logs in $results" >&2
+  fi
 }
 trap cleanup EXIT
+trap 'echo "bench-scale.sh: command failed at line $LINENO" >&2' ERR
 
 cargo build --release --quiet
 bin=$root/target/release/sessiond
@@ -63,7 +72,7 @@ load_started=$(now)
 load_secs=$(since "$load_started")
 sleep 2 # let the periodic snapshot and log purge settle
 disk_bytes=$(du -sb "$work/node1" | cut -f1)
-part_bytes() { du -sb "$work/node1/$1" 2>/dev/null | cut -f1 || echo 0; }
+part_bytes() { du -sb "$work/${2:-node1}/$1" 2>/dev/null | cut -f1 || echo 0; }
 log_bytes=$(part_bytes log)
 state_bytes=$(part_bytes state)
 snapshot_bytes=$(part_bytes snapshots)
@@ -83,6 +92,31 @@ rss_after_restart_kb=$(awk '/VmRSS/ {print $2}' "/proc/$node1/status")
 restart_hwm_kb=$(hwm "$node1")
 echo "restarted in ${restart_secs}s; RSS $rss_after_restart_kb KiB, peak $restart_hwm_kb KiB"
 echo 5 >"/proc/$node1/clear_refs" # the peak from here on: building and sending a snapshot
+
+# A learner catches up by snapshot only if the log it needs is gone: build a snapshot of
+# everything applied, then purge the log up to it.
+applied_now=$(status "$ep1" | json_field "['applied_index']")
+"$bin" cluster snapshot --endpoint "$ep1" >/dev/null
+for _ in $(seq 1 12000); do
+  [ "$(status "$ep1" | json_field "['snapshot_index']")" -ge "$applied_now" ] && break
+  sleep 0.05
+done
+snapshot_index=$(status "$ep1" | json_field "['snapshot_index']")
+if [ "$snapshot_index" -lt "$applied_now" ]; then
+  echo "node 1 did not build a snapshot up to $applied_now; logs in $work" >&2
+  exit 1
+fi
+"$bin" cluster purge-log --endpoint "$ep1" "$snapshot_index" >/dev/null
+for _ in $(seq 1 1200); do
+  [ "$(status "$ep1" | json_field "['purged_index']")" -ge "$snapshot_index" ] && break
+  sleep 0.05
+done
+sleep 2 # the purge reaches the log database's files
+purged_disk_bytes=$(du -sb "$work/node1" | cut -f1)
+purged_log_bytes=$(part_bytes log)
+purged_state_bytes=$(part_bytes state)
+purged_snapshot_bytes=$(part_bytes snapshots)
+echo "after a snapshot at $snapshot_index and a purge: disk $purged_disk_bytes bytes (log $purged_log_bytes, state $purged_state_bytes, snapshots $purged_snapshot_bytes)"
 
 echo "adding a learner"
 "$bin" serve --node-id 2 --listen "127.0.0.1:$port2" --peer-listen "127.0.0.1:$peer2" --data-dir "$work/node2" --join \
@@ -107,9 +141,15 @@ learner_secs=$(since "$learner_started")
 learner_snapshot=$(status "http://127.0.0.1:$port2" | json_field "['snapshot_index']")
 send_hwm_kb=$(hwm "$node1")
 learner_hwm_kb=$(hwm "$node2")
-worst_apply_wait_ms=$(grep -ho 'worst_apply_wait_ms=[0-9.]*' "$work"/node1.log | cut -d= -f2 | sort -g | tail -1)
+worst_apply_wait_ms=$( (grep -ho 'worst_apply_wait_ms=[0-9.]*' "$work"/node1.log || true) | cut -d= -f2 | sort -g | tail -1)
+rebuilds=$(grep -c 'state database rebuilt' "$work/node1.log" || true)
 builds=$(grep -c 'snapshot built' "$work/node1.log" || true)
 echo "learner caught up in ${learner_secs}s; peak RSS leader $send_hwm_kb KiB, learner $learner_hwm_kb KiB"
+learner_disk_bytes=$(du -sb "$work/node2" | cut -f1)
+learner_log_bytes=$(part_bytes log node2)
+learner_state_bytes=$(part_bytes state node2)
+learner_snapshot_bytes=$(part_bytes snapshots node2)
+echo "learner disk $learner_disk_bytes bytes (log $learner_log_bytes, state $learner_state_bytes, snapshots $learner_snapshot_bytes)"
 
 python3 - "$results" <<PY
 import json, sys
@@ -125,6 +165,16 @@ out = {
   "log_bytes": $log_bytes,
   "state_bytes": $state_bytes,
   "snapshot_bytes": $snapshot_bytes,
+  "after_purge_disk_bytes": $purged_disk_bytes,
+  "after_purge_disk_bytes_per_session": $purged_disk_bytes / $sessions,
+  "after_purge_log_bytes": $purged_log_bytes,
+  "after_purge_state_bytes": $purged_state_bytes,
+  "after_purge_snapshot_bytes": $purged_snapshot_bytes,
+  "learner_disk_bytes": $learner_disk_bytes,
+  "learner_disk_bytes_per_session": $learner_disk_bytes / $sessions,
+  "learner_log_bytes": $learner_log_bytes,
+  "learner_state_bytes": $learner_state_bytes,
+  "learner_snapshot_bytes": $learner_snapshot_bytes,
   "rss_mib": $rss_kb / 1024,
   "rss_after_restart_mib": $rss_after_restart_kb / 1024,
   "peak_rss_load_mib": $load_hwm_kb / 1024,
@@ -132,6 +182,7 @@ out = {
   "peak_rss_build_and_send_mib": $send_hwm_kb / 1024,
   "peak_rss_learner_receive_and_install_mib": $learner_hwm_kb / 1024,
   "snapshot_builds": ${builds:-0},
+  "state_rebuilds": ${rebuilds:-0},
   "worst_apply_wait_during_build_ms": ${worst_apply_wait_ms:-0},
   "restart_secs": $restart_secs,
   "leader_purged_index_when_learner_added": $purged_index,
@@ -143,9 +194,11 @@ json.dump(out, open(sys.argv[1] + "/scale.json", "w"), indent=2)
 rows = [
   ("sessions loaded", f"{out['sessions']:,} in {out['load_secs']:.0f} s ({out['load_ops_per_sec']:,.0f} creates/s, p99 {out['load_p99_ms']:.1f} ms)"),
   ("disk (data dir, log + state + snapshot)", f"{out['disk_bytes']/2**20:,.0f} MiB = {out['disk_bytes_per_session']:,.0f} bytes/session (log {out['log_bytes']/2**20:,.0f}, state {out['state_bytes']/2**20:,.0f}, snapshots {out['snapshot_bytes']/2**20:,.0f} MiB)"),
+  ("disk after a snapshot and a log purge", f"{out['after_purge_disk_bytes']/2**20:,.0f} MiB = {out['after_purge_disk_bytes_per_session']:,.0f} bytes/session (log {out['after_purge_log_bytes']/2**20:,.0f}, state {out['after_purge_state_bytes']/2**20:,.0f}, snapshots {out['after_purge_snapshot_bytes']/2**20:,.0f} MiB)"),
+  ("disk of the learner after its install", f"{out['learner_disk_bytes']/2**20:,.0f} MiB = {out['learner_disk_bytes_per_session']:,.0f} bytes/session (log {out['learner_log_bytes']/2**20:,.0f}, state {out['learner_state_bytes']/2**20:,.0f}, snapshots {out['learner_snapshot_bytes']/2**20:,.0f} MiB)"),
   ("RSS after load / after restart", f"{out['rss_mib']:,.0f} MiB / {out['rss_after_restart_mib']:,.0f} MiB"),
   ("peak RSS: load / restart / build + send / learner install", f"{out['peak_rss_load_mib']:,.0f} / {out['peak_rss_restart_mib']:,.0f} / {out['peak_rss_build_and_send_mib']:,.0f} / {out['peak_rss_learner_receive_and_install_mib']:,.0f} MiB"),
-  ("worst apply wait during a snapshot build ({} builds)".format(out['snapshot_builds']), f"{out['worst_apply_wait_during_build_ms']:.1f} ms"),
+  ("worst apply wait during a snapshot build ({} builds, {} state rebuilds)".format(out['snapshot_builds'], out['state_rebuilds']), f"{out['worst_apply_wait_during_build_ms']:.1f} ms"),
   ("restart until linearizable reads", f"{out['restart_secs']:.2f} s"),
   ("new learner caught up (snapshot at index {:,})".format(out['learner_snapshot_index']), f"{out['learner_catch_up_secs']:.2f} s"),
 ]

@@ -9,8 +9,12 @@
 //! writes go on: the build copies keys in order, a chunk at a time, and every write to a key
 //! the build has not reached yet first records the key's value as it was when the build
 //! started (its pre-image), which the build then uses instead of the newer value.
+//!
+//! And it tracks the keys written while it is being rebuilt: a rebuild fills a fresh
+//! generation from a snapshot of this one, carries the keys written since over, then
+//! switches to it (sled never shrinks its files; a rebuilt database holds no garbage).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -31,7 +35,20 @@ pub struct Generation {
     /// The tree holding the state.
     pub tree: sled::Tree,
     copy: Mutex<Option<Copy>>,
+    tracked: Mutex<Option<Tracked>>,
 }
+
+/// Keys written since a rebuild started, not yet carried over to the rebuilt generation.
+#[derive(Default)]
+struct Tracked {
+    keys: BTreeSet<Vec<u8>>,
+    /// More than [`MAX_TRACKED_KEYS`] were pending at once: the rebuild is given up.
+    overflowed: bool,
+}
+
+/// Most written keys a rebuild carries over at once (bounds its memory; a rebuild that
+/// falls further behind the writes is given up and tried again after a later build).
+const MAX_TRACKED_KEYS: usize = 1_000_000;
 
 /// A point-in-time copy in progress.
 #[derive(Default)]
@@ -64,12 +81,14 @@ impl Generation {
         }
     }
 
-    /// Records the current values of `keys` the copy in progress has not reached yet. Call
-    /// under the lock that orders writes, before writing them.
-    pub fn record_pre_images<'k>(
+    /// Records, for the copy in progress, the current values of `keys` it has not reached
+    /// yet, and, for a rebuild in progress, that `keys` are written. Call under the lock
+    /// that orders writes, before writing them.
+    pub fn before_writes<'k>(
         &self,
-        keys: impl Iterator<Item = &'k [u8]>,
+        keys: impl Iterator<Item = &'k [u8]> + Clone,
     ) -> Result<(), sled::Error> {
+        self.track(keys.clone())?;
         let mut copy = self.copy.lock().map_err(|_| poisoned())?;
         let Some(copy) = copy.as_mut() else {
             return Ok(());
@@ -122,7 +141,61 @@ impl Generation {
         }
         Ok((merge(stored, older), last))
     }
+
+    /// Starts tracking the keys written from now on, for a rebuild. Call under the lock
+    /// that orders writes, at the instant the rebuild's snapshot copy starts.
+    pub fn start_tracking(&self) {
+        if let Ok(mut tracked) = self.tracked.lock() {
+            *tracked = Some(Tracked::default());
+        }
+    }
+
+    /// Stops tracking written keys (the rebuild ended).
+    pub fn stop_tracking(&self) {
+        if let Ok(mut tracked) = self.tracked.lock() {
+            *tracked = None;
+        }
+    }
+
+    fn track<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) -> Result<(), sled::Error> {
+        let mut tracked = self.tracked.lock().map_err(|_| poisoned())?;
+        let Some(tracked) = tracked.as_mut().filter(|t| !t.overflowed) else {
+            return Ok(());
+        };
+        tracked.keys.extend(keys.map(<[u8]>::to_vec));
+        if tracked.keys.len() > MAX_TRACKED_KEYS {
+            tracked.keys = BTreeSet::new();
+            tracked.overflowed = true;
+        }
+        Ok(())
+    }
+
+    /// Takes the tracked keys up to and including `upto` (all of them if `None`), with
+    /// their current values (`None`: removed); `None` if tracking overflowed or stopped.
+    /// Call under the lock that orders writes.
+    pub fn take_written(&self, upto: Option<&[u8]>) -> Result<Option<Written>, sled::Error> {
+        let mut tracked = self.tracked.lock().map_err(|_| poisoned())?;
+        let Some(tracked) = tracked.as_mut().filter(|t| !t.overflowed) else {
+            return Ok(None);
+        };
+        let keys = match upto {
+            None => std::mem::take(&mut tracked.keys),
+            Some(upto) => {
+                let rest = tracked.keys.split_off(&[upto, &[0][..]].concat());
+                std::mem::replace(&mut tracked.keys, rest)
+            }
+        };
+        let mut written = Vec::with_capacity(keys.len());
+        for key in keys {
+            let value = self.tree.get(&key)?;
+            written.push((key, value));
+        }
+        Ok(Some(written))
+    }
 }
+
+/// Written keys with their current values (`None`: removed).
+pub type Written = Vec<(Vec<u8>, Option<sled::IVec>)>;
 
 /// `stored` entries with the keys of `older` replaced by (or, if absent, added as) their
 /// older values; a key that did not exist then is left out. Both inputs are sorted.
@@ -146,6 +219,28 @@ fn merge(
     }
     out.extend(older.filter_map(|(k, v)| v.map(|v| (k, v.to_vec()))));
     out
+}
+
+/// Opens the sled database of `config`, compressed (sled's zstd) if new. A database
+/// written uncompressed (sled fixes the setting at creation) is opened as it is; it is
+/// replaced by a compressed one at the next install or rebuild. Waits (a few seconds at
+/// most) for a previous handle's background thread to let go of the database lock.
+pub fn open_db(config: sled::Config) -> Result<sled::Db, sled::Error> {
+    let mut config = config.use_compression(true);
+    let mut attempts = 0;
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Unsupported(_)) if config.use_compression => {
+                config = config.use_compression(false);
+            }
+            Err(sled::Error::Io(e)) if attempts < 250 && e.kind() != io::ErrorKind::NotFound => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn poisoned() -> sled::Error {
@@ -198,27 +293,17 @@ impl Generations {
     /// Opens generation `number`, creating it if needed. Waits (a few seconds at most) for
     /// a previous handle's background thread to let go of the database lock.
     pub fn open(&self, number: u64) -> Result<Generation, sled::Error> {
-        let config = sled::Config::new()
-            .path(self.dir(number))
-            .cache_capacity(self.cache_bytes);
-        let mut attempts = 0;
-        let db = loop {
-            match config.open() {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if attempts < 250 && e.kind() != io::ErrorKind::NotFound =>
-                {
-                    attempts += 1;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let db = open_db(
+            sled::Config::new()
+                .path(self.dir(number))
+                .cache_capacity(self.cache_bytes),
+        )?;
         Ok(Generation {
             number,
             tree: db.open_tree("state")?,
             db,
             copy: Mutex::new(None),
+            tracked: Mutex::new(None),
         })
     }
 
@@ -257,6 +342,51 @@ impl Generations {
 mod tests {
     use super::*;
 
+    /// Written keys are handed over up to a bound, with their current values, once each
+    /// until written again; a rebuild that falls too far behind is told so.
+    #[test]
+    fn tracked_writes_are_taken_in_key_order_with_current_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let generation = Generations::new(dir.path(), 8 << 20)
+            .unwrap()
+            .open(1)
+            .unwrap();
+        let write = |key: &[u8], value: Option<&[u8]>| {
+            generation.before_writes([key].into_iter()).unwrap();
+            match value {
+                Some(v) => generation.tree.insert(key, v).unwrap(),
+                None => generation.tree.remove(key).unwrap(),
+            };
+        };
+        write(b"a", Some(b"1"));
+        assert_eq!(generation.take_written(None).unwrap(), None, "not tracking");
+        generation.start_tracking();
+        write(b"c", Some(b"1"));
+        write(b"a", None);
+        write(b"b", Some(b"1"));
+        write(b"b", Some(b"2"));
+        let taken = generation.take_written(Some(b"b")).unwrap().unwrap();
+        assert_eq!(
+            taken,
+            vec![
+                (b"a".to_vec(), None),
+                (b"b".to_vec(), Some(sled::IVec::from(&b"2"[..])))
+            ]
+        );
+        write(b"a", Some(b"3"));
+        let rest = generation.take_written(None).unwrap().unwrap();
+        let keys: Vec<_> = rest.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(keys, [&b"a"[..], b"c"]);
+        assert_eq!(generation.take_written(None).unwrap(), Some(Vec::new()));
+        for i in 0..=MAX_TRACKED_KEYS as u32 {
+            generation
+                .before_writes([&i.to_be_bytes()[..]].into_iter())
+                .unwrap();
+        }
+        assert_eq!(generation.take_written(None).unwrap(), None, "overflowed");
+        generation.stop_tracking();
+    }
+
     /// A copy taken chunk by chunk while keys are inserted, changed and removed yields the
     /// state as it was when the copy started.
     #[test]
@@ -290,7 +420,7 @@ mod tests {
             ] {
                 let keys = [key(i)];
                 generation
-                    .record_pre_images(keys.iter().map(|k| k.as_slice()))
+                    .before_writes(keys.iter().map(|k| k.as_slice()))
                     .unwrap();
                 if i % 3 == 0 {
                     generation.tree.remove(key(i)).unwrap();

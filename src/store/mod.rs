@@ -60,11 +60,12 @@ impl Store {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             Error::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
         })?;
-        let db = sled::Config::new()
-            .path(data_dir.join("log"))
-            .cache_capacity(LOG_CACHE_BYTES)
-            .open()
-            .map_err(|e| Error::Unavailable(format!("cannot open the log database: {e}")))?;
+        let db = generation::open_db(
+            sled::Config::new()
+                .path(data_dir.join("log"))
+                .cache_capacity(LOG_CACHE_BYTES),
+        )
+        .map_err(|e| Error::Unavailable(format!("cannot open the log database: {e}")))?;
         let state_dir = data_dir.join("state");
         let snapshot_dir = data_dir.join("snapshots");
         migrate::from_format_1(data_dir, &db, &state_dir, &snapshot_dir, cache_bytes)?;
@@ -233,6 +234,113 @@ mod tests {
             .expect("installed snapshot is the current one");
         assert_eq!(current.meta, snapshot.meta);
     }
+    /// Whether the sled database at `dir` was created with compression (sled keeps the
+    /// setting in its `conf` file).
+    fn compressed(dir: &Path) -> bool {
+        let conf = std::fs::read(dir.join("conf")).unwrap();
+        String::from_utf8_lossy(&conf).contains("use_compression: true")
+    }
+
+    /// Databases created uncompressed (by earlier versions of format 2; sled fixes the
+    /// setting at creation) open and keep working; new ones are compressed, and a rebuild
+    /// replaces an uncompressed state database by a compressed one.
+    #[tokio::test]
+    async fn uncompressed_databases_still_open_and_rebuilds_compress_them() {
+        let dir = tempfile::tempdir().unwrap();
+        for path in ["log", "state/gen-1"] {
+            let db = sled::Config::new()
+                .path(dir.path().join(path))
+                .open()
+                .unwrap();
+            db.flush().unwrap();
+        }
+        std::fs::write(dir.path().join("state/CURRENT"), "1").unwrap();
+        {
+            let mut store = Store::open(dir.path(), TEST_CACHE_BYTES).unwrap();
+            let entries: Vec<_> = (1..=200).map(|i| create_entry(i, i as u32)).collect();
+            store.log.blocking_append(entries.clone()).await.unwrap();
+            store.state_machine.apply(entries).await.unwrap();
+            store.flusher.flush().await.unwrap();
+            store.state_machine.reader().flush().await.unwrap();
+        }
+        let mut store = reopen(dir.path()).await;
+        assert!(!compressed(&dir.path().join("log")));
+        assert!(!compressed(&dir.path().join("state/gen-1")));
+        let log = store.log.get_log_state().await.unwrap();
+        assert_eq!(log.last_log_id.map(|id| id.index), Some(200));
+        assert_eq!(store.state_machine.reader().applied_index(), 200);
+        let mut builder = store.state_machine.get_snapshot_builder().await;
+        builder.build_snapshot().await.unwrap();
+        store.state_machine.always_rebuild();
+        builder.build_snapshot().await.unwrap();
+        assert!(compressed(&dir.path().join("state/gen-2")));
+        assert!(crate::domain::query::session_by_id(
+            &store.state_machine.reader(),
+            "t",
+            &format!("sid_{:022}", 200)
+        )
+        .unwrap()
+        .is_some());
+        let fresh = tempfile::tempdir().unwrap();
+        drop(Store::open(fresh.path(), TEST_CACHE_BYTES).unwrap());
+        assert!(compressed(&fresh.path().join("log")));
+        assert!(compressed(&fresh.path().join("state/gen-1")));
+    }
+
+    /// A build that finds the state database grown beyond its live data rebuilds it into
+    /// a fresh generation while writes go on: the result, before and after a restart, is
+    /// exactly the state that applying every entry gives, and the old files are gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rebuild_while_writes_go_on_keeps_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), TEST_CACHE_BYTES).unwrap();
+        let first: Vec<_> = (1..=3_000).map(|i| create_entry(i, i as u32)).collect();
+        store.state_machine.apply(first).await.unwrap();
+        let mut builder = store.state_machine.get_snapshot_builder().await;
+        builder.build_snapshot().await.unwrap();
+        let state = dir.path().join("state");
+        assert!(
+            state.join("gen-1").exists(),
+            "no rebuild below the threshold"
+        );
+        store.state_machine.always_rebuild();
+        let build = tokio::spawn(async move { builder.build_snapshot().await });
+        let mut next = 3_001;
+        while !build.is_finished() {
+            store
+                .state_machine
+                .apply([create_entry(next, next as u32)])
+                .await
+                .unwrap();
+            next += 1;
+        }
+        build.await.unwrap().unwrap();
+        assert!(next > 3_001, "no write went on during the rebuild");
+        for _ in 0..50 {
+            store
+                .state_machine
+                .apply([create_entry(next, next as u32)])
+                .await
+                .unwrap();
+            next += 1;
+        }
+        assert_eq!(std::fs::read_to_string(state.join("CURRENT")).unwrap(), "2");
+        assert!(!state.join("gen-1").exists());
+
+        let reference_dir = tempfile::tempdir().unwrap();
+        let mut reference = Store::open(reference_dir.path(), TEST_CACHE_BYTES).unwrap();
+        let all: Vec<_> = (1..next).map(|i| create_entry(i, i as u32)).collect();
+        reference.state_machine.apply(all).await.unwrap();
+        let expected = everything(&reference.state_machine.reader());
+        assert_eq!(everything(&store.state_machine.reader()), expected);
+        assert_eq!(store.state_machine.reader().applied_index(), next - 1);
+        drop(store);
+        let mut store = reopen(dir.path()).await;
+        assert_eq!(everything(&store.state_machine.reader()), expected);
+        let (applied, _) = store.state_machine.applied_state().await.unwrap();
+        assert_eq!(applied.map(|id| id.index), Some(next - 1));
+    }
+
     fn everything(r: &StateReader) -> Vec<crate::domain::StateEntry> {
         r.scan_prefix(b"", None, usize::MAX).unwrap()
     }

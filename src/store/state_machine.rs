@@ -36,7 +36,7 @@ use prost::Message;
 use tokio::sync::broadcast;
 
 use super::codec::{self, Entry};
-use super::generation::{Generation, Generations};
+use super::generation::{self, Generation, Generations};
 use super::snapshot::{self, sync_dir, SnapshotFile, SnapshotReader, SnapshotWriter};
 use super::TypeConfig;
 use crate::domain::{self, StateEntry, StateError, StateRead, StateWrite};
@@ -59,7 +59,12 @@ const INCOMING_PREFIX: &str = "incoming-";
 /// A snapshot being built.
 const BUILDING_FILE: &str = "building.snap.tmp";
 /// Keys copied per step of a snapshot build (the commit lock is held for one step).
-const BUILD_CHUNK: usize = 1_000;
+const BUILD_CHUNK: usize = 250;
+/// A state database whose files have grown to this many times the size of the last
+/// snapshot (the live data, compactly encoded) is rebuilt from its next snapshot.
+const REBUILD_FACTOR: u64 = 3;
+/// Nor is a database smaller than this rebuilt (sled's fixed overhead dominates there).
+const REBUILD_MIN_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Pending writes over the state tree: reads see them, nothing reaches the tree until
 /// [`StateMachine`] commits them as one batch.
@@ -78,7 +83,7 @@ impl<'t> Overlay<'t> {
     }
 
     /// The keys written so far.
-    fn written_keys(&self) -> impl Iterator<Item = &[u8]> {
+    fn written_keys(&self) -> impl Iterator<Item = &[u8]> + Clone {
         self.writes.keys().map(|k| k.as_slice())
     }
 
@@ -291,6 +296,14 @@ struct Shared {
     building: Mutex<()>,
     /// Held while `current.snap` is replaced.
     snapshot_file: Mutex<()>,
+    /// Held while an install runs, or while a rebuild switches to its generation.
+    switching: Mutex<()>,
+    /// The number the next new generation gets.
+    next_generation: AtomicU64,
+    /// The state database is rebuilt once it is at least this large ...
+    rebuild_min_bytes: AtomicU64,
+    /// ... and this many times larger than the last snapshot.
+    rebuild_factor: AtomicU64,
     snapshot_dir: PathBuf,
     snapshots_built: AtomicU64,
     /// Longest wait of an apply for the commit lock since the current build started, in µs
@@ -358,12 +371,23 @@ impl StateMachine {
             commit: Mutex::new(()),
             building: Mutex::new(()),
             snapshot_file: Mutex::new(()),
+            switching: Mutex::new(()),
+            next_generation: AtomicU64::new(number + 1),
+            rebuild_min_bytes: AtomicU64::new(REBUILD_MIN_BYTES),
+            rebuild_factor: AtomicU64::new(REBUILD_FACTOR),
             snapshot_dir: snapshot_dir.to_path_buf(),
             snapshots_built: AtomicU64::new(0),
             worst_apply_wait_us: AtomicU64::new(0),
         });
         shared.recover_from_local_snapshots(applied)?;
         Ok(StateMachine { shared })
+    }
+
+    /// Rebuilds the state database after every snapshot build, whatever its size.
+    #[cfg(test)]
+    pub(crate) fn always_rebuild(&self) {
+        self.shared.rebuild_min_bytes.store(0, Ordering::Relaxed);
+        self.shared.rebuild_factor.store(0, Ordering::Relaxed);
     }
 
     /// A reader of the applied state.
@@ -466,17 +490,45 @@ impl Shared {
 
     /// Copies the state as of now to a snapshot file, a chunk of keys at a time, without
     /// stopping writes for longer than one chunk; then flushes the state, so that it is
-    /// durable up to the snapshot before the log behind the snapshot is purged.
+    /// durable up to the snapshot before the log behind the snapshot is purged. A state
+    /// database grown far beyond its live data is then rebuilt from the new snapshot.
     fn build_snapshot(&self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
         let _one_build = lock(&self.building)?;
         let started = std::time::Instant::now();
         self.worst_apply_wait_us.store(0, Ordering::Relaxed);
         let generation = self.generation();
+        let rebuild = self.wants_rebuild(&generation);
         let (applied, membership) = {
             let _commit = lock(&self.commit)?;
             generation.start_copy();
+            if rebuild {
+                generation.start_tracking();
+            }
             read_applied(&generation)?
         };
+        let built = self.build_and_rebuild(&generation, rebuild, applied, membership, started);
+        generation.stop_tracking();
+        built
+    }
+
+    /// Whether `generation`'s files outgrew the live data (as measured by the size of the
+    /// last snapshot) enough to be rebuilt.
+    fn wants_rebuild(&self, generation: &Generation) -> bool {
+        let on_disk = generation.db.size_on_disk().unwrap_or(0);
+        let live = std::fs::metadata(self.snapshot_path()).map_or(0, |m| m.len());
+        live > 0
+            && on_disk >= self.rebuild_min_bytes.load(Ordering::Relaxed)
+            && on_disk > live.saturating_mul(self.rebuild_factor.load(Ordering::Relaxed))
+    }
+
+    fn build_and_rebuild(
+        &self,
+        generation: &Arc<Generation>,
+        rebuild: bool,
+        applied: Option<LogId<u64>>,
+        membership: StoredMembership<u64, BasicNode>,
+        started: std::time::Instant,
+    ) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
         let built = self.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
         let header = SnapshotRecord {
             schema_version: SCHEMA_VERSION,
@@ -489,7 +541,7 @@ impl Shared {
             entries: Vec::new(),
         };
         let tmp = self.snapshot_dir.join(BUILDING_FILE);
-        let written = self.copy_to(&generation, &tmp, &header);
+        let written = self.copy_to(generation, &tmp, &header);
         generation.stop_copy();
         let entries = written?;
         generation.db.flush().map_err(sm_write_err)?;
@@ -505,6 +557,11 @@ impl Shared {
         let file = std::fs::File::open(&path).map_err(snapshot_err)?;
         if path == tmp {
             std::fs::remove_file(&tmp).map_err(snapshot_err)?;
+        } else if rebuild {
+            let snapshot = std::fs::File::open(&path).map_err(snapshot_err)?;
+            if let Err(e) = self.rebuild(generation, snapshot) {
+                tracing::warn!(error = %e, "the state database was not rebuilt");
+            }
         }
         Ok(Snapshot {
             meta: snapshot_meta(&header),
@@ -557,6 +614,112 @@ impl Shared {
         Ok(current)
     }
 
+    /// A new, empty generation.
+    fn new_generation(&self) -> Result<Generation, StorageError<u64>> {
+        let number = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        self.generations.create_fresh(number).map_err(sm_write_err)
+    }
+
+    /// Replaces the live generation `old` with a fresh one filled from `snapshot` (a
+    /// snapshot of `old` taken when its written keys started being tracked) and the keys
+    /// written since, switching in one step once both hold the same state. Writes go on
+    /// meanwhile: each carry-over of written keys holds the commit lock only briefly.
+    fn rebuild(
+        &self,
+        old: &Arc<Generation>,
+        snapshot: std::fs::File,
+    ) -> Result<(), StorageError<u64>> {
+        let started = std::time::Instant::now();
+        let before = old.db.size_on_disk().unwrap_or(0);
+        let mut reader = SnapshotReader::from_file(snapshot).map_err(sm_read_err)?;
+        let header = reader.header().clone();
+        let new = self.new_generation()?;
+        let number = new.number;
+        let switched = fill(&new, &mut reader, &header, |upto| {
+            self.carry_over(old, &new, Some(upto))
+        })
+        .and_then(|()| self.switch_to_rebuilt(old, new));
+        match switched {
+            Ok(true) => {
+                self.generations.remove(old.number).map_err(sm_write_err)?;
+                tracing::info!(
+                    generation = number,
+                    bytes_before = before,
+                    bytes_after = self.generation().db.size_on_disk().unwrap_or(0),
+                    secs = started.elapsed().as_secs_f64(),
+                    worst_apply_wait_ms =
+                        self.worst_apply_wait_us.load(Ordering::Relaxed) as f64 / 1000.0,
+                    "state database rebuilt"
+                );
+                Ok(())
+            }
+            Ok(false) => {
+                self.generations.remove(number).map_err(sm_write_err)?;
+                tracing::info!("state database rebuild given up: an install replaced the state");
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.generations.remove(number);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes into `new` the keys written to `old` since the rebuild started (up to and
+    /// including `upto`, or all), with their current values.
+    fn carry_over(
+        &self,
+        old: &Generation,
+        new: &Generation,
+        upto: Option<&[u8]>,
+    ) -> Result<(), StorageError<u64>> {
+        let written = {
+            let _commit = lock(&self.commit)?;
+            old.take_written(upto).map_err(sm_read_err)?
+        };
+        let written = written.ok_or_else(|| sm_write_err("too many writes during the rebuild"))?;
+        new.tree
+            .apply_batch(batch_of(written))
+            .map_err(sm_write_err)
+    }
+
+    /// Makes the filled `new` generation live in place of `old`, unless an install replaced
+    /// `old` meanwhile (then returns false): carries the last written keys over and swaps
+    /// under the commit lock, then makes the switch durable.
+    fn switch_to_rebuilt(
+        &self,
+        old: &Arc<Generation>,
+        new: Generation,
+    ) -> Result<bool, StorageError<u64>> {
+        let _switching = lock(&self.switching)?;
+        self.carry_over(old, &new, None)?;
+        new.db.flush().map_err(sm_write_err)?;
+        let new = Arc::new(new);
+        {
+            let _commit = lock(&self.commit)?;
+            if !Arc::ptr_eq(&self.generation(), old) {
+                return Ok(false);
+            }
+            let mut written = old
+                .take_written(None)
+                .map_err(sm_read_err)?
+                .ok_or_else(|| sm_write_err("too many writes during the rebuild"))?;
+            for key in [APPLIED, MEMBERSHIP] {
+                written.push((key.to_vec(), old.tree.get(key).map_err(sm_read_err)?));
+            }
+            new.tree
+                .apply_batch(batch_of(written))
+                .map_err(sm_write_err)?;
+            let mut live = self.live.write().map_err(|_| sm_write_err("poisoned"))?;
+            *live = new.clone();
+        }
+        new.db.flush().map_err(sm_write_err)?;
+        self.generations
+            .make_current(new.number)
+            .map_err(sm_write_err)?;
+        Ok(true)
+    }
+
     /// Replaces the state with the snapshot file at `path`: fills a fresh generation from
     /// it (checking count and checksum), flushes it, makes the file the current snapshot,
     /// then makes the generation live in one step and tells subscribers.
@@ -566,6 +729,7 @@ impl Shared {
         expected: Option<Option<LogId<u64>>>,
     ) -> Result<(), StorageError<u64>> {
         let started = std::time::Instant::now();
+        let _switching = lock(&self.switching)?;
         let mut reader = SnapshotReader::open(path).map_err(sm_read_err)?;
         let header = reader.header().clone();
         let last = header_log_id(&header);
@@ -573,11 +737,8 @@ impl Shared {
             return Err(sm_read_err("snapshot contents do not match its metadata"));
         }
         let old = self.generation();
-        let generation = self
-            .generations
-            .create_fresh(old.number + 1)
-            .map_err(sm_write_err)?;
-        if let Err(e) = fill(&generation, &mut reader, &header) {
+        let generation = self.new_generation()?;
+        if let Err(e) = fill(&generation, &mut reader, &header, |_| Ok(())) {
             let number = generation.number;
             drop(generation);
             let _ = self.generations.remove(number);
@@ -613,29 +774,44 @@ impl Shared {
     }
 }
 
-/// Keys written per sled batch while installing a snapshot.
+/// A sled batch writing `written` (`None`: remove).
+fn batch_of(written: generation::Written) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for (key, value) in written {
+        match value {
+            Some(value) => batch.insert(key, value),
+            None => batch.remove(key),
+        }
+    }
+    batch
+}
+
+/// Keys written between two calls of a fill's `after_batch`.
 pub(crate) const INSTALL_BATCH: usize = 10_000;
 
 /// Writes every entry of `reader` and the header's applied id and membership into the
-/// (empty) `generation`, and flushes it.
+/// (empty) `generation`, and flushes it; `after_batch` runs after each [`INSTALL_BATCH`]
+/// keys, with the last key written. Keys are inserted one by one, not in sled batches:
+/// the generation is not live until the fill is complete, and large sled batches make
+/// sled's memory grow far beyond its cache (spacejam/sled#1303).
 fn fill(
     generation: &Generation,
     reader: &mut SnapshotReader,
     header: &SnapshotRecord,
+    mut after_batch: impl FnMut(&[u8]) -> Result<(), StorageError<u64>>,
 ) -> Result<(), StorageError<u64>> {
-    let mut batch = sled::Batch::default();
-    let mut pending = 0;
+    let mut written = 0;
     while let Some((key, value)) = reader.next_entry().map_err(sm_read_err)? {
-        batch.insert(key, value);
-        pending += 1;
-        if pending == INSTALL_BATCH {
-            generation
-                .tree
-                .apply_batch(std::mem::take(&mut batch))
-                .map_err(sm_write_err)?;
-            pending = 0;
+        generation
+            .tree
+            .insert(key.as_slice(), value)
+            .map_err(sm_write_err)?;
+        written += 1;
+        if written % INSTALL_BATCH == 0 {
+            after_batch(&key)?;
         }
     }
+    let mut batch = sled::Batch::default();
     if let Some(id) = &header.last_log_id {
         batch.insert(APPLIED, id.encode_to_vec());
     }
@@ -690,8 +866,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let shared = &self.shared;
-        let generation = shared.generation();
-        let mut overlay = Overlay::new(&generation.tree);
+        let read_from = shared.generation();
+        let mut overlay = Overlay::new(&read_from.tree);
         let mut results = Vec::new();
         let mut last_applied = None;
         let mut membership = None;
@@ -732,8 +908,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             shared
                 .worst_apply_wait_us
                 .fetch_max(waiting.elapsed().as_micros() as u64, Ordering::Relaxed);
+            // A rebuild may have switched generations since the reads: it switches only to
+            // a generation holding exactly the same state, so the writes go there.
+            let generation = shared.generation();
             generation
-                .record_pre_images(overlay.written_keys())
+                .before_writes(overlay.written_keys())
                 .map_err(sm_read_err)?;
             let mut batch = overlay.into_batch();
             batch.insert(APPLIED, codec::log_id_record(&last_applied).encode_to_vec());
