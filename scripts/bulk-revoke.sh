@@ -5,7 +5,8 @@
 # acknowledged and the creates' latency during that window (max and p99.9) next to a
 # baseline window without a revocation. Writes bulk-revoke.json under $RESULTS (default
 # bench-results/bulk-revoke-<timestamp>). SESSIOND_BIN runs that binary instead of building
-# the release one. Free loopback port, temporary directory; stops exactly what it started.
+# the release one. The node's log (snapshot builds with their worst apply wait) is kept in
+# $RESULTS. Free loopback ports, temporary directory; stops exactly what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -18,6 +19,7 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  cp "$work/node.log" "$results/node.log" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -27,9 +29,14 @@ if [ -z "$bin" ]; then
   cargo build --release --quiet
   bin=$root/target/release/sessiond
 fi
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+port=$(free_port)
+peer_port=$(free_port)
 ep=http://127.0.0.1:$port
-"$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/node" >>"$work/node.log" 2>&1 &
+NO_COLOR=1 "$bin" serve --listen "127.0.0.1:$port" --peer-listen "127.0.0.1:$peer_port" \
+  --data-dir "$work/node" >>"$work/node.log" 2>&1 &
 pids+=("$!")
 for _ in $(seq 1 600); do
   "$bin" session count --endpoint "$ep" --tenant bench >/dev/null 2>&1 && break
