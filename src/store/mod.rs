@@ -10,6 +10,7 @@
 //! Every record is a prost message carrying a schema version ([`codec`]). A data directory
 //! of the first format (one sled database) is migrated once at start ([`migrate`]).
 
+pub mod backup;
 pub mod codec;
 pub mod generation;
 pub mod log;
@@ -23,6 +24,9 @@ pub use log::{Flusher, LogStore};
 pub use state_machine::{StateMachine, StateReader};
 
 use crate::Error;
+
+/// The directory of a node's snapshot files, under its data directory.
+pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
 
 /// sled page cache of the log database: it holds the entries since the last snapshot.
 const LOG_CACHE_BYTES: u64 = 32 * 1024 * 1024;
@@ -51,7 +55,7 @@ impl Store {
             .open()
             .map_err(|e| Error::Unavailable(format!("cannot open the log database: {e}")))?;
         let state_dir = data_dir.join("state");
-        let snapshot_dir = data_dir.join("snapshots");
+        let snapshot_dir = data_dir.join(SNAPSHOT_DIR);
         migrate::from_format_1(data_dir, &db, &state_dir, &snapshot_dir, cache_bytes)?;
         let flusher = Flusher::start(db.clone());
         let log = LogStore::open(&db, flusher.clone())
