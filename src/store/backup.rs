@@ -223,7 +223,7 @@ fn rewrite(
     );
     let restored = SnapshotRecord {
         schema_version: SCHEMA_VERSION,
-        last_log_id: Some(log_id.clone()),
+        last_log_id: Some(log_id),
         last_membership: Some(codec::stored_membership_record(&membership)),
         snapshot_id: format!("{}-{index}-restored", log_id.term),
         entries: Vec::new(),

@@ -5,7 +5,8 @@
 //! - `state/gen-<n>/`: the state machine, one sled database per generation; `state/CURRENT`
 //!   names the live one ([`generation`], [`state_machine`]).
 //! - `snapshots/current.snap`: the newest snapshot, a streamed, checksummed file
-//!   ([`snapshot`]); `received.snap` while a received snapshot awaits its install.
+//!   ([`snapshot`]); `received.snap` while a received snapshot awaits its install. A backup
+//!   is a copy of that file, and a restore installs one into a new data directory ([`backup`]).
 //!
 //! Every record is a prost message carrying a schema version ([`codec`]). A data directory
 //! of the first format (one sled database) is migrated once at start ([`migrate`]).
