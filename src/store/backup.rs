@@ -263,3 +263,152 @@ fn remove_contents(dir: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::{RaftLogReader, RaftStateMachine};
+
+    use super::*;
+    use crate::domain::StateRead;
+
+    const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
+    /// A backup of an old three-node cluster at term 4, index 900: sessions, two retained
+    /// events, the compaction watermark at 100, and an unrelated counter.
+    fn write_backup(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let old_members = StoredMembership::new(
+            Some(codec::log_id(&LogIdRecord {
+                term: 2,
+                node_id: 1,
+                index: 10,
+            })),
+            Membership::new(
+                vec![BTreeSet::from([1, 2, 3])],
+                BTreeMap::from([
+                    (1, BasicNode::new("old-1:1")),
+                    (2, BasicNode::new("old-2:1")),
+                    (3, BasicNode::new("old-3:1")),
+                ]),
+            ),
+        );
+        let header = SnapshotRecord {
+            schema_version: SCHEMA_VERSION,
+            last_log_id: Some(LogIdRecord {
+                term: 4,
+                node_id: 2,
+                index: 900,
+            }),
+            last_membership: Some(codec::stored_membership_record(&old_members)),
+            snapshot_id: "4-900-1".into(),
+            entries: Vec::new(),
+        };
+        let mut entries = vec![events::compaction_watermark(100)];
+        entries.push((b"K".to_vec(), 7u64.to_be_bytes().to_vec()));
+        entries.push((b"e-event-1".to_vec(), b"x".to_vec()));
+        entries.push((b"e-event-2".to_vec(), b"y".to_vec()));
+        for i in 0..25 {
+            entries.push((format!("s-session-{i:04}").into_bytes(), vec![1]));
+        }
+        entries.sort();
+        let mut writer = SnapshotWriter::create(path, &header).unwrap();
+        for (key, value) in &entries {
+            writer.push(key, value).unwrap();
+        }
+        writer.finish().unwrap();
+        entries
+    }
+
+    async fn open_when_unlocked(dir: &Path) -> Store {
+        for _ in 0..300 {
+            if let Ok(store) = Store::open(dir, CACHE_BYTES) {
+                return store;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the restored store stayed locked");
+    }
+
+    /// The restored node is the only member, holds every entry but the old event history,
+    /// has a watermark at its new start, an empty log and a vote at the backup's term.
+    #[tokio::test]
+    async fn a_restore_keeps_the_state_but_not_membership_log_or_event_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("backup");
+        let written = write_backup(&file);
+        let summary = verify(&file).unwrap();
+        assert_eq!(summary.entries, written.len() as u64);
+        assert_eq!(summary.sessions, 25);
+        assert_eq!(summary.last_index, 900);
+
+        let data = dir.path().join("new");
+        let restored = restore(&file, &data, 7, "new-7:50052", CACHE_BYTES)
+            .await
+            .unwrap();
+        let start = 900 + REVISION_GAP;
+        assert_eq!(restored.applied_index, start);
+        assert_eq!(restored.backup, summary);
+
+        let mut store = open_when_unlocked(&data).await;
+        let (applied, membership) = store.state_machine.applied_state().await.unwrap();
+        assert_eq!(
+            applied.map(|id| (id.leader_id.term, id.index)),
+            Some((4, start))
+        );
+        let members = membership.membership();
+        assert_eq!(members.voter_ids().collect::<Vec<_>>(), vec![7]);
+        assert_eq!(members.get_node(&7).unwrap().addr, "new-7:50052");
+        assert_eq!(members.nodes().count(), 1);
+        assert_eq!(store.log.read_vote().await.unwrap(), Some(Vote::new(4, 7)));
+        let log = store.log.get_log_state().await.unwrap();
+        assert!(log.last_log_id.is_none() || log.last_log_id == applied);
+
+        let state = store
+            .state_machine
+            .reader()
+            .scan_prefix(b"", None, usize::MAX)
+            .unwrap();
+        let kept: Vec<_> = written
+            .iter()
+            .filter(|(k, _)| !events::is_history_key(k))
+            .cloned()
+            .collect();
+        let (watermark, rest): (Vec<_>, Vec<_>) = state
+            .into_iter()
+            .filter(|(k, _)| k[0] != 0)
+            .partition(|(k, _)| events::is_history_key(k));
+        assert_eq!(watermark, vec![events::compaction_watermark(start)]);
+        assert_eq!(rest, kept);
+    }
+
+    /// A damaged backup, or a directory that is not empty, is refused and changes nothing.
+    #[tokio::test]
+    async fn a_damaged_backup_or_a_used_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("backup");
+        write_backup(&file);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let at = bytes.len() - 20;
+        bytes[at] ^= 1;
+        let damaged = dir.path().join("damaged");
+        std::fs::write(&damaged, &bytes).unwrap();
+        assert!(verify(&damaged).is_err());
+        let data = dir.path().join("new");
+        let refused = restore(&damaged, &data, 1, "a:1", CACHE_BYTES).await;
+        assert!(matches!(
+            refused,
+            Err(Error::InvalidArgument { field: "from", .. })
+        ));
+        assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0);
+
+        std::fs::write(data.join("something"), b"x").unwrap();
+        let refused = restore(&file, &data, 1, "a:1", CACHE_BYTES).await;
+        assert!(matches!(
+            refused,
+            Err(Error::InvalidArgument {
+                field: "data_dir",
+                ..
+            })
+        ));
+        assert_eq!(std::fs::read_dir(&data).unwrap().count(), 1);
+    }
+}
