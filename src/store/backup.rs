@@ -266,7 +266,7 @@ fn remove_contents(dir: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use openraft::storage::{RaftLogReader, RaftStateMachine};
+    use openraft::storage::RaftStateMachine;
 
     use super::*;
     use crate::domain::StateRead;
