@@ -7,6 +7,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use sessiond::proto::v1::cluster_client::ClusterClient;
+use sessiond::proto::v1::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -150,6 +153,8 @@ async fn probes_and_metrics_are_served_on_the_metrics_listener() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    // A snapshot purges the whole log, so that a learner catches up by snapshot transfer.
+    config.raft.max_in_snapshot_log_to_keep = 0;
     let node = TestNode::start(config).await;
     let metrics = node.node.metrics_addr().expect("metrics listener bound");
     wait_for_health(
@@ -163,6 +168,11 @@ async fn probes_and_metrics_are_served_on_the_metrics_listener() {
     assert_eq!(http_get(metrics, "/readyz").await.0, 200);
     assert_eq!(http_get(metrics, "/nope").await.0, 404);
 
+    let mut stream = node
+        .client
+        .watch_revocations(WatchRevocationsRequest::default())
+        .await
+        .expect("watch");
     node.client
         .create_session(create_request("acme", "alice"))
         .await
@@ -170,17 +180,85 @@ async fn probes_and_metrics_are_served_on_the_metrics_listener() {
     let mut invalid = create_request("acme", "");
     invalid.user_id.clear();
     assert!(node.client.create_session(invalid).await.is_err());
+    // A revocation reaches the stream subscriber (its lag is observed).
+    let revoked = node
+        .client
+        .create_session(create_request("acme", "bob"))
+        .await
+        .expect("created");
+    node.client
+        .revoke(RevokeRequest {
+            tenant: "acme".into(),
+            scope: RevokeScope::Session as i32,
+            id: revoked.session.expect("a session").session_id,
+            reason: RevocationReason::Logout as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("revoked");
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("a stream message in time")
+            .expect("stream open")
+            .expect("no error");
+        if let Some(watch_revocations_response::Kind::Events(_)) = message.kind {
+            break;
+        }
+    }
+    // A snapshot is built (and the log purged behind it), then sent to a learner that
+    // installs it: build, transfer (both directions, one process) and install are measured.
+    let mut admin = ClusterClient::connect(format!("http://{}", node.node.addr()))
+        .await
+        .expect("admin connects");
+    admin
+        .trigger_snapshot(TriggerSnapshotRequest {})
+        .await
+        .expect("snapshot triggered");
+    node.node
+        .node()
+        .raft()
+        .wait(Some(Duration::from_secs(60)))
+        .metrics(
+            |m| m.purged.is_some(),
+            "the log was purged behind a snapshot",
+        )
+        .await
+        .expect("snapshot built and log purged");
+    let learner_dir = tempfile::tempdir().unwrap();
+    let mut learner_config = test_config(learner_dir.path());
+    learner_config.node_id = 2;
+    learner_config.bootstrap = false;
+    let learner = TestNode::start(learner_config).await;
+    admin
+        .add_learner(AddLearnerRequest {
+            node_id: 2,
+            addr: learner.node.peer_addr().to_string(),
+            timeout_ms: 120_000,
+        })
+        .await
+        .expect("the learner caught up by snapshot");
 
     // Raft gauges come from the sampler (every second), tenant counts every ten seconds.
     let deadline = Instant::now() + Duration::from_secs(30);
     let wanted = [
-        "sessiond_rpc_requests_total{code=\"Ok\",method=\"/sessiond.v1.SessionAuthority/CreateSession\"} 1",
+        "sessiond_rpc_requests_total{code=\"Ok\",method=\"/sessiond.v1.SessionAuthority/CreateSession\"} 2",
         "sessiond_rpc_requests_total{code=\"InvalidArgument\",method=\"/sessiond.v1.SessionAuthority/CreateSession\"} 1",
-        "sessiond_rpc_duration_seconds_count{code=\"Ok\",method=\"/sessiond.v1.SessionAuthority/CreateSession\"} 1",
+        "sessiond_rpc_duration_seconds_count{code=\"Ok\",method=\"/sessiond.v1.SessionAuthority/CreateSession\"} 2",
         "sessiond_raft_is_leader 1",
         "sessiond_raft_leader_id 1",
         "sessiond_health_serving 1",
         "sessiond_sessions_live{tenant=\"acme\"} 1",
+        "sessiond_apply_seconds_count",
+        "sessiond_apply_batch_entries_count",
+        "sessiond_snapshot_build_seconds_count",
+        "sessiond_snapshot_build_bytes_count",
+        "sessiond_snapshot_transfer_seconds_count{direction=\"send\"}",
+        "sessiond_snapshot_transfer_seconds_count{direction=\"receive\"}",
+        "sessiond_snapshot_transfer_bytes_count{direction=\"send\"}",
+        "sessiond_snapshot_install_seconds_count",
+        "sessiond_snapshot_install_bytes_count",
+        "sessiond_stream_subscriber_lag_revisions_count",
     ];
     loop {
         let (code, text) = http_get(metrics, "/metrics").await;
@@ -209,5 +287,7 @@ async fn probes_and_metrics_are_served_on_the_metrics_listener() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    drop(stream);
+    learner.stop().await;
     node.stop().await;
 }

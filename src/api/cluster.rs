@@ -7,7 +7,8 @@
 //! member's client address, which the member tells over the peer transport.
 //!
 //! Three node-local operator calls serve audits and the fault harness: a digest of the
-//! applied state, and forcing a snapshot or a log purge on the node asked.
+//! applied state, and forcing a snapshot or a log purge on the node asked. Backup streams the
+//! node's snapshot file, a consistent point-in-time copy of its state, a chunk at a time.
 //!
 //! The membership commands tell the truth: AddLearner answers once the leader has replicated
 //! to the learner every entry its log held at the call (a snapshot install included), or
@@ -15,25 +16,30 @@
 //! that has not caught up unless forced.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{audit, Principal};
 use crate::domain::StateRead;
+use crate::proto::internal::SnapshotRecord;
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::cluster_server::Cluster;
 use crate::proto::v1::{
-    AddLearnerRequest, ClusterStatusRequest, ClusterStatusResponse, Member, MemberRole,
-    MembershipResponse, PromoteRequest, PurgeLogRequest, PurgeLogResponse, RemoveRequest,
-    StateDigestRequest, StateDigestResponse, TriggerSnapshotRequest, TriggerSnapshotResponse,
+    backup_chunk, AddLearnerRequest, BackupChunk, BackupInfo, BackupRequest, ClusterStatusRequest,
+    ClusterStatusResponse, Member, MemberRole, MembershipResponse, PromoteRequest, PurgeLogRequest,
+    PurgeLogResponse, RemoveRequest, StateDigestRequest, StateDigestResponse,
+    TriggerSnapshotRequest, TriggerSnapshotResponse,
 };
 use crate::raft::RaftNode;
-use crate::store::StateReader;
+use crate::store::{backup, StateReader};
 use crate::Error;
 
 /// Entries read per page while the state is digested (bounds the memory a digest takes).
@@ -43,6 +49,16 @@ const DIGEST_ATTEMPTS: usize = 5;
 
 /// How long AddLearner waits for the learner when the request does not say.
 const DEFAULT_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Bytes of the snapshot file per Backup message.
+const BACKUP_CHUNK_BYTES: usize = 1024 * 1024;
+/// Backup messages buffered per stream (bounds its memory to a few chunks).
+const BACKUP_BUFFER: usize = 4;
+/// How long a Backup waits for the snapshot it needs to be built.
+const BACKUP_BUILD_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often a Backup waiting for a snapshot asks for a build again (a build already running
+/// when it first asked may end before the index it needs).
+const BACKUP_RETRIGGER: Duration = Duration::from_secs(5);
 
 /// Most entries a learner may be behind the leader's last log index and still be promoted
 /// without `force` (it must also hold the log past the leader's purge point).
@@ -193,10 +209,90 @@ impl ClusterAdmin {
         }
     }
 
+    /// The snapshot a backup sends, opened, with its header: one covering index `target`
+    /// (0: any), built first if the node has none that does.
+    async fn snapshot_covering(
+        &self,
+        target: u64,
+    ) -> Result<(std::fs::File, SnapshotRecord), Error> {
+        let deadline = Instant::now() + BACKUP_BUILD_TIMEOUT;
+        let raft = self.node.raft();
+        loop {
+            let dir = self.node.data_dir().to_path_buf();
+            let current = tokio::task::spawn_blocking(move || backup::open_current(&dir))
+                .await
+                .map_err(|e| Error::Internal(format!("snapshot open task failed: {e}")))?
+                .map_err(|e| Error::Internal(format!("cannot open the snapshot: {e}")))?;
+            if let Some((file, header)) = current {
+                if header.last_log_id.as_ref().map_or(0, |id| id.index) >= target {
+                    return Ok((file, header));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "no snapshot covering index {target} was built within {} s",
+                    BACKUP_BUILD_TIMEOUT.as_secs()
+                )));
+            }
+            raft.trigger()
+                .snapshot()
+                .await
+                .map_err(|e| Error::Unavailable(format!("raft stopped: {e}")))?;
+            let wait = BACKUP_RETRIGGER.min(deadline.saturating_duration_since(Instant::now()));
+            let _ = raft
+                .wait(Some(wait))
+                .metrics(
+                    |m| m.snapshot.is_some_and(|s| s.index >= target),
+                    "a snapshot covers the backup's index",
+                )
+                .await;
+        }
+    }
+
     async fn changed(&self) -> Result<Response<MembershipResponse>, Status> {
         Ok(Response::new(MembershipResponse {
             status: Some(self.status().await?),
         }))
+    }
+}
+
+/// Sends `info`, then the `file`'s bytes in chunks, on `tx`; stops early if the receiver
+/// goes away.
+async fn send_backup(
+    file: std::fs::File,
+    info: BackupInfo,
+    tx: mpsc::Sender<Result<BackupChunk, Status>>,
+) {
+    let chunk = |kind| Ok(BackupChunk { kind: Some(kind) });
+    let total = info.total_bytes;
+    if tx
+        .send(chunk(backup_chunk::Kind::Info(info)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut file = tokio::fs::File::from_std(file);
+    let mut sent = 0u64;
+    while sent < total {
+        let want = BACKUP_CHUNK_BYTES.min((total - sent) as usize);
+        let mut data = Vec::with_capacity(want);
+        let read = (&mut file).take(want as u64).read_to_end(&mut data).await;
+        let message = match read {
+            Ok(0) => Err(Status::internal("the snapshot file ended early")),
+            Ok(n) => {
+                sent += n as u64;
+                chunk(backup_chunk::Kind::Data(data))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the snapshot for a backup failed");
+                Err(Status::internal("cannot read the snapshot"))
+            }
+        };
+        let failed = message.is_err();
+        if tx.send(message).await.is_err() || failed {
+            return;
+        }
     }
 }
 
@@ -288,6 +384,36 @@ fn node_id(id: u64) -> Result<u64, Error> {
 
 #[tonic::async_trait]
 impl Cluster for ClusterAdmin {
+    type BackupStream = ReceiverStream<Result<BackupChunk, Status>>;
+
+    async fn backup(
+        &self,
+        request: Request<BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let principal = Principal::of(&request)?.clone();
+        let target = if request.into_inner().fresh {
+            self.node.ensure_linearizable().await?;
+            self.node.state().applied_index()
+        } else {
+            0
+        };
+        let (file, header) = self.snapshot_covering(target).await?;
+        let total_bytes = file
+            .metadata()
+            .map_err(|e| Error::Internal(format!("cannot read the snapshot's size: {e}")))?
+            .len();
+        let info = BackupInfo {
+            node_id: self.node.node_id(),
+            total_bytes,
+            last_index: header.last_log_id.as_ref().map_or(0, |id| id.index),
+            snapshot_id: header.snapshot_id,
+        };
+        audit::backup_started(&principal, info.last_index, total_bytes);
+        let (tx, rx) = mpsc::channel(BACKUP_BUFFER);
+        tokio::spawn(send_backup(file, info, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     async fn add_learner(
         &self,
         request: Request<AddLearnerRequest>,

@@ -308,6 +308,9 @@ impl Subscriber {
                 received = live.recv() => match received {
                     Ok(applied) if applied.installed => self.backlog(applied.revision).await,
                     Ok(applied) if self.delivered.owes(applied.revision, u32::MAX) => {
+                        crate::metrics::STREAM_SUBSCRIBER_LAG.observe(
+                            self.state.applied_index().saturating_sub(applied.revision) as f64,
+                        );
                         let events = (0..).zip(applied.events.iter().cloned());
                         self.deliver(applied.revision, events, true).await
                     }

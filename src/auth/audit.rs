@@ -72,6 +72,19 @@ pub fn membership_changed(principal: &Principal, action: &str, node_id: u64, add
     );
 }
 
+/// A backup of the node's state sent to an operator.
+pub fn backup_started(principal: &Principal, last_index: u64, bytes: u64) {
+    tracing::info!(
+        target: TARGET,
+        event = "backup",
+        principal = %principal.name,
+        role = role(principal),
+        last_index,
+        bytes,
+        "backup started"
+    );
+}
+
 /// A revocation of a whole user or tenant.
 pub fn bulk_revocation(
     principal: &Principal,

@@ -337,6 +337,10 @@ mod tests {
         );
         assert_eq!(access("/sessiond.v1.Backup/Take"), Access::Roles(OPERATOR));
         assert_eq!(
+            access("/sessiond.v1.Cluster/Backup"),
+            Access::Roles(OPERATOR)
+        );
+        assert_eq!(
             access("/sessiond.internal.v1.RaftTransport/Propose"),
             Access::Roles(OPERATOR)
         );

@@ -1,6 +1,7 @@
 //! The `sessiond` command line: `serve` runs a node; `session …` talks to a running node for
 //! operators debugging a user's sessions; `cluster …` grows, shrinks and inspects a cluster;
-//! `watch` prints revocations as they happen; `bench` measures throughput and latency;
+//! `watch` prints revocations as they happen; `backup` copies a running cluster's state into
+//! a file and `restore` makes it a new cluster; `bench` measures throughput and latency;
 //! `certs` makes development certificates and API keys; `completions` prints a shell
 //! completion script.
 //!
@@ -8,6 +9,7 @@
 //! cluster's nodes, `--json`, and the TLS and credential flags of [`ConnectArgs`]. Exit
 //! codes: see [`output::exit_code`].
 
+pub mod backup;
 pub mod certs;
 pub mod cluster;
 pub mod output;
@@ -110,6 +112,17 @@ pub enum Command {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
+    /// Stream a consistent, checksummed snapshot of a running cluster into a file.
+    Backup {
+        /// Endpoints, output format, TLS and credentials.
+        #[command(flatten)]
+        target: Target,
+        /// Where to write it.
+        #[command(flatten)]
+        args: backup::BackupArgs,
+    },
+    /// Make a backup the data directory of a new one-node cluster (then `serve` it).
+    Restore(backup::RestoreArgs),
     /// Make a development CA, node and client certificates, and API keys.
     Certs {
         /// What to make.
@@ -161,6 +174,8 @@ pub async fn main() -> ExitCode {
         Command::Session { target, command } => session::run(&target, command).await,
         Command::Watch { target, args } => watch::run(&target, args).await,
         Command::Cluster { target, command } => cluster::run(&target, command).await,
+        Command::Backup { target, args } => backup::run_backup(&target, args).await,
+        Command::Restore(args) => backup::run_restore(args).await,
         Command::Certs { command } => certs::run(command),
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Completions { shell } => {

@@ -126,6 +126,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
                 _ => 1,
             };
         }
+        if let Some(crate::Error::InvalidArgument { .. }) = cause.downcast_ref::<crate::Error>() {
+            return 2;
+        }
         if cause.is::<super::Unreachable>()
             || cause.is::<crate::client::ConnectError>()
             || cause.is::<tonic::transport::Error>()
@@ -166,5 +169,9 @@ mod tests {
             3
         );
         assert_eq!(exit_code(&anyhow::anyhow!("other")), 1);
+        assert_eq!(
+            exit_code(&anyhow::Error::new(crate::Error::invalid("from", "x"))),
+            2
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! subscriber whose resume point is older that it must resync.
 
 use super::records::{counter, decode, store};
-use super::{keys, StateError, StateWrite};
+use super::{keys, StateEntry, StateError, StateWrite};
 use crate::proto::internal::RevocationEvent;
 
 /// Retains the events caused by the command at `revision`, numbered from `first_sequence`.
@@ -46,9 +46,20 @@ pub fn compact(
         removed += 1;
     }
     if let Some(revision) = watermark {
-        state.put(keys::events_compacted(), revision.to_be_bytes().to_vec());
+        let (key, value) = compaction_watermark(revision);
+        state.put(key, value);
     }
     Ok(removed)
+}
+
+/// Whether `key` belongs to the event history: a retained event or the compaction watermark.
+pub fn is_history_key(key: &[u8]) -> bool {
+    key.starts_with(&keys::events_prefix()) || key == keys::events_compacted().as_slice()
+}
+
+/// The entry that records events up to `revision` as compacted.
+pub fn compaction_watermark(revision: u64) -> StateEntry {
+    (keys::events_compacted(), revision.to_be_bytes().to_vec())
 }
 
 /// The highest revision whose events may have been compacted (0: none ever were).

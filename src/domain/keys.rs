@@ -123,6 +123,11 @@ pub fn session_bytes(session_id: &[u8]) -> Vec<u8> {
     Key::new(SESSION).raw(session_id).done()
 }
 
+/// The prefix of every session record.
+pub fn sessions_prefix() -> Vec<u8> {
+    vec![SESSION]
+}
+
 /// A family record.
 pub fn family(family_id: &str) -> Vec<u8> {
     Key::new(FAMILY).raw(family_id.as_bytes()).done()

@@ -7,6 +7,11 @@ use super::{keys, StateError, StateRead};
 use crate::proto::internal::{AccessTokenRecord, RefreshTokenRecord, SessionRecord};
 use crate::proto::v1::SessionStatus;
 
+/// Whether `key` is a session record's (for counting sessions in a snapshot).
+pub fn is_session_key(key: &[u8]) -> bool {
+    key.starts_with(&keys::sessions_prefix())
+}
+
 /// The session's status as seen at `now_ms` (revoked wins over expired).
 pub fn status_at(session: &SessionRecord, now_ms: i64) -> SessionStatus {
     if session.revoked {

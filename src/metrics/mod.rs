@@ -3,8 +3,9 @@
 //!
 //! This module holds the instruments in one process-wide registry, so that any layer can
 //! count what it sees without carrying a handle: the RPC layer ([`layer`]), group commit
-//! (commands per log entry), the revocation stream (subscribers, cut-offs) and garbage
-//! collection. [`sampler`] copies Raft's state, replication lag, storage sizes and
+//! (commands per log entry), the state machine (apply, snapshot build and install), the
+//! Raft transport (snapshot transfers), the revocation stream (subscribers, their lag,
+//! cut-offs) and garbage collection. [`sampler`] copies Raft's state, replication lag, storage sizes and
 //! per-tenant session counts into gauges; [`http`] serves them with the probes. A process
 //! runs one node, so one registry describes one node.
 
@@ -12,7 +13,8 @@ pub mod http;
 pub mod layer;
 pub mod sampler;
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
+use std::time::Instant;
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -98,6 +100,146 @@ pub static ENTRY_COMMIT_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     )
 });
 
+fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    register(
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+            .expect("valid metric"),
+    )
+}
+
+fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    register(
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+            .expect("valid metric"),
+    )
+}
+
+/// Buckets from 1 ms to about 30 minutes.
+fn slow_seconds() -> Vec<f64> {
+    prometheus::exponential_buckets(0.001, 4.0, 12).expect("valid buckets")
+}
+
+/// Buckets from 64 KiB to 64 GiB.
+fn file_bytes() -> Vec<f64> {
+    prometheus::exponential_buckets(65_536.0, 4.0, 11).expect("valid buckets")
+}
+
+/// Time the state machine takes to apply one batch of committed entries.
+pub static APPLY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "sessiond_apply_seconds",
+        "Time to apply one batch of committed log entries to the state",
+        prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets"),
+    )
+});
+
+/// Log entries per applied batch.
+pub static APPLY_BATCH_ENTRIES: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "sessiond_apply_batch_entries",
+        "Log entries applied in one batch",
+        prometheus::exponential_buckets(1.0, 2.0, 12).expect("valid buckets"),
+    )
+});
+
+/// Time to build a snapshot (copy the state to a file and flush it).
+pub static SNAPSHOT_BUILD_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "sessiond_snapshot_build_seconds",
+        "Time to build a snapshot file of the state",
+        slow_seconds(),
+    )
+});
+
+/// Size of the snapshot files built.
+pub static SNAPSHOT_BUILD_BYTES: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "sessiond_snapshot_build_bytes",
+        "Size of the snapshot files built",
+        file_bytes(),
+    )
+});
+
+/// Time to install a snapshot into a fresh state generation.
+pub static SNAPSHOT_INSTALL_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "sessiond_snapshot_install_seconds",
+        "Time to install a snapshot file as the state",
+        slow_seconds(),
+    )
+});
+
+/// Size of the snapshot files installed.
+pub static SNAPSHOT_INSTALL_BYTES: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "sessiond_snapshot_install_bytes",
+        "Size of the snapshot files installed",
+        file_bytes(),
+    )
+});
+
+/// Snapshot transfers between nodes by direction (`send`, `receive`): time from the first
+/// chunk to the last (for `send`, until the receiver acknowledged the last chunk, which it
+/// does once it installed the snapshot).
+pub static SNAPSHOT_TRANSFER_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram_vec(
+        "sessiond_snapshot_transfer_seconds",
+        "Time to transfer a snapshot between nodes, by direction",
+        &["direction"],
+        slow_seconds(),
+    )
+});
+
+/// Size of the snapshots transferred, by direction.
+pub static SNAPSHOT_TRANSFER_BYTES: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram_vec(
+        "sessiond_snapshot_transfer_bytes",
+        "Size of the snapshots transferred between nodes, by direction",
+        &["direction"],
+        file_bytes(),
+    )
+});
+
+/// How far behind the applied revision a revocation stream subscriber is when the feed
+/// hands it a revision: the applied index minus that revision (one observation per
+/// revision delivered, whatever the subscriber).
+pub static STREAM_SUBSCRIBER_LAG: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "sessiond_stream_subscriber_lag_revisions",
+        "Revisions between the applied index and the one a stream subscriber is handed",
+        prometheus::exponential_buckets(1.0, 4.0, 8).expect("valid buckets"),
+    )
+});
+
+/// Times one snapshot transfer in one direction, from its first chunk to its last.
+#[derive(Debug, Default)]
+pub struct SnapshotTransfer {
+    started: Option<Instant>,
+}
+
+impl SnapshotTransfer {
+    /// Records the chunk of `len` bytes at `offset` moved in `direction`; `done` when it
+    /// was the last (the transfer is then observed).
+    pub fn chunk(&mut self, direction: &str, offset: u64, len: usize, done: bool) {
+        if offset == 0 || self.started.is_none() {
+            self.started = Some(Instant::now());
+        }
+        if done {
+            if let Some(started) = self.started.take() {
+                SNAPSHOT_TRANSFER_SECONDS
+                    .with_label_values(&[direction])
+                    .observe(started.elapsed().as_secs_f64());
+                SNAPSHOT_TRANSFER_BYTES
+                    .with_label_values(&[direction])
+                    .observe((offset + len as u64) as f64);
+            }
+        }
+    }
+}
+
+/// The snapshot this node is receiving (one at a time).
+pub static SNAPSHOT_RECEIVING: LazyLock<Mutex<SnapshotTransfer>> = LazyLock::new(Mutex::default);
+
 /// Revocation stream subscribers currently attached to this node.
 pub static STREAM_SUBSCRIBERS: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
@@ -170,5 +312,13 @@ mod tests {
         assert!(text.contains("sessiond_stream_subscribers"), "{text}");
         assert!(text.contains("sessiond_commands_per_entry_count"), "{text}");
         assert!(text.contains("sessiond_gc_collections_total"), "{text}");
+        let mut transfer = SnapshotTransfer::default();
+        transfer.chunk("send", 0, 1000, false);
+        transfer.chunk("send", 1000, 24, true);
+        let text = render();
+        assert!(
+            text.contains("sessiond_snapshot_transfer_bytes_sum{direction=\"send\"} 1024"),
+            "{text}"
+        );
     }
 }

@@ -9,7 +9,7 @@ pub mod transport;
 mod wire;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,7 @@ pub struct RaftNode {
 
 struct Inner {
     id: u64,
+    data_dir: PathBuf,
     advertise_addr: String,
     client_addr: String,
     raft: Raft<TypeConfig>,
@@ -136,6 +137,7 @@ impl RaftNode {
         Ok(RaftNode {
             inner: Arc::new(Inner {
                 id: options.node_id,
+                data_dir: options.data_dir,
                 advertise_addr: options.advertise_addr,
                 client_addr: options.client_addr,
                 group_commit: GroupCommit::start(raft.clone()),
@@ -332,6 +334,11 @@ impl RaftNode {
     /// This node's id.
     pub fn node_id(&self) -> u64 {
         self.inner.id
+    }
+
+    /// Where this node's database and snapshots live.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
     }
 
     /// The address clients reach this node at.

@@ -29,6 +29,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use super::{wire, TypeConfig};
+use crate::metrics::SnapshotTransfer;
 use crate::proto::internal::raft_transport_client::RaftTransportClient;
 use crate::proto::internal::{
     AppendEntriesMessage, Command, CommandResult, DescribeMessage, ProposeMessage, ReadIndexMessage,
@@ -288,6 +289,7 @@ impl RaftNetworkFactory<TypeConfig> for Peers {
             peers: self.clone(),
             target,
             addr: node.addr.clone(),
+            transfer: SnapshotTransfer::default(),
         }
     }
 }
@@ -297,6 +299,8 @@ pub struct PeerLink {
     peers: Peers,
     target: u64,
     addr: String,
+    /// The snapshot being sent to the peer, timed for the metrics.
+    transfer: SnapshotTransfer,
 }
 
 type RpcResult<T, E = RaftError<u64>> = Result<T, RPCError<u64, BasicNode, E>>;
@@ -368,6 +372,8 @@ impl RaftNetwork<TypeConfig> for PeerLink {
             .install_snapshot(request)
             .await
             .map_err(|s| status_error(self.target, s))?;
+        self.transfer
+            .chunk("send", rpc.offset, rpc.data.len(), rpc.done);
         wire::snapshot_chunk_response(reply.get_ref()).map_err(undecodable)
     }
 

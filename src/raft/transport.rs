@@ -186,6 +186,9 @@ impl RaftTransport for TransportService {
         request: Request<SnapshotChunkMessage>,
     ) -> Result<Response<SnapshotChunkReply>, Status> {
         let rpc = wire::snapshot_chunk_request(request.into_inner()).map_err(bad_message)?;
+        if let Ok(mut receiving) = crate::metrics::SNAPSHOT_RECEIVING.lock() {
+            receiving.chunk("receive", rpc.offset, rpc.data.len(), rpc.done);
+        }
         match self.node.raft().install_snapshot(rpc).await {
             Ok(response) => Ok(Response::new(wire::snapshot_chunk_reply(&response))),
             Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(m))) => Err(

@@ -5,11 +5,13 @@
 //! - `state/gen-<n>/`: the state machine, one sled database per generation; `state/CURRENT`
 //!   names the live one ([`generation`], [`state_machine`]).
 //! - `snapshots/current.snap`: the newest snapshot, a streamed, checksummed file
-//!   ([`snapshot`]); `received.snap` while a received snapshot awaits its install.
+//!   ([`snapshot`]); `received.snap` while a received snapshot awaits its install. A backup
+//!   is a copy of that file, and a restore installs one into a new data directory ([`backup`]).
 //!
 //! Every record is a prost message carrying a schema version ([`codec`]). A data directory
 //! of the first format (one sled database) is migrated once at start ([`migrate`]).
 
+pub mod backup;
 pub mod codec;
 pub mod generation;
 pub mod log;
@@ -38,6 +40,8 @@ openraft::declare_raft_types!(
         SnapshotData = snapshot::SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
+/// The directory of a node's snapshot files, under its data directory.
+pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
 
 /// sled page cache of the log database: it holds the entries since the last snapshot.
 const LOG_CACHE_BYTES: u64 = 32 * 1024 * 1024;
@@ -67,7 +71,7 @@ impl Store {
         )
         .map_err(|e| Error::Unavailable(format!("cannot open the log database: {e}")))?;
         let state_dir = data_dir.join("state");
-        let snapshot_dir = data_dir.join("snapshots");
+        let snapshot_dir = data_dir.join(SNAPSHOT_DIR);
         migrate::from_format_1(data_dir, &db, &state_dir, &snapshot_dir, cache_bytes)?;
         let flusher = Flusher::start(db.clone());
         let log = LogStore::open(&db, flusher.clone())

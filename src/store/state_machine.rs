@@ -545,10 +545,13 @@ impl Shared {
         generation.stop_copy();
         let entries = written?;
         generation.db.flush().map_err(sm_write_err)?;
+        let bytes = std::fs::metadata(&tmp).map_or(0, |m| m.len());
+        crate::metrics::SNAPSHOT_BUILD_SECONDS.observe(started.elapsed().as_secs_f64());
+        crate::metrics::SNAPSHOT_BUILD_BYTES.observe(bytes as f64);
         tracing::info!(
             snapshot = %header.snapshot_id,
             entries,
-            bytes = std::fs::metadata(&tmp).map_or(0, |m| m.len()),
+            bytes,
             secs = started.elapsed().as_secs_f64(),
             worst_apply_wait_ms = self.worst_apply_wait_us.load(Ordering::Relaxed) as f64 / 1000.0,
             "snapshot built"
@@ -730,6 +733,7 @@ impl Shared {
     ) -> Result<(), StorageError<u64>> {
         let started = std::time::Instant::now();
         let _switching = lock(&self.switching)?;
+        let bytes = std::fs::metadata(path).map_err(sm_read_err)?.len();
         let mut reader = SnapshotReader::open(path).map_err(sm_read_err)?;
         let header = reader.header().clone();
         let last = header_log_id(&header);
@@ -765,6 +769,8 @@ impl Shared {
         let number = old.number;
         drop(old);
         self.generations.remove(number).map_err(sm_write_err)?;
+        crate::metrics::SNAPSHOT_INSTALL_SECONDS.observe(started.elapsed().as_secs_f64());
+        crate::metrics::SNAPSHOT_INSTALL_BYTES.observe(bytes as f64);
         tracing::info!(
             snapshot = %header.snapshot_id,
             secs = started.elapsed().as_secs_f64(),
@@ -865,6 +871,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let shared = &self.shared;
         let read_from = shared.generation();
         let mut overlay = Overlay::new(&read_from.tree);
@@ -925,6 +932,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             generation.tree.apply_batch(batch).map_err(sm_write_err)?;
         }
         shared.feed.publish(published, last_applied.index);
+        crate::metrics::APPLY_SECONDS.observe(started.elapsed().as_secs_f64());
+        crate::metrics::APPLY_BATCH_ENTRIES.observe(results.len() as f64);
         Ok(results)
     }
 

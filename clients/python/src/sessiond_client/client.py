@@ -194,12 +194,21 @@ class SessionClient:
                 return sessions, revision
 
     def watch_revocations(
-        self, from_revision: int, tenants: Sequence[str] = (), *, endpoint_index: Optional[int] = None
+        self,
+        from_revision: int,
+        tenants: Sequence[str] = (),
+        *,
+        from_sequence: int = 0,
+        endpoint_index: Optional[int] = None,
     ) -> "grpc.Future":
         """The revocation stream from one node (the current one unless `endpoint_index`):
-        an iterator of ``WatchRevocationsResponse`` that can be cancelled."""
+        an iterator of ``WatchRevocationsResponse`` that can be cancelled. It resumes after
+        (`from_revision`, `from_sequence`): with `from_sequence` non-zero, the events of
+        `from_revision` from that sequence on come first (a revision received in part)."""
         index = self._current if endpoint_index is None else endpoint_index
-        request = pb.WatchRevocationsRequest(from_revision=from_revision, tenants=list(tenants))
+        request = pb.WatchRevocationsRequest(
+            from_revision=from_revision, tenants=list(tenants), from_sequence=from_sequence
+        )
         return self._stubs[index % len(self._stubs)].WatchRevocations(request)
 
 

@@ -2,10 +2,15 @@
 
 ``lookup`` answers from an LRU + TTL cache and falls back to a LINEARIZABLE lookup on a miss
 (not-found answers are cached too). A background thread follows ``WatchRevocations`` from
-the last revision it applied: each event marks the cached sessions it covers (session,
+the last position it applied: each event marks the cached sessions it covers (session,
 family, user or tenant scope) revoked; after a disconnect it resumes on the next node, after
-``CUT_OFF`` from the revision it was given, and on ``RESYNC_REQUIRED`` (its resume point was
+``CUT_OFF`` from the position it was given, and on ``RESYNC_REQUIRED`` (its resume point was
 compacted away) it drops the whole cache and continues from the current revision.
+
+The position is (revision, sequence), as in the Rust gateway: a revision with more events
+than fit in one message arrives in parts (``RevocationEvents.partial``), and a stream that
+ends between two parts resumes inside the revision (``from_sequence``), neither skipping
+nor repeating an event.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ class CacheStats:
     resyncs: int = 0
     #: The highest revision applied (or known current, from progress messages).
     revision: int = 0
+    #: 0 when `revision` was received whole; otherwise the next event sequence of `revision`
+    #: owed (the stream ended between two parts of it).
+    sequence: int = 0
 
 
 @dataclass
@@ -114,11 +122,13 @@ class GatewayCache:
 
     # -- the revocation stream ---------------------------------------------------------------
 
-    def follow(self, from_revision: int = 0) -> None:
-        """Starts following the stream from `from_revision` in a background thread and waits
-        (up to 10 s) until the stream is attached."""
+    def follow(self, from_revision: int = 0, from_sequence: int = 0) -> None:
+        """Starts following the stream after (`from_revision`, `from_sequence`) in a
+        background thread and waits (up to 10 s) until the stream is attached."""
         with self._lock:
-            self._stats.revision = max(self._stats.revision, from_revision)
+            if (from_revision, from_sequence) > (self._stats.revision, self._stats.sequence):
+                self._stats.revision = from_revision
+                self._stats.sequence = from_sequence
         self._thread = threading.Thread(target=self._run, name="sessiond-gateway", daemon=True)
         self._thread.start()
         self._following.wait(10)
@@ -137,10 +147,10 @@ class GatewayCache:
         node = 0
         while not self._stop.is_set():
             with self._lock:
-                resume = self._stats.revision
+                revision, sequence = self._stats.revision, self._stats.sequence
             try:
                 self._stream = self._client.watch_revocations(
-                    resume, self._tenants, endpoint_index=node
+                    revision, self._tenants, from_sequence=sequence, endpoint_index=node
                 )
                 for message in self._stream:
                     self._following.set()
@@ -161,21 +171,29 @@ class GatewayCache:
         kind = message.WhichOneof("kind")
         with self._lock:
             if kind == "events":
-                for event in message.events.events:
+                batch = message.events
+                for event in batch.events:
                     self._revoke(event)
                     self._stats.events_applied += 1
-                self._stats.revision = max(self._stats.revision, message.events.revision)
+                self._stats.revision = batch.revision
+                self._stats.sequence = (
+                    batch.events[-1].sequence + 1 if batch.partial and batch.events else 0
+                )
                 return True
             if kind == "progress":
-                self._stats.revision = max(self._stats.revision, message.progress.revision)
+                if message.progress.revision > self._stats.revision:
+                    self._stats.revision = message.progress.revision
+                    self._stats.sequence = 0
                 return True
             if kind == "cut_off":
                 self._stats.revision = message.cut_off.resume_from_revision
+                self._stats.sequence = message.cut_off.resume_from_sequence
                 return False
             if kind == "resync_required":
                 self._entries.clear()
                 self._stats.resyncs += 1
                 self._stats.revision = message.resync_required.current_revision
+                self._stats.sequence = 0
                 return False
         return True
 
