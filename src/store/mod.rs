@@ -103,6 +103,17 @@ mod tests {
 
     const TEST_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
+    /// Whether the applied state holds the session that test entry `n` created.
+    fn holds_session(store: &Store, n: u64) -> bool {
+        crate::domain::query::session_by_id(
+            &store.state_machine.reader(),
+            "t",
+            &format!("sid_{n:022}"),
+        )
+        .unwrap()
+        .is_some()
+    }
+
     struct TempStores;
 
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for TempStores {
@@ -184,13 +195,7 @@ mod tests {
         let (applied, _) = store.state_machine.applied_state().await.unwrap();
         assert_eq!(applied.map(|id| id.index), Some(50));
         assert_eq!(store.state_machine.reader().applied_index(), 50);
-        assert!(crate::domain::query::session_by_id(
-            &store.state_machine.reader(),
-            "t",
-            &format!("sid_{:022}", 50)
-        )
-        .unwrap()
-        .is_some());
+        assert!(holds_session(&store, 50));
     }
 
     /// Large enough that both clearing the old state and writing the new one take several
@@ -278,13 +283,7 @@ mod tests {
         store.state_machine.always_rebuild();
         builder.build_snapshot().await.unwrap();
         assert!(compressed(&dir.path().join("state/gen-2")));
-        assert!(crate::domain::query::session_by_id(
-            &store.state_machine.reader(),
-            "t",
-            &format!("sid_{:022}", 200)
-        )
-        .unwrap()
-        .is_some());
+        assert!(holds_session(&store, 200));
         let fresh = tempfile::tempdir().unwrap();
         drop(Store::open(fresh.path(), TEST_CACHE_BYTES).unwrap());
         assert!(compressed(&fresh.path().join("log")));

@@ -794,12 +794,15 @@ fn batch_of(written: generation::Written) -> sled::Batch {
 
 /// Keys written between two calls of a fill's `after_batch`.
 pub(crate) const INSTALL_BATCH: usize = 10_000;
+/// Keys written to a filling generation per sled batch: small batches keep sled's memory
+/// bounded (large ones grow it far beyond its cache, spacejam/sled#1303), and are much
+/// cheaper than one insert per key.
+const FILL_BATCH: usize = 1_000;
 
 /// Writes every entry of `reader` and the header's applied id and membership into the
 /// (empty) `generation`, and flushes it; `after_batch` runs after each [`INSTALL_BATCH`]
-/// keys, with the last key written. Keys are inserted one by one, not in sled batches:
-/// the generation is not live until the fill is complete, and large sled batches make
-/// sled's memory grow far beyond its cache (spacejam/sled#1303).
+/// keys, with the last key written. Keys go in in sled batches of [`FILL_BATCH`]: the
+/// generation is not live until the fill is complete.
 fn fill(
     generation: &Generation,
     reader: &mut SnapshotReader,
@@ -807,16 +810,21 @@ fn fill(
     mut after_batch: impl FnMut(&[u8]) -> Result<(), StorageError<u64>>,
 ) -> Result<(), StorageError<u64>> {
     let mut written = 0;
+    let mut pending = sled::Batch::default();
     while let Some((key, value)) = reader.next_entry().map_err(sm_read_err)? {
-        generation
-            .tree
-            .insert(key.as_slice(), value)
-            .map_err(sm_write_err)?;
+        pending.insert(key.as_slice(), value);
         written += 1;
+        if written % FILL_BATCH == 0 {
+            generation
+                .tree
+                .apply_batch(std::mem::take(&mut pending))
+                .map_err(sm_write_err)?;
+        }
         if written % INSTALL_BATCH == 0 {
             after_batch(&key)?;
         }
     }
+    generation.tree.apply_batch(pending).map_err(sm_write_err)?;
     let mut batch = sled::Batch::default();
     if let Some(id) = &header.last_log_id {
         batch.insert(APPLIED, id.encode_to_vec());

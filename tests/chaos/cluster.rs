@@ -64,6 +64,23 @@ fn signal(pid: u32, sig: &str) {
 }
 
 impl Cluster {
+    /// Starts nodes 1, 2 and 3 as voters: node 1 first, until it leads, then the others
+    /// added through it.
+    pub async fn three_voters(grace_ms: i64) -> Cluster {
+        let mut cluster = Cluster::prepare(&[1, 2, 3], grace_ms).await;
+        cluster.start(1);
+        cluster
+            .wait_leader(Duration::from_secs(20))
+            .await
+            .expect("leader");
+        for id in [2, 3] {
+            cluster.start(id);
+            cluster.add_learner(1, id).await.expect("add");
+            cluster.promote(1, id).await.expect("promote");
+        }
+        cluster
+    }
+
     /// Prepares `ids` (ports, directories, proxies) without starting anything.
     pub async fn prepare(ids: &[u64], grace_ms: i64) -> Cluster {
         let root = tempfile::Builder::new()

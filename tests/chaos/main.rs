@@ -957,17 +957,7 @@ fn digest_snapshot_and_purge_work_on_a_real_node() {
 fn a_restarted_node_serves_before_it_knows_a_leader() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let mut cluster = Cluster::prepare(&[1, 2, 3], GRACE_MS).await;
-        cluster.start(1);
-        cluster
-            .wait_leader(Duration::from_secs(20))
-            .await
-            .expect("leader");
-        for id in [2, 3] {
-            cluster.start(id);
-            cluster.add_learner(1, id).await.expect("add");
-            cluster.promote(1, id).await.expect("promote");
-        }
+        let mut cluster = Cluster::three_voters(GRACE_MS).await;
         // Leadership moves away from node 1, then node 1 campaigns alone.
         cluster.isolate(&[1], LinkMode::Down);
         tokio::time::sleep(Duration::from_secs(5)).await;

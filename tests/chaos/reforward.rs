@@ -54,17 +54,7 @@ async fn local_generation(cluster: &Cluster, node: u64, id: &str) -> Option<u64>
 async fn rotation_proposed_again_by_its_node(
     request_id: &str,
 ) -> Option<(RotateResponse, RotateResponse)> {
-    let mut cluster = Cluster::prepare(&[1, 2, 3], GRACE_MS).await;
-    cluster.start(1);
-    cluster
-        .wait_leader(Duration::from_secs(20))
-        .await
-        .expect("leader");
-    for id in [2, 3] {
-        cluster.start(id);
-        cluster.add_learner(1, id).await.expect("add");
-        cluster.promote(1, id).await.expect("promote");
-    }
+    let mut cluster = Cluster::three_voters(GRACE_MS).await;
     let request = CreateSessionRequest {
         tenant: "t".into(),
         user_id: "u".into(),
