@@ -47,11 +47,19 @@ pub struct Cluster {
     grace_ms: i64,
 }
 
+/// A loopback port that is free now and that the kernel will not hand out as the source
+/// port of an outgoing connection before the node binds it (possibly much later): it is
+/// drawn below Linux's ephemeral range (32768 and up), where a port found by binding port 0
+/// could be taken by any client connection meanwhile.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    use rand::Rng;
+    let mut rng = rand::rng();
+    loop {
+        let port = rng.random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn signal(pid: u32, sig: &str) {
