@@ -140,6 +140,11 @@ impl TenantLimiter {
         }
     }
 
+    /// Whether no tenant has a rate (the default): callers may skip finding the tenant.
+    pub fn is_unlimited(&self) -> bool {
+        self.default.is_none() && self.configured.values().all(Option::is_none)
+    }
+
     /// Admits one request for `tenant`, or RESOURCE_EXHAUSTED when the tenant is over its
     /// rate on this node.
     pub fn admit(&self, tenant: &str) -> Result<(), Status> {
@@ -190,6 +195,7 @@ mod tests {
             },
         );
         let limiter = TenantLimiter::new(&config);
+        assert!(!limiter.is_unlimited());
         for _ in 0..5 {
             limiter.admit("noisy").unwrap();
         }
@@ -210,6 +216,7 @@ mod tests {
     #[test]
     fn without_a_rate_nothing_is_limited() {
         let limiter = TenantLimiter::new(&Config::default());
+        assert!(limiter.is_unlimited());
         for _ in 0..1000 {
             limiter.admit("t").unwrap();
         }
