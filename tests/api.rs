@@ -689,15 +689,7 @@ async fn bad_input_is_rejected_naming_the_field_and_writes_nothing() {
         .unwrap_err();
     assert!(server_reason.message().starts_with("reason"));
 
-    let count = t
-        .client
-        .count_sessions(CountSessionsRequest {
-            tenant: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(count.active, 0, "rejected requests wrote nothing");
+    assert_no_active_sessions(&t.client, "acme", "rejected requests wrote nothing").await;
     t.stop().await;
 }
 

@@ -350,15 +350,7 @@ async fn invalid_utf8_is_invalid_argument_naming_the_field() {
         assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
         assert_eq!(status.message(), format!("{field}: not valid UTF-8"));
     }
-    let count = t
-        .client
-        .count_sessions(CountSessionsRequest {
-            tenant: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(count.active, 0, "nothing was written");
+    assert_no_active_sessions(&t.client, "acme", "nothing was written").await;
     t.stop().await;
 }
 

@@ -192,6 +192,18 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Asserts that `tenant` holds no active session (a request that was refused wrote nothing).
+pub async fn assert_no_active_sessions(client: &Client, tenant: &str, why: &str) {
+    let count = client
+        .count_sessions(CountSessionsRequest {
+            tenant: tenant.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(count.active, 0, "{why}");
+}
+
 /// Connects to `endpoint`, retrying for up to 30 s while the server starts.
 pub async fn connect(endpoint: &str) -> Client {
     let deadline = Instant::now() + Duration::from_secs(30);
