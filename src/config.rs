@@ -257,7 +257,10 @@ pub struct LimitsConfig {
 pub struct GcConfig {
     /// How often the leader proposes a collection.
     pub interval_ms: u64,
-    /// Most records one collection command removes.
+    /// Most records one collection command removes. A collection is one log entry that every
+    /// write behind it waits for: 5,000 records took 250 ms to apply on a 1M-session state,
+    /// 500 stay near 25 ms (the collector proposes the next batch at once while one comes
+    /// back full, so small batches do not fall behind).
     pub batch_limit: u32,
     /// How long revocation events stay retained for stream subscribers to resume from
     /// (0 keeps them forever).
@@ -267,8 +270,8 @@ pub struct GcConfig {
 impl Default for GcConfig {
     fn default() -> Self {
         GcConfig {
-            interval_ms: 30_000,
-            batch_limit: 5_000,
+            interval_ms: 5_000,
+            batch_limit: 500,
             event_retention_ms: 24 * 60 * 60_000,
         }
     }

@@ -6,6 +6,11 @@
 //! every callback queued before that flush started. Under load, one flush covers many
 //! appends; there is never more than one flush in flight. A vote is saved the same way, but
 //! `save_vote` waits for its flush before returning.
+//!
+//! A purge records the new purge point at once and leaves the removal of the entries to a
+//! background task ([`Purger`]) that deletes them in small batches on a blocking thread:
+//! removing the tens of thousands of entries behind a snapshot in one call stalled the Raft
+//! core, and with it every write, for up to a second.
 
 // openraft's storage and RPC error types are large by design, and they are what its traits
 // return; boxing them here would only add conversions.
@@ -14,12 +19,13 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, LogId, OptionalSend, StorageError, StorageIOError, Vote};
 use prost::Message;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::codec::{self, Entry};
 use super::TypeConfig;
@@ -28,6 +34,13 @@ use crate::proto::internal::{LogIdRecord, VoteRecord};
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const PURGED: &[u8] = b"purged";
+
+/// Entries one purge batch removes: small enough that no batch holds sled long.
+const PURGE_BATCH: usize = 1_024;
+
+/// A flush or an apply slower than this is logged as a warning (as etcd logs "apply request
+/// took too long").
+pub const SLOW_STORAGE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Something waiting for the next flush to complete.
 enum FlushWaiter {
@@ -55,10 +68,19 @@ impl Flusher {
                     batch.push(next);
                 }
                 let db = db.clone();
+                let started = std::time::Instant::now();
                 let flushed = tokio::task::spawn_blocking(move || db.flush())
                     .await
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
+                let took = started.elapsed();
+                if took > SLOW_STORAGE {
+                    tracing::warn!(
+                        took_ms = took.as_millis() as u64,
+                        waiting = batch.len(),
+                        "log flush took too long"
+                    );
+                }
                 for waiter in batch {
                     match waiter {
                         FlushWaiter::Appended(callback) => {
@@ -102,6 +124,60 @@ struct Inner {
     log: sled::Tree,
     meta: sled::Tree,
     flusher: Flusher,
+    purger: Purger,
+    /// The lowest index not purged: entries below it may still be on disk, awaiting the
+    /// purger, but are never read.
+    first_kept: AtomicU64,
+}
+
+/// The handle to the background task that removes purged entries.
+struct Purger {
+    /// The highest index to remove (0: nothing yet).
+    up_to: watch::Sender<u64>,
+}
+
+impl Purger {
+    /// Starts the purge task of `log` on the current tokio runtime; it stops when the handle
+    /// is dropped.
+    fn start(log: sled::Tree) -> Self {
+        let (up_to, mut requested) = watch::channel(0u64);
+        tokio::spawn(async move {
+            while requested.changed().await.is_ok() {
+                let target = *requested.borrow_and_update();
+                let log = log.clone();
+                let removed = tokio::task::spawn_blocking(move || remove_up_to(&log, target)).await;
+                if let Ok(Err(e)) = removed {
+                    tracing::warn!(error = %e, "purged log entries not removed; retried at the next purge");
+                }
+            }
+        });
+        Purger { up_to }
+    }
+
+    /// Asks for every entry up to `index` (inclusive) to be removed.
+    fn purge(&self, index: u64) {
+        self.up_to.send_if_modified(|current| {
+            let newer = index > *current;
+            *current = (*current).max(index);
+            newer
+        });
+    }
+}
+
+/// Removes every entry of `log` up to `index`, [`PURGE_BATCH`] entries per sled batch.
+fn remove_up_to(log: &sled::Tree, index: u64) -> Result<(), sled::Error> {
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut count = 0;
+        for key in log.range(..=index_key(index)).keys().take(PURGE_BATCH) {
+            batch.remove(key?);
+            count += 1;
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        log.apply_batch(batch)?;
+    }
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -117,15 +193,23 @@ fn write_err(e: impl ToString) -> StorageError<u64> {
 }
 
 impl LogStore {
-    /// The log store over `db`'s `raft_log` and `raft_meta` trees.
+    /// The log store over `db`'s `raft_log` and `raft_meta` trees. Must run inside a tokio
+    /// runtime (it starts the purge task, and removes what a crash left behind a purge).
     pub fn open(db: &sled::Db, flusher: Flusher) -> Result<Self, sled::Error> {
-        Ok(LogStore {
+        let log = db.open_tree("raft_log")?;
+        let store = LogStore {
             inner: Arc::new(Inner {
-                log: db.open_tree("raft_log")?,
+                purger: Purger::start(log.clone()),
+                log,
                 meta: db.open_tree("raft_meta")?,
                 flusher,
+                first_kept: AtomicU64::new(0),
             }),
-        })
+        };
+        if let Some(purged) = store.read_log_id(PURGED).ok().flatten() {
+            store.forget_up_to(purged.index);
+        }
+        Ok(store)
     }
 
     fn read_log_id(&self, key: &[u8]) -> Result<Option<LogId<u64>>, StorageError<u64>> {
@@ -146,6 +230,14 @@ impl LogStore {
                 .map(|_| ()),
             None => self.inner.meta.remove(key).map(|_| ()),
         }
+    }
+
+    /// Hides every entry up to `index` from reads at once, and has the purger remove them.
+    fn forget_up_to(&self, index: u64) {
+        self.inner
+            .first_kept
+            .fetch_max(index.saturating_add(1), Ordering::SeqCst);
+        self.inner.purger.purge(index);
     }
 
     /// Removes every entry with an index in `range`, as one atomic batch.
@@ -173,7 +265,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError<u64>> {
         let mut entries = Vec::new();
-        for item in self.inner.log.range(key_bounds(&range)) {
+        let first_kept = index_key(self.inner.first_kept.load(Ordering::SeqCst));
+        let (start, end) = key_bounds(&range);
+        let start = match start {
+            Bound::Included(k) | Bound::Excluded(k) if k < first_kept => {
+                Bound::Included(first_kept)
+            }
+            Bound::Unbounded => Bound::Included(first_kept),
+            kept => kept,
+        };
+        for item in self.inner.log.range((start, end)) {
             let (_, bytes) = item.map_err(read_err)?;
             entries.push(codec::decode_entry(&bytes).map_err(read_err)?);
         }
@@ -186,10 +287,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
         let last_purged_log_id = self.read_log_id(PURGED)?;
+        // Entries at or below the purge point may still await their removal.
         let last_log_id = match self.inner.log.last().map_err(read_err)? {
             Some((_, bytes)) => Some(codec::decode_entry(&bytes).map_err(read_err)?.log_id),
-            None => last_purged_log_id,
-        };
+            None => None,
+        }
+        .max(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -264,7 +367,91 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         self.write_log_id(PURGED, Some(&log_id))
             .map_err(write_err)?;
-        self.remove_range((Bound::Unbounded, Bound::Included(index_key(log_id.index))))
-            .map_err(write_err)
+        self.forget_up_to(log_id.index);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn blank(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn open(path: &std::path::Path) -> (sled::Db, LogStore) {
+        let db = sled::Config::new().path(path).open().unwrap();
+        let log = LogStore::open(&db, Flusher::start(db.clone())).unwrap();
+        (db, log)
+    }
+
+    async fn wait_for_len(log: &LogStore, len: usize) {
+        for _ in 0..500 {
+            if log.inner.log.len() == len {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "{} entries stored, {len} expected after the purge",
+            log.inner.log.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn purged_entries_are_unreadable_at_once_and_removed_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, mut log) = open(dir.path());
+        let count = 3 * PURGE_BATCH as u64;
+        log.blocking_append((0..count).map(blank)).await.unwrap();
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), count - 11))
+            .await
+            .unwrap();
+        let read = log.try_get_log_entries(0..count).await.unwrap();
+        assert_eq!(
+            read.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+            (count - 10..count).collect::<Vec<_>>()
+        );
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(
+            state.last_purged_log_id.map(|id| id.index),
+            Some(count - 11)
+        );
+        assert_eq!(state.last_log_id.map(|id| id.index), Some(count - 1));
+        wait_for_len(&log, 10).await;
+    }
+
+    #[tokio::test]
+    async fn entries_a_crash_left_behind_a_purge_are_removed_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (db, mut log) = open(dir.path());
+            log.blocking_append((0..100).map(blank)).await.unwrap();
+            // The purge point is recorded but the entries are still there, as when the
+            // process dies before the purger ran.
+            log.write_log_id(PURGED, Some(&LogId::new(CommittedLeaderId::new(1, 1), 99)))
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let reopened = loop {
+            match sled::Config::new().path(dir.path()).open() {
+                Ok(db) => break db,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        let mut log = LogStore::open(&reopened, Flusher::start(reopened.clone())).unwrap();
+        assert!(log.try_get_log_entries(0..100).await.unwrap().is_empty());
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|id| id.index), Some(99));
+        wait_for_len(&log, 0).await;
     }
 }

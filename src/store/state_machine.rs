@@ -940,7 +940,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             generation.tree.apply_batch(batch).map_err(sm_write_err)?;
         }
         shared.feed.publish(published, last_applied.index);
-        crate::metrics::APPLY_SECONDS.observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        if took > super::log::SLOW_STORAGE {
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                entries = results.len(),
+                last_applied = last_applied.index,
+                "apply took too long"
+            );
+        }
+        crate::metrics::APPLY_SECONDS.observe(took.as_secs_f64());
         crate::metrics::APPLY_BATCH_ENTRIES.observe(results.len() as f64);
         Ok(results)
     }
