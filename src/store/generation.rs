@@ -59,6 +59,13 @@ struct Copy {
     pre_images: BTreeMap<Vec<u8>, Option<sled::IVec>>,
 }
 
+/// Keys read for a copy, not yet settled against the pre-images of later writes.
+pub struct ReadChunk {
+    lower: Bound<Vec<u8>>,
+    stored: Vec<(Vec<u8>, Vec<u8>)>,
+    last: bool,
+}
+
 /// Entries of one copied chunk, and whether it was the last.
 pub type CopiedChunk = (Vec<(Vec<u8>, Vec<u8>)>, bool);
 
@@ -105,14 +112,19 @@ impl Generation {
         Ok(())
     }
 
-    /// The next (at most `max`) keys of the copy in progress, with their values as of its
-    /// start. Call under the lock that orders writes.
-    pub fn copy_chunk(&self, max: usize) -> Result<CopiedChunk, sled::Error> {
-        let mut copy = self.copy.lock().map_err(|_| poisoned())?;
-        let copy = copy.get_or_insert_with(Copy::default);
-        let lower = match &copy.cursor {
-            Some(cursor) => Bound::Excluded(cursor.clone()),
-            None => Bound::Included(FIRST_STATE_KEY.to_vec()),
+    /// Reads the next (at most `max`) keys after the copy's cursor as they are now. Needs no
+    /// lock, so that writes go on while a slow read misses the cache: a key written
+    /// meanwhile has its pre-image recorded (the cursor only moves in [`settle_chunk`]),
+    /// which then overrides what was read. Only the copy's own builder may call it.
+    ///
+    /// [`settle_chunk`]: Generation::settle_chunk
+    pub fn read_chunk(&self, max: usize) -> Result<ReadChunk, sled::Error> {
+        let lower = {
+            let mut copy = self.copy.lock().map_err(|_| poisoned())?;
+            match &copy.get_or_insert_with(Copy::default).cursor {
+                Some(cursor) => Bound::Excluded(cursor.clone()),
+                None => Bound::Included(FIRST_STATE_KEY.to_vec()),
+            }
         };
         let mut stored = Vec::new();
         for item in self
@@ -124,6 +136,24 @@ impl Generation {
             stored.push((key.to_vec(), value.to_vec()));
         }
         let last = stored.len() < max;
+        Ok(ReadChunk {
+            lower,
+            stored,
+            last,
+        })
+    }
+
+    /// The entries of a chunk from [`read_chunk`](Generation::read_chunk) with their values
+    /// as of the copy's start, and whether it was the last; moves the cursor past it. Call
+    /// under the lock that orders writes: it only merges in-memory pre-images.
+    pub fn settle_chunk(&self, chunk: ReadChunk) -> Result<CopiedChunk, sled::Error> {
+        let ReadChunk {
+            lower,
+            stored,
+            last,
+        } = chunk;
+        let mut copy = self.copy.lock().map_err(|_| poisoned())?;
+        let copy = copy.get_or_insert_with(Copy::default);
         let upper = match stored.last() {
             Some((key, _)) if !last => Bound::Included(key.clone()),
             _ => Bound::Unbounded,
@@ -404,15 +434,7 @@ mod tests {
             .range(FIRST_STATE_KEY..)
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
             .collect();
-        generation.start_copy();
-        let mut copied = Vec::new();
-        let mut step = 0u32;
-        loop {
-            let (chunk, last) = generation.copy_chunk(97).unwrap();
-            copied.extend(chunk);
-            if last {
-                break;
-            }
+        let write = |step: u32| {
             for i in [
                 step * 7 % 3_000,
                 (step * 13 + 1) % 3_000,
@@ -428,6 +450,20 @@ mod tests {
                     generation.tree.insert(key(i), &b"new"[..]).unwrap();
                 }
             }
+        };
+        generation.start_copy();
+        let mut copied = Vec::new();
+        let mut step = 0u32;
+        loop {
+            let read = generation.read_chunk(97).unwrap();
+            // Writes land both between a chunk's read and its settling and between chunks.
+            write(step);
+            let (chunk, last) = generation.settle_chunk(read).unwrap();
+            copied.extend(chunk);
+            if last {
+                break;
+            }
+            write(step + 1_000);
             step += 1;
         }
         generation.stop_copy();

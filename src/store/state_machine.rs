@@ -58,8 +58,9 @@ const RECEIVED_FILE: &str = "received.snap";
 const INCOMING_PREFIX: &str = "incoming-";
 /// A snapshot being built.
 const BUILDING_FILE: &str = "building.snap.tmp";
-/// Keys copied per step of a snapshot build (the commit lock is held for one step).
-const BUILD_CHUNK: usize = 250;
+/// Keys copied per step of a snapshot build. A step reads its keys without the commit lock
+/// and holds it only to merge the pre-images of keys written meanwhile (in memory).
+const BUILD_CHUNK: usize = 1_000;
 /// A state database whose files have grown to this many times the size of the last
 /// snapshot (the live data, compactly encoded) is rebuilt from its next snapshot.
 const REBUILD_FACTOR: u64 = 3;
@@ -580,9 +581,10 @@ impl Shared {
     ) -> Result<u64, StorageError<u64>> {
         let mut writer = SnapshotWriter::create(path, header).map_err(snapshot_err)?;
         loop {
+            let read = generation.read_chunk(BUILD_CHUNK).map_err(sm_read_err)?;
             let (chunk, last) = {
                 let _commit = lock(&self.commit)?;
-                generation.copy_chunk(BUILD_CHUNK).map_err(sm_read_err)?
+                generation.settle_chunk(read).map_err(sm_read_err)?
             };
             for (key, value) in chunk {
                 writer.push(&key, &value).map_err(snapshot_err)?;
