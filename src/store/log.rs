@@ -8,7 +8,7 @@
 //! `save_vote` waits for its flush before returning.
 //!
 //! A purge records the new purge point at once and leaves the removal of the entries to a
-//! background task ([`Purger`]) that deletes them in small batches on a blocking thread:
+//! background task ([`Purger`]) that deletes them one by one on a blocking thread:
 //! removing the tens of thousands of entries behind a snapshot in one call stalled the Raft
 //! core, and with it every write, for up to a second.
 
@@ -35,7 +35,7 @@ const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const PURGED: &[u8] = b"purged";
 
-/// Entries one purge batch removes: small enough that no batch holds sled long.
+/// Entries the purger removes between two checks of a newer purge point.
 const PURGE_BATCH: usize = 1_024;
 
 /// A flush or an apply slower than this is logged as a warning (as etcd logs "apply request
@@ -164,19 +164,22 @@ impl Purger {
     }
 }
 
-/// Removes every entry of `log` up to `index`, [`PURGE_BATCH`] entries per sled batch.
+/// Removes every entry of `log` up to `index`, one by one: a sled batch would take sled
+/// 0.34's process-wide lock, which every read and write of the node waits behind, and a
+/// purge needs no atomicity (the entries are already hidden).
 fn remove_up_to(log: &sled::Tree, index: u64) -> Result<(), sled::Error> {
     loop {
-        let mut batch = sled::Batch::default();
-        let mut count = 0;
-        for key in log.range(..=index_key(index)).keys().take(PURGE_BATCH) {
-            batch.remove(key?);
-            count += 1;
-        }
-        if count == 0 {
+        let keys: Vec<sled::IVec> = log
+            .range(..=index_key(index))
+            .keys()
+            .take(PURGE_BATCH)
+            .collect::<Result<_, _>>()?;
+        if keys.is_empty() {
             return Ok(());
         }
-        log.apply_batch(batch)?;
+        for key in keys {
+            log.remove(key)?;
+        }
     }
 }
 

@@ -36,7 +36,7 @@ use prost::Message;
 use tokio::sync::broadcast;
 
 use super::codec::{self, Entry};
-use super::generation::{self, Generation, Generations};
+use super::generation::{Generation, Generations};
 use super::snapshot::{self, sync_dir, SnapshotFile, SnapshotReader, SnapshotWriter};
 use super::TypeConfig;
 use crate::domain::{self, StateEntry, StateError, StateRead, StateWrite};
@@ -640,7 +640,7 @@ impl Shared {
         let header = reader.header().clone();
         let new = self.new_generation()?;
         let number = new.number;
-        let switched = fill(&new, &mut reader, &header, |upto| {
+        let switched = fill(&new, &mut reader, &header, REBUILD_FILL_BATCH, |upto| {
             self.carry_over(old, &new, Some(upto))
         })
         .and_then(|()| self.switch_to_rebuilt(old, new));
@@ -686,9 +686,10 @@ impl Shared {
         };
         let keys = keys.ok_or_else(|| sm_write_err("too many writes during the rebuild"))?;
         let written = old.current_values(keys).map_err(sm_read_err)?;
-        new.tree
-            .apply_batch(batch_of(written))
-            .map_err(sm_write_err)
+        for part in written.chunks(REBUILD_FILL_BATCH) {
+            new.tree.apply_batch(batch_of(part)).map_err(sm_write_err)?;
+        }
+        Ok(())
     }
 
     /// Makes the filled `new` generation live in place of `old`, unless an install replaced
@@ -702,6 +703,9 @@ impl Shared {
         let _switching = lock(&self.switching)?;
         self.carry_over(old, &new, None)?;
         new.db.flush().map_err(sm_write_err)?;
+        // The flush of a large generation takes seconds: carry over what was written
+        // meanwhile too, so that only a few keys are left for the commit lock.
+        self.carry_over(old, &new, None)?;
         let new = Arc::new(new);
         {
             let _commit = lock(&self.commit)?;
@@ -717,7 +721,7 @@ impl Shared {
                 written.push((key.to_vec(), old.tree.get(key).map_err(sm_read_err)?));
             }
             new.tree
-                .apply_batch(batch_of(written))
+                .apply_batch(batch_of(&written))
                 .map_err(sm_write_err)?;
             let mut live = self.live.write().map_err(|_| sm_write_err("poisoned"))?;
             *live = new.clone();
@@ -748,7 +752,13 @@ impl Shared {
         }
         let old = self.generation();
         let generation = self.new_generation()?;
-        if let Err(e) = fill(&generation, &mut reader, &header, |_| Ok(())) {
+        if let Err(e) = fill(
+            &generation,
+            &mut reader,
+            &header,
+            INSTALL_FILL_BATCH,
+            |_| Ok(()),
+        ) {
             let number = generation.number;
             drop(generation);
             let _ = self.generations.remove(number);
@@ -787,12 +797,12 @@ impl Shared {
 }
 
 /// A sled batch writing `written` (`None`: remove).
-fn batch_of(written: generation::Written) -> sled::Batch {
+fn batch_of(written: &[(Vec<u8>, Option<sled::IVec>)]) -> sled::Batch {
     let mut batch = sled::Batch::default();
     for (key, value) in written {
         match value {
-            Some(value) => batch.insert(key, value),
-            None => batch.remove(key),
+            Some(value) => batch.insert(key.as_slice(), value.clone()),
+            None => batch.remove(key.as_slice()),
         }
     }
     batch
@@ -800,19 +810,25 @@ fn batch_of(written: generation::Written) -> sled::Batch {
 
 /// Keys written between two calls of a fill's `after_batch`.
 pub(crate) const INSTALL_BATCH: usize = 10_000;
-/// Keys written to a filling generation per sled batch: much cheaper than one insert per
-/// key, and far below the 10,000-key batches that grew sled's memory past its cache
-/// (spacejam/sled#1303); their peak memory at 1M sessions is not yet measured.
-const FILL_BATCH: usize = 1_000;
+/// Keys an install writes to its generation per sled batch: much cheaper than one insert
+/// per key, and far below the 10,000-key batches that grew sled's memory past its cache
+/// (spacejam/sled#1303).
+const INSTALL_FILL_BATCH: usize = 1_000;
+/// Keys a rebuild writes per sled batch. sled 0.34 serializes every batch against every
+/// other operation of the process (one global lock, `concurrency_control`), so a rebuild
+/// running beside the applies keeps its batches small: 1,000-key batches stalled applies
+/// for up to 0.6 s while a 1M-session state was rebuilt.
+const REBUILD_FILL_BATCH: usize = 64;
 
 /// Writes every entry of `reader` and the header's applied id and membership into the
 /// (empty) `generation`, and flushes it; `after_batch` runs after each [`INSTALL_BATCH`]
-/// keys, with the last key written. Keys go in in sled batches of [`FILL_BATCH`]: the
+/// keys, with the last key written. Keys go in in sled batches of `batch_keys`: the
 /// generation is not live until the fill is complete.
 fn fill(
     generation: &Generation,
     reader: &mut SnapshotReader,
     header: &SnapshotRecord,
+    batch_keys: usize,
     mut after_batch: impl FnMut(&[u8]) -> Result<(), StorageError<u64>>,
 ) -> Result<(), StorageError<u64>> {
     let mut written = 0;
@@ -820,7 +836,7 @@ fn fill(
     while let Some((key, value)) = reader.next_entry().map_err(sm_read_err)? {
         pending.insert(key.as_slice(), value);
         written += 1;
-        if written % FILL_BATCH == 0 {
+        if written % batch_keys == 0 {
             generation
                 .tree
                 .apply_batch(std::mem::take(&mut pending))
