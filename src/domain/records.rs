@@ -3,13 +3,57 @@
 use prost::Message;
 
 use super::{StateError, StateRead, StateWrite};
+use crate::proto::internal::{
+    AccessTokenRecord, DedupRecord, FamilyRecord, RefreshTokenRecord, SessionRecord,
+    WatermarkRecord,
+};
+use crate::proto::SCHEMA_VERSION;
 
-/// The record stored at `key`, decoded.
-pub fn load<M: Message + Default>(
-    state: &impl StateRead,
-    key: &[u8],
-) -> Result<Option<M>, StateError> {
-    state.get(key)?.map(|bytes| decode(&bytes)).transpose()
+/// A stored record that carries the schema version it was written with.
+pub trait Versioned: Message + Default {
+    /// What the record is, for error messages.
+    const KIND: &'static str;
+    /// The schema version the record was written with (0: written before versions were).
+    fn schema_version(&self) -> u32;
+}
+
+macro_rules! versioned {
+    ($($record:ident: $kind:literal),* $(,)?) => {
+        $(impl Versioned for $record {
+            const KIND: &'static str = $kind;
+            fn schema_version(&self) -> u32 {
+                self.schema_version
+            }
+        })*
+    };
+}
+
+versioned!(
+    SessionRecord: "session",
+    FamilyRecord: "family",
+    RefreshTokenRecord: "refresh token",
+    AccessTokenRecord: "access token",
+    DedupRecord: "idempotency",
+    WatermarkRecord: "watermark",
+);
+
+/// The record stored at `key`, decoded. A record written by a newer schema than this binary
+/// knows is [`StateError::Unsupported`]: a node of mixed versions stops rather than reading
+/// fields it does not know as absent and diverging.
+pub fn load<M: Versioned>(state: &impl StateRead, key: &[u8]) -> Result<Option<M>, StateError> {
+    let Some(bytes) = state.get(key)? else {
+        return Ok(None);
+    };
+    let record: M = decode(&bytes)?;
+    if record.schema_version() > SCHEMA_VERSION {
+        return Err(StateError::Unsupported(format!(
+            "{} record with schema version {} (this binary reads schema versions up to \
+             {SCHEMA_VERSION}); upgrade this node",
+            M::KIND,
+            record.schema_version()
+        )));
+    }
+    Ok(Some(record))
 }
 
 /// Decodes one stored record.
@@ -68,6 +112,29 @@ mod tests {
             load::<FamilyRecord>(&s, b"bad"),
             Err(StateError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn a_record_of_a_newer_schema_is_refused_by_name() {
+        let mut s = MemoryState::new();
+        let newer = SessionRecord {
+            schema_version: SCHEMA_VERSION + 1,
+            ..Default::default()
+        };
+        store(&mut s, b"k".to_vec(), &newer);
+        match load::<SessionRecord>(&s, b"k") {
+            Err(StateError::Unsupported(message)) => assert!(
+                message.starts_with(&format!(
+                    "session record with schema version {}",
+                    SCHEMA_VERSION + 1
+                )),
+                "{message}"
+            ),
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+        let older = SessionRecord::default();
+        store(&mut s, b"old".to_vec(), &older);
+        assert_eq!(load::<SessionRecord>(&s, b"old").unwrap(), Some(older));
     }
 
     #[test]

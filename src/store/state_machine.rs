@@ -673,18 +673,21 @@ impl Shared {
     }
 
     /// Writes into `new` the keys written to `old` since the rebuild started (up to and
-    /// including `upto`, or all), with their current values.
+    /// including `upto`, or all), with their current values. The commit lock is held only
+    /// to take the keys: reading their values (cache misses on a large state) goes on
+    /// beside the applies.
     fn carry_over(
         &self,
         old: &Generation,
         new: &Generation,
         upto: Option<&[u8]>,
     ) -> Result<(), StorageError<u64>> {
-        let written = {
+        let keys = {
             let _commit = lock(&self.commit)?;
             old.take_written(upto).map_err(sm_read_err)?
         };
-        let written = written.ok_or_else(|| sm_write_err("too many writes during the rebuild"))?;
+        let keys = keys.ok_or_else(|| sm_write_err("too many writes during the rebuild"))?;
+        let written = old.current_values(keys).map_err(sm_read_err)?;
         new.tree
             .apply_batch(batch_of(written))
             .map_err(sm_write_err)
@@ -707,10 +710,11 @@ impl Shared {
             if !Arc::ptr_eq(&self.generation(), old) {
                 return Ok(false);
             }
-            let mut written = old
+            let keys = old
                 .take_written(None)
                 .map_err(sm_read_err)?
                 .ok_or_else(|| sm_write_err("too many writes during the rebuild"))?;
+            let mut written = old.current_values(keys).map_err(sm_read_err)?;
             for key in [APPLIED, MEMBERSHIP] {
                 written.push((key.to_vec(), old.tree.get(key).map_err(sm_read_err)?));
             }
