@@ -41,6 +41,8 @@ const MAX_HEADER_BYTES: u32 = 1024 * 1024;
 /// Largest accepted key or value.
 const MAX_FIELD_BYTES: u64 = 64 * 1024 * 1024;
 const IO_BUFFER_BYTES: usize = 1024 * 1024;
+/// Decompressed bytes buffered ahead of the record reader.
+const DECODED_BUFFER_BYTES: usize = 64 * 1024;
 /// zstd's level for snapshot bodies: its fastest regular level (a build competes with
 /// applies for the CPU). On 100k sessions it takes 35 % off; level 3 takes 4 % more for
 /// 2.4 times the CPU (hashes, random ids and sealed tokens do not compress).
@@ -146,9 +148,10 @@ impl SnapshotWriter {
     }
 }
 
-/// A snapshot file's body: compressed (format 3) or not (format 2).
+/// A snapshot file's body: compressed (format 3) or not (format 2). Both are buffered: a
+/// record is read a few bytes at a time.
 enum Body {
-    Compressed(zstd::stream::read::Decoder<'static, BufReader<std::fs::File>>),
+    Compressed(BufReader<zstd::stream::read::Decoder<'static, BufReader<std::fs::File>>>),
     Plain(BufReader<std::fs::File>),
 }
 
@@ -211,9 +214,10 @@ impl SnapshotReader {
         let header = SnapshotRecord::decode(header.as_slice())
             .map_err(|e| corrupt(format!("snapshot header: {e}")))?;
         let body = match uncompressed {
-            Some(_) => {
-                Body::Compressed(zstd::stream::read::Decoder::with_buffer(input)?.single_frame())
-            }
+            Some(_) => Body::Compressed(BufReader::with_capacity(
+                DECODED_BUFFER_BYTES,
+                zstd::stream::read::Decoder::with_buffer(input)?.single_frame(),
+            )),
             None => Body::Plain(input),
         };
         Ok(SnapshotReader {
