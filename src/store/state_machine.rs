@@ -64,7 +64,7 @@ const BUILD_CHUNK: usize = 1_000;
 /// A state database whose files have grown to this many times the uncompressed size of the
 /// last snapshot (the live data, compactly encoded) is rebuilt from its next snapshot. A
 /// freshly filled one takes 1.6 times that size (100k sessions); loading the same sessions
-/// through applies left 2.0 to 2.8 times.
+/// through applies left 2.0 to 3.0 times.
 const REBUILD_FACTOR: u64 = 2;
 /// Nor is a database smaller than this rebuilt (sled's fixed overhead dominates there).
 const REBUILD_MIN_BYTES: u64 = 64 * 1024 * 1024;
