@@ -198,3 +198,105 @@ fn a_retry_returns_the_first_revision_and_the_session_as_it_is_now() {
         "a session revoked since is not shown as it was created"
     );
 }
+
+fn created(result: &CommandResult) -> &crate::proto::internal::CreateSessionResult {
+    match &result.kind {
+        Some(command_result::Kind::CreateSession(r)) => r,
+        other => panic!("not a create result: {other:?}"),
+    }
+}
+
+impl World {
+    fn dedup_record(&self, key: &[u8]) -> DedupRecord {
+        records::load(&self.state, &keys::dedup(key))
+            .unwrap()
+            .unwrap()
+    }
+}
+
+#[test]
+fn a_create_is_remembered_by_its_session_id_and_retried_with_the_whole_first_answer() {
+    let mut w = World::new();
+    let first = w.create(KEY);
+    let first_revision = w.revision;
+    let record = w.dedup_record(KEY);
+    let Some(command_result::Kind::CreateSession(kept)) = &record.result.as_ref().unwrap().kind
+    else {
+        panic!("not a create record");
+    };
+    assert_eq!(
+        kept.session,
+        Some(SessionRecord {
+            session_id: "sid_1".into(),
+            ..Default::default()
+        }),
+        "no session copy in the record"
+    );
+    assert_eq!(kept.sealed_tokens, b"sealed create");
+
+    let retry = w.create(KEY);
+    assert!(retry.deduplicated && !retry.request_mismatch);
+    assert_eq!(retry.first_revision, first_revision);
+    assert_eq!(
+        created(&retry),
+        created(&first),
+        "the first answer, rebuilt"
+    );
+    assert_eq!(created(&retry).session.as_ref(), Some(&w.session()));
+    let other = CreateSession {
+        session_id: "sid_2".into(),
+        ..Default::default()
+    };
+    let mismatch = w.run(1_000, KEY, b"other", command::Kind::CreateSession(other));
+    assert!(mismatch.request_mismatch && mismatch.kind.is_none());
+}
+
+#[test]
+fn a_record_holding_a_whole_session_copy_is_still_answered() {
+    let mut w = World::new();
+    let first = w.create(KEY);
+    let mut record = w.dedup_record(KEY);
+    record.result = Some(CommandResult {
+        events: Vec::new(),
+        ..first.clone()
+    });
+    records::store(&mut w.state, keys::dedup(KEY), &record);
+    w.revoke(b"", b"", RevokeScope::Session, "sid_1");
+
+    let retry = w.create(KEY);
+    assert!(retry.deduplicated);
+    assert_eq!(retry.first_revision, record.revision);
+    let answered = created(&retry);
+    assert_eq!(answered.sealed_tokens, created(&first).sealed_tokens);
+    assert_eq!(answered.session.as_ref(), Some(&w.session()));
+    assert!(answered.session.as_ref().unwrap().revoked, "as it is now");
+}
+
+#[test]
+fn a_retry_after_the_session_was_collected_shows_it_by_id_as_expired() {
+    let mut w = World::new();
+    w.create(KEY);
+    w.state.delete(&keys::session("sid_1"));
+    let retry = w.create(KEY);
+    let session = created(&retry).session.clone().unwrap();
+    assert_eq!(session.session_id, "sid_1");
+    assert_eq!(
+        query::status_at(&session, 1_000),
+        crate::proto::v1::SessionStatus::Expired
+    );
+    assert_eq!(created(&retry).sealed_tokens, b"sealed create");
+}
+
+#[test]
+fn a_rotation_is_remembered_without_its_session() {
+    let mut w = World::new();
+    w.create(b"");
+    w.rotate(1_000, KEY, b"refresh-0", 1);
+    let Some(command_result::Kind::Rotate(kept)) = &w.dedup_record(KEY).result.unwrap().kind else {
+        panic!("not a rotate record");
+    };
+    assert_eq!(kept.outcome(), RotateOutcome::Rotated);
+    assert!(kept.session.is_none());
+    let retry = w.rotate(2_000, KEY, b"refresh-0", 2);
+    assert_eq!(rotated(&retry).session.as_ref(), Some(&w.session()));
+}

@@ -29,8 +29,9 @@ mod paging_tests;
 mod tests;
 
 use crate::proto::internal::{
-    command, command_result, BatchResult, CommandBatch, CommandResult, DedupRecord,
+    command, command_result, BatchResult, CommandBatch, CommandResult, DedupRecord, SessionRecord,
 };
+use crate::proto::v1::RotateOutcome;
 use crate::proto::{internal::Command, SCHEMA_VERSION};
 pub use state::{MemoryState, StateEntry, StateError, StateRead, StateWrite};
 
@@ -120,17 +121,13 @@ fn apply_numbering_events(
         ..Default::default()
     };
     if let Some(key) = dedup_key.filter(|_| remember) {
-        let first = CommandResult {
-            events: Vec::new(),
-            ..result.clone()
-        };
         records::store(
             state,
             key,
             &DedupRecord {
                 schema_version: SCHEMA_VERSION,
                 applied_at_ms: now,
-                result: Some(first),
+                result: Some(remembered(&result)),
                 revision,
                 request_fingerprint: command.request_fingerprint.clone(),
             },
@@ -140,11 +137,41 @@ fn apply_numbering_events(
     Ok(result)
 }
 
+/// What a dedup record keeps of a first result: what a retry cannot read back from the
+/// state (outcome, sealed tokens, evicted ids, expiries), without the events (emitted the
+/// first time) and with its session reduced to the id, since [`first_result`] answers with
+/// the session as it is now (a rotation's session entirely: [`rotate::deduplicated`] reads
+/// it anew). A whole session copy would be most of the record, kept for every create.
+fn remembered(result: &CommandResult) -> CommandResult {
+    let mut first = CommandResult {
+        events: Vec::new(),
+        ..result.clone()
+    };
+    let session = match &mut first.kind {
+        Some(command_result::Kind::CreateSession(r)) => &mut r.session,
+        Some(command_result::Kind::Touch(r)) => &mut r.session,
+        Some(command_result::Kind::Rotate(r)) if r.outcome == RotateOutcome::Rotated as i32 => {
+            r.session = None;
+            return first;
+        }
+        _ => return first,
+    };
+    if let Some(recorded) = session.as_mut() {
+        *recorded = SessionRecord {
+            session_id: std::mem::take(&mut recorded.session_id),
+            ..Default::default()
+        };
+    }
+    first
+}
+
 /// The answer to a retry of an applied request (same key, same fingerprint): the first
 /// result, marked `deduplicated` and carrying the first revision, with the session as it is
 /// now (a session revoked since is not shown as active). None when the request must be
 /// decided anew: a rotation whose successor is no longer current (see
-/// [`rotate::deduplicated`]).
+/// [`rotate::deduplicated`]). A record written before [`remembered`] holds a whole session
+/// copy: it is answered the same way. A session collected since (it expired) is shown by
+/// its id alone, which reads as expired.
 fn first_result(
     command: &Command,
     first: DedupRecord,

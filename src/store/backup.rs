@@ -380,6 +380,39 @@ mod tests {
         assert_eq!(rest, kept);
     }
 
+    /// A backup written before snapshots were compressed (format 2, kept as a fixture: the
+    /// same contents as [`write_backup`]) is verified and restored like a new one, into a
+    /// snapshot in the current format.
+    #[tokio::test]
+    async fn a_backup_in_the_uncompressed_format_is_verified_and_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = write_backup(&dir.path().join("backup"));
+        let old =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/snapshot-v2/backup.snap");
+        let summary = verify(&old).unwrap();
+        assert_eq!(summary.entries, written.len() as u64);
+        assert_eq!(summary.sessions, 25);
+        assert_eq!(summary.last_index, 900);
+
+        let data = dir.path().join("new");
+        let restored = restore(&old, &data, 7, "new-7:50052", CACHE_BYTES)
+            .await
+            .unwrap();
+        assert_eq!(restored.applied_index, 900 + REVISION_GAP);
+        let current = data.join(SNAPSHOT_DIR).join(SNAPSHOT_FILE);
+        let mut magic = [0u8; 8];
+        std::io::Read::read_exact(&mut std::fs::File::open(&current).unwrap(), &mut magic).unwrap();
+        assert_eq!(&magic, super::super::snapshot::MAGIC);
+        let store = open_when_unlocked(&data).await;
+        let state = store
+            .state_machine
+            .reader()
+            .scan_prefix(b"s", None, usize::MAX)
+            .unwrap();
+        let sessions: Vec<_> = written.into_iter().filter(|(k, _)| k[0] == b's').collect();
+        assert_eq!(state, sessions);
+    }
+
     /// A damaged backup, or a directory that is not empty, is refused and changes nothing.
     #[tokio::test]
     async fn a_damaged_backup_or_a_used_directory_is_refused() {

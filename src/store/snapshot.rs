@@ -1,18 +1,27 @@
 //! Snapshot files, written and read as streams: the whole state is never in memory.
 //!
-//! Layout: `MAGIC` (8 bytes) | header length (u32 LE) | header (a prost [`SnapshotRecord`]
-//! without entries: schema, last log id, membership, snapshot id) | records | trailer.
-//! A record is `1 | varint shared | varint suffix length | suffix | varint value length |
-//! value`, where `shared` is the length of the prefix the key shares with the previous key
-//! (keys are written in sorted order). The trailer is `0 | entry count (u64 LE) | CRC-32 of
-//! every byte before it (u32 LE)`. A reader checks count and checksum when it reaches the
-//! trailer, so a truncated or damaged file is refused before anything is switched to it.
+//! Layout (format 3): `MAGIC` (8 bytes) | uncompressed length (u64 LE) | header length (u32
+//! LE) | header (a prost [`SnapshotRecord`] without entries: schema, last log id,
+//! membership, snapshot id) | one zstd frame holding records and trailer. A record is
+//! `1 | varint shared | varint suffix length | suffix | varint value length | value`, where
+//! `shared` is the length of the prefix the key shares with the previous key (keys are
+//! written in sorted order). The trailer is `0 | entry count (u64 LE) | uncompressed length
+//! (u64 LE) | CRC-32 (u32 LE)`; the checksum covers every uncompressed byte before it but
+//! the length field after the magic, which is written last (it is only known then) and must
+//! equal the trailer's. The uncompressed length (every byte as format 2 would have taken,
+//! plus that field) measures the live data for [`live_bytes`]. A reader checks count,
+//! length and checksum when it reaches the trailer, so a truncated or damaged file is
+//! refused before anything is switched to it.
+//!
+//! Format 2 ([`MAGIC_V2`], written before snapshots were compressed, by nodes and backups)
+//! is the same without the length field, uncompressed, with a trailer of count and CRC-32
+//! only; it is still read.
 //!
 //! [`SnapshotFile`] is openraft's `SnapshotData`: a file that is read chunk by chunk when
 //! sent, and written chunk by chunk when received.
 
 use std::future::Future;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -24,14 +33,26 @@ use tokio::task::JoinHandle;
 use crate::proto::internal::SnapshotRecord;
 
 /// The first bytes of a snapshot file in this format.
-pub const MAGIC: &[u8; 8] = b"SDSNAP02";
+pub const MAGIC: &[u8; 8] = b"SDSNAP03";
+/// The first bytes of a snapshot file in format 2 (uncompressed).
+pub const MAGIC_V2: &[u8; 8] = b"SDSNAP02";
 /// Largest accepted header (a membership and a few ids).
 const MAX_HEADER_BYTES: u32 = 1024 * 1024;
 /// Largest accepted key or value.
 const MAX_FIELD_BYTES: u64 = 64 * 1024 * 1024;
 const IO_BUFFER_BYTES: usize = 1024 * 1024;
+/// Decompressed bytes buffered ahead of the record reader.
+const DECODED_BUFFER_BYTES: usize = 64 * 1024;
+/// zstd's level for snapshot bodies: its fastest regular level (a build competes with
+/// applies for the CPU). On 100k sessions it takes 35 % off; level 3 takes 4 % more for
+/// 2.4 times the CPU (hashes, random ids and sealed tokens do not compress).
+const COMPRESSION_LEVEL: i32 = 1;
+/// Where the uncompressed length is, after the magic.
+const LENGTH_AT: u64 = 8;
 const RECORD: u8 = 1;
 const TRAILER: u8 = 0;
+/// Bytes of a format-3 trailer: tag, count, length, checksum.
+const TRAILER_BYTES: u64 = 1 + 8 + 8 + 4;
 
 fn corrupt(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.into())
@@ -39,8 +60,9 @@ fn corrupt(what: impl Into<String>) -> io::Error {
 
 /// Writes a snapshot file entry by entry; [`SnapshotWriter::finish`] makes it durable.
 pub struct SnapshotWriter {
-    out: BufWriter<std::fs::File>,
+    out: zstd::stream::write::Encoder<'static, BufWriter<std::fs::File>>,
     crc: crc32fast::Hasher,
+    uncompressed: u64,
     previous: Vec<u8>,
     count: u64,
     scratch: Vec<u8>,
@@ -51,22 +73,31 @@ impl SnapshotWriter {
     pub fn create(path: &Path, header: &SnapshotRecord) -> io::Result<Self> {
         debug_assert!(header.entries.is_empty());
         let file = std::fs::File::create(path)?;
-        let mut writer = SnapshotWriter {
-            out: BufWriter::with_capacity(IO_BUFFER_BYTES, file),
-            crc: crc32fast::Hasher::new(),
+        let mut out = BufWriter::with_capacity(IO_BUFFER_BYTES, file);
+        let header = header.encode_to_vec();
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(MAGIC);
+        let mut uncompressed = LENGTH_AT + 8;
+        out.write_all(MAGIC)?;
+        out.write_all(&0u64.to_le_bytes())?;
+        for part in [&(header.len() as u32).to_le_bytes()[..], &header] {
+            out.write_all(part)?;
+            uncompressed += part.len() as u64;
+            crc.update(part);
+        }
+        Ok(SnapshotWriter {
+            out: zstd::stream::write::Encoder::new(out, COMPRESSION_LEVEL)?,
+            crc,
+            uncompressed,
             previous: Vec::new(),
             count: 0,
             scratch: Vec::new(),
-        };
-        let header = header.encode_to_vec();
-        writer.write(MAGIC)?;
-        writer.write(&(header.len() as u32).to_le_bytes())?;
-        writer.write(&header)?;
-        Ok(writer)
+        })
     }
 
     fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.crc.update(bytes);
+        self.uncompressed += bytes.len() as u64;
         self.out.write_all(bytes)
     }
 
@@ -95,62 +126,109 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    /// Writes the trailer, syncs the file and returns the number of entries.
+    /// Writes the trailer and the uncompressed length, syncs the file and returns the
+    /// number of entries.
     pub fn finish(mut self) -> io::Result<u64> {
+        let uncompressed = self.uncompressed + TRAILER_BYTES;
         self.write(&[TRAILER])?;
         let count = self.count.to_le_bytes();
         self.write(&count)?;
+        self.write(&uncompressed.to_le_bytes())?;
         let crc = self.crc.clone().finalize();
         self.out.write_all(&crc.to_le_bytes())?;
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        let mut file = self
+            .out
+            .finish()?
+            .into_inner()
+            .map_err(|e| e.into_error())?;
+        file.seek(io::SeekFrom::Start(LENGTH_AT))?;
+        file.write_all(&uncompressed.to_le_bytes())?;
         file.sync_all()?;
         Ok(self.count)
     }
 }
 
+/// A snapshot file's body: compressed (format 3) or not (format 2). Both are buffered: a
+/// record is read a few bytes at a time.
+enum Body {
+    Compressed(BufReader<zstd::stream::read::Decoder<'static, BufReader<std::fs::File>>>),
+    Plain(BufReader<std::fs::File>),
+}
+
 /// Reads a snapshot file entry by entry, checking count and checksum at the end.
 pub struct SnapshotReader {
-    input: BufReader<std::fs::File>,
+    body: Body,
     crc: crc32fast::Hasher,
     header: SnapshotRecord,
+    /// The uncompressed length after the magic (format 3).
+    uncompressed: Option<u64>,
     key: Vec<u8>,
     count: u64,
     finished: bool,
 }
 
+/// Reads exactly `buf` from `input` into the checksum, a short read being a truncated file.
+fn read_checked(
+    input: &mut impl Read,
+    crc: &mut crc32fast::Hasher,
+    buf: &mut [u8],
+) -> io::Result<()> {
+    input.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => corrupt("snapshot file is truncated"),
+        _ => e,
+    })?;
+    crc.update(buf);
+    Ok(())
+}
+
 impl SnapshotReader {
     /// Opens `path` and reads its header. Fails with `InvalidData` if the file is not a
-    /// snapshot in this format.
+    /// snapshot in this format or in format 2.
     pub fn open(path: &Path) -> io::Result<Self> {
         Self::from_file(std::fs::File::open(path)?)
     }
 
     /// Reads the snapshot in `file` from its current position (its start).
     pub fn from_file(file: std::fs::File) -> io::Result<Self> {
-        let mut reader = SnapshotReader {
-            input: BufReader::with_capacity(IO_BUFFER_BYTES, file),
-            crc: crc32fast::Hasher::new(),
-            header: SnapshotRecord::default(),
-            key: Vec::new(),
-            count: 0,
-            finished: false,
-        };
+        let mut input = BufReader::with_capacity(IO_BUFFER_BYTES, file);
+        let mut crc = crc32fast::Hasher::new();
         let mut magic = [0u8; 8];
-        reader.read_exact(&mut magic)?;
-        if &magic != MAGIC {
-            return Err(corrupt("not a snapshot file of this format"));
-        }
+        read_checked(&mut input, &mut crc, &mut magic)?;
+        let uncompressed = match &magic {
+            MAGIC => {
+                let mut length = [0u8; 8];
+                read_checked(&mut input, &mut crc32fast::Hasher::new(), &mut length)?;
+                Some(u64::from_le_bytes(length))
+            }
+            MAGIC_V2 => None,
+            _ => return Err(corrupt("not a snapshot file of a known format")),
+        };
         let mut len = [0u8; 4];
-        reader.read_exact(&mut len)?;
+        read_checked(&mut input, &mut crc, &mut len)?;
         let len = u32::from_le_bytes(len);
         if len > MAX_HEADER_BYTES {
             return Err(corrupt("snapshot header too large"));
         }
         let mut header = vec![0u8; len as usize];
-        reader.read_exact(&mut header)?;
-        reader.header = SnapshotRecord::decode(header.as_slice())
+        read_checked(&mut input, &mut crc, &mut header)?;
+        let header = SnapshotRecord::decode(header.as_slice())
             .map_err(|e| corrupt(format!("snapshot header: {e}")))?;
-        Ok(reader)
+        let body = match uncompressed {
+            Some(_) => Body::Compressed(BufReader::with_capacity(
+                DECODED_BUFFER_BYTES,
+                zstd::stream::read::Decoder::with_buffer(input)?.single_frame(),
+            )),
+            None => Body::Plain(input),
+        };
+        Ok(SnapshotReader {
+            body,
+            crc,
+            header,
+            uncompressed,
+            key: Vec::new(),
+            count: 0,
+            finished: false,
+        })
     }
 
     /// The header: the snapshot's metadata, without entries.
@@ -159,15 +237,16 @@ impl SnapshotReader {
     }
 
     fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        self.input.read_exact(buf).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                corrupt("snapshot file is truncated")
-            } else {
-                e
+        match &mut self.body {
+            Body::Plain(input) => read_checked(input, &mut self.crc, buf),
+            // The decoder reports damaged data as a plain I/O error.
+            Body::Compressed(input) => {
+                read_checked(input, &mut self.crc, buf).map_err(|e| match e.kind() {
+                    io::ErrorKind::InvalidData => e,
+                    _ => corrupt(format!("snapshot body: {e}")),
+                })
             }
-        })?;
-        self.crc.update(buf);
-        Ok(())
+        }
     }
 
     fn read_varint(&mut self) -> io::Result<u64> {
@@ -222,19 +301,38 @@ impl SnapshotReader {
             TRAILER => {
                 let mut count = [0u8; 8];
                 self.read_exact(&mut count)?;
+                let mut length = [0u8; 8];
+                if self.uncompressed.is_some() {
+                    self.read_exact(&mut length)?;
+                }
                 let expected = self.crc.clone().finalize();
                 let mut crc = [0u8; 4];
-                self.input.read_exact(&mut crc)?;
+                read_checked(&mut self.body, &mut crc32fast::Hasher::new(), &mut crc)?;
                 if u64::from_le_bytes(count) != self.count {
                     return Err(corrupt("snapshot entry count does not match"));
                 }
                 if u32::from_le_bytes(crc) != expected {
                     return Err(corrupt("snapshot checksum does not match"));
                 }
+                if self
+                    .uncompressed
+                    .is_some_and(|at_start| at_start != u64::from_le_bytes(length))
+                {
+                    return Err(corrupt("snapshot length does not match"));
+                }
                 self.finished = true;
                 Ok(None)
             }
             _ => Err(corrupt("bad record tag in snapshot")),
+        }
+    }
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Body::Compressed(input) => input.read(buf),
+            Body::Plain(input) => input.read(buf),
         }
     }
 }
@@ -249,14 +347,27 @@ pub fn read_header(path: &Path) -> io::Result<Option<SnapshotRecord>> {
     }
 }
 
-/// Whether the file at `path` starts with this format's magic.
+/// Whether the file at `path` starts with the magic of this format or of format 2.
 pub fn has_magic(path: &Path) -> io::Result<bool> {
     let mut magic = [0u8; 8];
     let mut file = std::fs::File::open(path)?;
     match file.read_exact(&mut magic) {
-        Ok(()) => Ok(&magic == MAGIC),
+        Ok(()) => Ok(&magic == MAGIC || &magic == MAGIC_V2),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// The uncompressed length of the snapshot file at `path` (its size for format 2): the
+/// live data, compactly encoded, that the state database's files are compared with.
+pub fn live_bytes(path: &Path) -> io::Result<u64> {
+    let mut start = [0u8; 16];
+    let mut file = std::fs::File::open(path)?;
+    file.read_exact(&mut start)?;
+    match &start[..8] {
+        m if m == MAGIC => Ok(u64::from_le_bytes(start[8..].try_into().expect("8 bytes"))),
+        m if m == MAGIC_V2 => Ok(file.metadata()?.len()),
+        _ => Err(corrupt("not a snapshot file of a known format")),
     }
 }
 
@@ -431,8 +542,50 @@ mod tests {
         assert_eq!(read_header(&path).unwrap().unwrap(), header(7));
         assert_eq!(read_all(&path).unwrap(), written);
         let raw: usize = written.iter().map(|(k, v)| k.len() + v.len()).sum();
-        assert!((std::fs::metadata(&path).unwrap().len() as usize) < raw);
+        assert!((std::fs::metadata(&path).unwrap().len() as usize) < raw / 4);
         assert!(read_header(&dir.path().join("none")).unwrap().is_none());
+    }
+
+    /// The length field counts every uncompressed byte: the part before the zstd frame
+    /// and the frame's decompressed contents.
+    #[test]
+    fn live_bytes_is_the_uncompressed_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.snap");
+        write(&path, &entries(2_000));
+        let bytes = std::fs::read(&path).unwrap();
+        let header_len = u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
+        let frame_at = 20 + header_len;
+        let body = zstd::stream::decode_all(&bytes[frame_at..]).unwrap();
+        let live = live_bytes(&path).unwrap();
+        assert_eq!(live, (frame_at + body.len()) as u64);
+        assert!(live > 4 * bytes.len() as u64);
+    }
+
+    /// A format-2 file (uncompressed, written before format 3: a kept backup) is still
+    /// read, checked and measured.
+    #[test]
+    fn a_format_2_file_is_still_read() {
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/snapshot-v2/backup.snap");
+        assert!(has_magic(&fixture).unwrap());
+        let header = read_header(&fixture).unwrap().unwrap();
+        assert_eq!(header.snapshot_id, "4-900-1");
+        let read = read_all(&fixture).unwrap();
+        assert_eq!(read.len(), 29);
+        assert!(read.windows(2).all(|pair| pair[0].0 < pair[1].0));
+        assert_eq!(
+            live_bytes(&fixture).unwrap(),
+            std::fs::metadata(&fixture).unwrap().len()
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let damaged = dir.path().join("damaged.snap");
+        let mut bytes = std::fs::read(&fixture).unwrap();
+        let at = bytes.len() - 30;
+        bytes[at] ^= 0x01;
+        std::fs::write(&damaged, &bytes).unwrap();
+        assert!(read_all(&damaged).is_err());
     }
 
     #[test]
@@ -450,6 +603,13 @@ mod tests {
         flipped[middle] ^= 0x40;
         std::fs::write(&path, &flipped).unwrap();
         assert!(read_all(&path).is_err());
+        let mut length = bytes.clone();
+        length[LENGTH_AT as usize] ^= 0x01;
+        std::fs::write(&path, &length).unwrap();
+        assert_eq!(
+            read_all(&path).unwrap_err().to_string(),
+            "snapshot length does not match"
+        );
         std::fs::write(&path, b"not a snapshot at all").unwrap();
         assert!(!has_magic(&path).unwrap());
         assert_eq!(
