@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Profiles the three servers of a loopback sessiond cluster (scripts/cluster-up.sh) under
 # `sessiond bench` workloads with perf, and writes one flamegraph per workload to
-# docs/performance/<workload>.svg, with the folded stacks (<workload>.folded) and the
-# bench report (<workload>.json) beside it. The graph covers all three server processes
+# docs/performance/<workload>.svg, with the bench report (<workload>.json) beside it (the
+# folded stacks, a few MB each, stay in $KEEP if set, for inferno-diff-folded). The graph covers all three server processes
 # (their threads are named, so the leader's and followers' work show side by side); the
 # load generator is not sampled.
 #
@@ -53,9 +53,10 @@ for workload in $workloads; do
   perf record -q -F "$freq" -g -p "$server_pids" -o "$work/$workload.data" -- sleep "$duration" \
     >/dev/null 2>&1
   wait "$bench"
-  perf script -i "$work/$workload.data" 2>/dev/null | inferno-collapse-perf >"$out/$workload.folded"
+  perf script -i "$work/$workload.data" 2>/dev/null | inferno-collapse-perf >"$work/$workload.folded"
   inferno-flamegraph --title "sessiond $workload: 3 servers, $concurrency clients" \
-    <"$out/$workload.folded" >"$out/$workload.svg"
+    <"$work/$workload.folded" >"$out/$workload.svg"
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work/$workload.folded" "$KEEP/"; fi
   python3 - "$out/$workload.json" <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1]))
