@@ -2,9 +2,9 @@
 # Profiles the three servers of a loopback sessiond cluster (scripts/cluster-up.sh) under
 # `sessiond bench` workloads with perf, and writes one flamegraph per workload to
 # docs/performance/<workload>.svg, with the bench report (<workload>.json) beside it (the
-# folded stacks, a few MB each, stay in $KEEP if set, for inferno-diff-folded). The graph covers all three server processes
-# (their threads are named, so the leader's and followers' work show side by side); the
-# load generator is not sampled.
+# folded stacks, a few MB each, stay in $KEEP if set, for inferno-diff-folded). The graph
+# sums all three server processes (leader and followers run the same code under the same
+# thread names, so their work is merged); the load generator is not sampled.
 #
 # Needs perf and inferno (`cargo install inferno`). Builds a release binary with frame
 # pointers and line tables into target/profile (first run: several minutes), or runs

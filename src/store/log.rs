@@ -38,10 +38,6 @@ const PURGED: &[u8] = b"purged";
 /// Entries the purger removes between two checks of a newer purge point.
 const PURGE_BATCH: usize = 1_024;
 
-/// A flush or an apply slower than this is logged as a warning (as etcd logs "apply request
-/// took too long").
-pub const SLOW_STORAGE: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// Something waiting for the next flush to complete.
 enum FlushWaiter {
     /// openraft's callback for appended entries.
@@ -74,7 +70,7 @@ impl Flusher {
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
                 let took = started.elapsed();
-                if took > SLOW_STORAGE {
+                if took > super::SLOW_STORAGE {
                     tracing::warn!(
                         took_ms = took.as_millis() as u64,
                         waiting = batch.len(),
@@ -132,18 +128,20 @@ struct Inner {
 
 /// The handle to the background task that removes purged entries.
 struct Purger {
-    /// The highest index to remove (0: nothing yet).
-    up_to: watch::Sender<u64>,
+    /// The highest index to remove (`None`: nothing yet).
+    up_to: watch::Sender<Option<u64>>,
 }
 
 impl Purger {
     /// Starts the purge task of `log` on the current tokio runtime; it stops when the handle
     /// is dropped.
     fn start(log: sled::Tree) -> Self {
-        let (up_to, mut requested) = watch::channel(0u64);
+        let (up_to, mut requested) = watch::channel(None);
         tokio::spawn(async move {
             while requested.changed().await.is_ok() {
-                let target = *requested.borrow_and_update();
+                let Some(target) = *requested.borrow_and_update() else {
+                    continue;
+                };
                 let log = log.clone();
                 let removed = tokio::task::spawn_blocking(move || remove_up_to(&log, target)).await;
                 if let Ok(Err(e)) = removed {
@@ -157,8 +155,10 @@ impl Purger {
     /// Asks for every entry up to `index` (inclusive) to be removed.
     fn purge(&self, index: u64) {
         self.up_to.send_if_modified(|current| {
-            let newer = index > *current;
-            *current = (*current).max(index);
+            let newer = current.is_none_or(|c| index > c);
+            if newer {
+                *current = Some(index);
+            }
             newer
         });
     }

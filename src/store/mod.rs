@@ -43,6 +43,10 @@ openraft::declare_raft_types!(
 /// The directory of a node's snapshot files, under its data directory.
 pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
 
+/// A log flush or an apply slower than this is logged as a warning (as etcd logs "apply
+/// request took too long").
+pub(crate) const SLOW_STORAGE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// sled page cache of the log database: it holds the entries since the last snapshot.
 const LOG_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 

@@ -965,7 +965,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         shared.feed.publish(published, last_applied.index);
         let took = started.elapsed();
-        if took > super::log::SLOW_STORAGE {
+        if took > super::SLOW_STORAGE {
             tracing::warn!(
                 took_ms = took.as_millis() as u64,
                 entries = results.len(),
