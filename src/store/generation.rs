@@ -39,16 +39,13 @@ pub struct Generation {
 }
 
 /// Keys written since a rebuild started, not yet carried over to the rebuilt generation.
-#[derive(Default)]
 struct Tracked {
     keys: BTreeSet<Vec<u8>>,
-    /// More than [`MAX_TRACKED_KEYS`] were pending at once: the rebuild is given up.
+    /// Most keys held at once (bounds the rebuild's memory).
+    max: usize,
+    /// More than `max` were pending at once: the rebuild is given up.
     overflowed: bool,
 }
-
-/// Most written keys a rebuild carries over at once (bounds its memory; a rebuild that
-/// falls further behind the writes is given up and tried again after a later build).
-const MAX_TRACKED_KEYS: usize = 1_000_000;
 
 /// A point-in-time copy in progress.
 #[derive(Default)]
@@ -172,11 +169,16 @@ impl Generation {
         Ok((merge(stored, older), last))
     }
 
-    /// Starts tracking the keys written from now on, for a rebuild. Call under the lock
-    /// that orders writes, at the instant the rebuild's snapshot copy starts.
-    pub fn start_tracking(&self) {
+    /// Starts tracking the keys written from now on, for a rebuild, holding at most `max`
+    /// of them at once (past it, tracking overflows and the rebuild is given up). Call
+    /// under the lock that orders writes, at the instant the rebuild's snapshot copy starts.
+    pub fn start_tracking(&self, max: usize) {
         if let Ok(mut tracked) = self.tracked.lock() {
-            *tracked = Some(Tracked::default());
+            *tracked = Some(Tracked {
+                keys: BTreeSet::new(),
+                max,
+                overflowed: false,
+            });
         }
     }
 
@@ -193,7 +195,7 @@ impl Generation {
             return Ok(());
         };
         tracked.keys.extend(keys.map(<[u8]>::to_vec));
-        if tracked.keys.len() > MAX_TRACKED_KEYS {
+        if tracked.keys.len() > tracked.max {
             tracked.keys = BTreeSet::new();
             tracked.overflowed = true;
         }
@@ -409,7 +411,7 @@ mod tests {
         };
         write(b"a", Some(b"1"));
         assert_eq!(generation.take_written(None).unwrap(), None, "not tracking");
-        generation.start_tracking();
+        generation.start_tracking(10);
         write(b"c", Some(b"1"));
         write(b"a", None);
         write(b"b", Some(b"1"));
@@ -431,7 +433,7 @@ mod tests {
             generation.take_written(None).unwrap(),
             Some(BTreeSet::new())
         );
-        for i in 0..=MAX_TRACKED_KEYS as u32 {
+        for i in 0..=10u32 {
             generation
                 .before_writes([&i.to_be_bytes()[..]].into_iter())
                 .unwrap();

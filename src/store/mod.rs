@@ -16,6 +16,7 @@ pub mod codec;
 pub mod generation;
 pub mod log;
 mod migrate;
+pub mod rebuild;
 pub mod snapshot;
 pub mod state_machine;
 
@@ -284,7 +285,7 @@ mod tests {
         assert_eq!(store.state_machine.reader().applied_index(), 200);
         let mut builder = store.state_machine.get_snapshot_builder().await;
         builder.build_snapshot().await.unwrap();
-        store.state_machine.always_rebuild();
+        store.state_machine.always_rebuild(usize::MAX);
         builder.build_snapshot().await.unwrap();
         assert!(compressed(&dir.path().join("state/gen-2")));
         assert!(holds_session(&store, 200));
@@ -310,7 +311,7 @@ mod tests {
             state.join("gen-1").exists(),
             "no rebuild below the threshold"
         );
-        store.state_machine.always_rebuild();
+        store.state_machine.always_rebuild(usize::MAX);
         let build = tokio::spawn(async move { builder.build_snapshot().await });
         let mut next = 3_001;
         while !build.is_finished() {
@@ -346,6 +347,51 @@ mod tests {
         assert_eq!(everything(&store.state_machine.reader()), expected);
         let (applied, _) = store.state_machine.applied_state().await.unwrap();
         assert_eq!(applied.map(|id| id.index), Some(next - 1));
+    }
+
+    /// A rebuild the writes outrun (more written keys to carry over than it may hold) is
+    /// given up with every write kept, and the next two builds do not try again; the one
+    /// after them rebuilds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rebuild_the_writes_outrun_is_given_up_and_retried_only_after_a_back_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), TEST_CACHE_BYTES).unwrap();
+        let first: Vec<_> = (1..=3_000).map(|i| create_entry(i, i as u32)).collect();
+        store.state_machine.apply(first).await.unwrap();
+        let mut builder = store.state_machine.get_snapshot_builder().await;
+        builder.build_snapshot().await.unwrap();
+        store.state_machine.always_rebuild(10);
+        let build = tokio::spawn(async move { builder.build_snapshot().await });
+        let mut next = 3_001;
+        while !build.is_finished() {
+            store
+                .state_machine
+                .apply([create_entry(next, next as u32)])
+                .await
+                .unwrap();
+            next += 1;
+        }
+        let mut builder = store.state_machine.get_snapshot_builder().await;
+        build.await.unwrap().unwrap();
+        assert!(next > 3_001, "no write went on during the rebuild");
+        let state = dir.path().join("state");
+        let current = || std::fs::read_to_string(state.join("CURRENT")).unwrap();
+        let generations = || std::fs::read_dir(&state).unwrap().count() - 1;
+        assert_eq!(current(), "1", "the rebuild was given up");
+        assert_eq!(generations(), 1, "the given-up generation is removed");
+        for _ in 0..2 {
+            builder.build_snapshot().await.unwrap();
+            assert_eq!((current().as_str(), generations()), ("1", 1), "backing off");
+        }
+        builder.build_snapshot().await.unwrap();
+        assert_eq!((current().as_str(), generations()), ("3", 1), "rebuilt");
+
+        let reference_dir = tempfile::tempdir().unwrap();
+        let mut reference = Store::open(reference_dir.path(), TEST_CACHE_BYTES).unwrap();
+        let all: Vec<_> = (1..next).map(|i| create_entry(i, i as u32)).collect();
+        reference.state_machine.apply(all).await.unwrap();
+        let expected = everything(&reference.state_machine.reader());
+        assert_eq!(everything(&store.state_machine.reader()), expected);
     }
 
     fn everything(r: &StateReader) -> Vec<crate::domain::StateEntry> {

@@ -37,6 +37,7 @@ use tokio::sync::broadcast;
 
 use super::codec::{self, Entry};
 use super::generation::{Generation, Generations};
+use super::rebuild::{Decision, Observation, RebuildHistory, RebuildPolicy};
 use super::snapshot::{self, sync_dir, SnapshotFile, SnapshotReader, SnapshotWriter};
 use super::TypeConfig;
 use crate::domain::{self, StateEntry, StateError, StateRead, StateWrite};
@@ -61,13 +62,16 @@ const BUILDING_FILE: &str = "building.snap.tmp";
 /// Keys copied per step of a snapshot build. A step reads its keys without the commit lock
 /// and holds it only to merge the pre-images of keys written meanwhile (in memory).
 const BUILD_CHUNK: usize = 1_000;
-/// A state database whose files have grown to this many times the uncompressed size of the
-/// last snapshot (the live data, compactly encoded) is rebuilt from its next snapshot. A
-/// freshly filled one takes 1.6 times that size (100k sessions); loading the same sessions
-/// through applies left 2.0 to 3.0 times.
-const REBUILD_FACTOR: u64 = 2;
-/// Nor is a database smaller than this rebuilt (sled's fixed overhead dominates there).
-const REBUILD_MIN_BYTES: u64 = 64 * 1024 * 1024;
+/// When the state database is rebuilt from a new snapshot: once its files take twice the
+/// uncompressed size of the last snapshot (the live data, compactly encoded; a freshly
+/// filled one takes 1.6 times that size at 100k sessions, and loading the same sessions
+/// through applies left 2.0 to 3.0 times), and not below 64 MiB (sled's fixed overhead
+/// dominates there). A rebuild holds at most 250,000 written keys to carry over (~30 MB).
+const REBUILD_POLICY: RebuildPolicy = RebuildPolicy {
+    min_bytes: 64 * 1024 * 1024,
+    factor: 2,
+    max_tracked_keys: 250_000,
+};
 
 /// Pending writes over the state tree: reads see them, nothing reaches the tree until
 /// [`StateMachine`] commits them as one batch.
@@ -303,10 +307,11 @@ struct Shared {
     switching: Mutex<()>,
     /// The number the next new generation gets.
     next_generation: AtomicU64,
-    /// The state database is rebuilt once it is at least this large ...
-    rebuild_min_bytes: AtomicU64,
-    /// ... and this many times larger than the last snapshot.
-    rebuild_factor: AtomicU64,
+    /// When the state database is rebuilt, and what past rebuilds taught.
+    rebuilds: Mutex<Rebuilds>,
+    /// Keys written by applies since the start (for the write rate a rebuild must keep up
+    /// with).
+    keys_written: AtomicU64,
     snapshot_dir: PathBuf,
     snapshots_built: AtomicU64,
     /// Longest wait of an apply for the commit lock since the current build started, in µs
@@ -376,8 +381,12 @@ impl StateMachine {
             snapshot_file: Mutex::new(()),
             switching: Mutex::new(()),
             next_generation: AtomicU64::new(number + 1),
-            rebuild_min_bytes: AtomicU64::new(REBUILD_MIN_BYTES),
-            rebuild_factor: AtomicU64::new(REBUILD_FACTOR),
+            rebuilds: Mutex::new(Rebuilds {
+                policy: REBUILD_POLICY,
+                history: RebuildHistory::default(),
+                last_build: None,
+            }),
+            keys_written: AtomicU64::new(0),
             snapshot_dir: snapshot_dir.to_path_buf(),
             snapshots_built: AtomicU64::new(0),
             worst_apply_wait_us: AtomicU64::new(0),
@@ -386,11 +395,17 @@ impl StateMachine {
         Ok(StateMachine { shared })
     }
 
-    /// Rebuilds the state database after every snapshot build, whatever its size.
+    /// Rebuilds the state database after every snapshot build, whatever its size and the
+    /// write rate, holding at most `max_tracked_keys` written keys.
     #[cfg(test)]
-    pub(crate) fn always_rebuild(&self) {
-        self.shared.rebuild_min_bytes.store(0, Ordering::Relaxed);
-        self.shared.rebuild_factor.store(0, Ordering::Relaxed);
+    pub(crate) fn always_rebuild(&self, max_tracked_keys: usize) {
+        let mut rebuilds = self.shared.rebuilds.lock().unwrap();
+        rebuilds.policy = RebuildPolicy {
+            min_bytes: 0,
+            factor: 0,
+            max_tracked_keys,
+        };
+        rebuilds.history.assume_instant_fill();
     }
 
     /// A reader of the applied state.
@@ -417,6 +432,14 @@ fn remove_partial_snapshots(dir: &Path, builds: bool) -> io::Result<()> {
 }
 
 type AppliedState = (Option<LogId<u64>>, StoredMembership<u64, BasicNode>);
+
+/// The rebuild policy with what it learned, and when the previous build decided.
+struct Rebuilds {
+    policy: RebuildPolicy,
+    history: RebuildHistory,
+    /// When the previous build decided, and the keys written by then.
+    last_build: Option<(std::time::Instant, u64)>,
+}
 
 fn read_applied(generation: &Generation) -> Result<AppliedState, StorageError<u64>> {
     let tree = &generation.tree;
@@ -500,28 +523,67 @@ impl Shared {
         let started = std::time::Instant::now();
         self.worst_apply_wait_us.store(0, Ordering::Relaxed);
         let generation = self.generation();
-        let rebuild = self.wants_rebuild(&generation);
+        let rebuild = self.rebuild_now(&generation)?;
         let (applied, membership) = {
             let _commit = lock(&self.commit)?;
             generation.start_copy();
-            if rebuild {
-                generation.start_tracking();
+            if let Some(max_tracked_keys) = rebuild {
+                generation.start_tracking(max_tracked_keys);
             }
             read_applied(&generation)?
         };
-        let built = self.build_and_rebuild(&generation, rebuild, applied, membership, started);
+        let built =
+            self.build_and_rebuild(&generation, rebuild.is_some(), applied, membership, started);
         generation.stop_tracking();
         built
     }
 
-    /// Whether `generation`'s files outgrew the live data (as measured by the uncompressed
-    /// size of the last snapshot) enough to be rebuilt.
-    fn wants_rebuild(&self, generation: &Generation) -> bool {
+    /// Whether `generation` is rebuilt after this build ([`super::rebuild`]: its files
+    /// outgrew the live data, as measured by the uncompressed size of the last snapshot,
+    /// and the writes are slow enough); if so, the most written keys the rebuild may hold.
+    fn rebuild_now(&self, generation: &Generation) -> Result<Option<usize>, StorageError<u64>> {
         let on_disk = generation.db.size_on_disk().unwrap_or(0);
         let live = snapshot::live_bytes(&self.snapshot_path()).unwrap_or(0);
-        live > 0
-            && on_disk >= self.rebuild_min_bytes.load(Ordering::Relaxed)
-            && on_disk > live.saturating_mul(self.rebuild_factor.load(Ordering::Relaxed))
+        let written = self.keys_written.load(Ordering::Relaxed);
+        let now = std::time::Instant::now();
+        let mut rebuilds = lock(&self.rebuilds)?;
+        let written_keys_per_sec = match rebuilds.last_build.replace((now, written)) {
+            Some((then, before)) => {
+                written.saturating_sub(before) as f64
+                    / now.duration_since(then).as_secs_f64().max(0.001)
+            }
+            None => 0.0,
+        };
+        let seen = Observation {
+            on_disk,
+            live,
+            written_keys_per_sec,
+        };
+        let policy = rebuilds.policy;
+        let decision = policy.decide(seen, &mut rebuilds.history);
+        match decision {
+            Decision::NotNeeded => Ok(None),
+            Decision::Rebuild => Ok(Some(policy.max_tracked_keys)),
+            Decision::BackingOff { builds_left } => {
+                tracing::info!(
+                    on_disk,
+                    live,
+                    builds_left,
+                    "state database rebuild postponed: recent rebuilds were given up"
+                );
+                Ok(None)
+            }
+            Decision::WritesTooFast { predicted_keys } => {
+                tracing::info!(
+                    on_disk,
+                    live,
+                    written_keys_per_sec = written_keys_per_sec.round(),
+                    predicted_keys,
+                    "state database rebuild postponed: writes too fast for it to keep up"
+                );
+                Ok(None)
+            }
+        }
     }
 
     fn build_and_rebuild(
@@ -565,8 +627,18 @@ impl Shared {
             std::fs::remove_file(&tmp).map_err(snapshot_err)?;
         } else if rebuild {
             let snapshot = std::fs::File::open(&path).map_err(snapshot_err)?;
-            if let Err(e) = self.rebuild(generation, snapshot) {
-                tracing::warn!(error = %e, "the state database was not rebuilt");
+            let rebuilt = self.rebuild(generation, snapshot);
+            let mut rebuilds = lock(&self.rebuilds)?;
+            match rebuilt {
+                Ok(Some(took)) => {
+                    let live = snapshot::live_bytes(&path).unwrap_or(0);
+                    rebuilds.history.completed(live, took);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    rebuilds.history.given_up();
+                    tracing::warn!(error = %e, "the state database was not rebuilt");
+                }
             }
         }
         Ok(Snapshot {
@@ -630,22 +702,29 @@ impl Shared {
     /// Replaces the live generation `old` with a fresh one filled from `snapshot` (a
     /// snapshot of `old` taken when its written keys started being tracked) and the keys
     /// written since, switching in one step once both hold the same state. Writes go on
-    /// meanwhile: each carry-over of written keys holds the commit lock only briefly.
+    /// meanwhile: each carry-over of written keys holds the commit lock only briefly, and
+    /// the fill sleeps as long as it works. Returns the time the fill took, or `None` if an
+    /// install replaced `old` meanwhile.
     fn rebuild(
         &self,
         old: &Arc<Generation>,
         snapshot: std::fs::File,
-    ) -> Result<(), StorageError<u64>> {
+    ) -> Result<Option<std::time::Duration>, StorageError<u64>> {
         let started = std::time::Instant::now();
         let before = old.db.size_on_disk().unwrap_or(0);
         let mut reader = SnapshotReader::from_file(snapshot).map_err(sm_read_err)?;
         let header = reader.header().clone();
         let new = self.new_generation()?;
         let number = new.number;
-        let switched = fill(&new, &mut reader, &header, REBUILD_FILL_BATCH, |upto| {
-            self.carry_over(old, &new, Some(upto))
-        })
-        .and_then(|()| self.switch_to_rebuilt(old, new));
+        let mut working_since = std::time::Instant::now();
+        let filled = fill(&new, &mut reader, &header, REBUILD_FILL_BATCH, |upto| {
+            self.carry_over(old, &new, Some(upto))?;
+            std::thread::sleep(working_since.elapsed());
+            working_since = std::time::Instant::now();
+            Ok(())
+        });
+        let took = started.elapsed();
+        let switched = filled.and_then(|()| self.switch_to_rebuilt(old, new));
         match switched {
             Ok(true) => {
                 self.generations.remove(old.number).map_err(sm_write_err)?;
@@ -658,12 +737,12 @@ impl Shared {
                         self.worst_apply_wait_us.load(Ordering::Relaxed) as f64 / 1000.0,
                     "state database rebuilt"
                 );
-                Ok(())
+                Ok(Some(took))
             }
             Ok(false) => {
                 self.generations.remove(number).map_err(sm_write_err)?;
                 tracing::info!("state database rebuild given up: an install replaced the state");
-                Ok(())
+                Ok(None)
             }
             Err(e) => {
                 let _ = self.generations.remove(number);
@@ -953,6 +1032,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             generation
                 .before_writes(overlay.written_keys())
                 .map_err(sm_read_err)?;
+            shared
+                .keys_written
+                .fetch_add(overlay.written_keys().count() as u64, Ordering::Relaxed);
             let mut batch = overlay.into_batch();
             batch.insert(APPLIED, codec::log_id_record(&last_applied).encode_to_vec());
             if let Some(m) = &membership {
