@@ -31,14 +31,15 @@ pub struct RebuildPolicy {
     pub max_tracked_keys: usize,
 }
 
-/// What a snapshot build observed, for the decision.
+/// What a snapshot build observed, for the decision: the write rate is measured while the
+/// build copied the state (the rebuild would start right after).
 #[derive(Clone, Copy, Debug)]
 pub struct Observation {
     /// Bytes the live database takes on disk.
     pub on_disk: u64,
     /// Bytes of live data (the uncompressed size of the last snapshot; 0: unknown).
     pub live: u64,
-    /// Keys written per second since the previous build.
+    /// Keys written per second while the build copied the state.
     pub written_keys_per_sec: f64,
 }
 
@@ -82,13 +83,15 @@ impl Default for RebuildHistory {
 }
 
 impl RebuildPolicy {
+    /// Whether files taking `on_disk` bytes outgrew `live` bytes of live data (0: unknown).
+    pub fn outgrown(&self, on_disk: u64, live: u64) -> bool {
+        live > 0 && on_disk >= self.min_bytes && on_disk > live.saturating_mul(self.factor)
+    }
+
     /// Decides, after a build observed `seen`, whether to rebuild, and counts a skipped
     /// build against a back-off.
     pub fn decide(&self, seen: Observation, history: &mut RebuildHistory) -> Decision {
-        let outgrown = seen.live > 0
-            && seen.on_disk >= self.min_bytes
-            && seen.on_disk > seen.live.saturating_mul(self.factor);
-        if !outgrown {
+        if !self.outgrown(seen.on_disk, seen.live) {
             return Decision::NotNeeded;
         }
         if history.builds_to_skip > 0 {

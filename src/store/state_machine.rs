@@ -384,7 +384,6 @@ impl StateMachine {
             rebuilds: Mutex::new(Rebuilds {
                 policy: REBUILD_POLICY,
                 history: RebuildHistory::default(),
-                last_build: None,
             }),
             keys_written: AtomicU64::new(0),
             snapshot_dir: snapshot_dir.to_path_buf(),
@@ -433,12 +432,21 @@ fn remove_partial_snapshots(dir: &Path, builds: bool) -> io::Result<()> {
 
 type AppliedState = (Option<LogId<u64>>, StoredMembership<u64, BasicNode>);
 
-/// The rebuild policy with what it learned, and when the previous build decided.
+/// The rebuild policy with what it learned.
 struct Rebuilds {
     policy: RebuildPolicy,
     history: RebuildHistory,
-    /// When the previous build decided, and the keys written by then.
-    last_build: Option<(std::time::Instant, u64)>,
+}
+
+/// A build of a state database that outgrew its live data: rebuilt after the build if the
+/// writes during the copy were slow enough.
+struct RebuildCandidate {
+    policy: RebuildPolicy,
+    on_disk: u64,
+    live: u64,
+    /// Keys written by applies when the copy started, and when it started.
+    written_before: u64,
+    since: std::time::Instant,
 }
 
 fn read_applied(generation: &Generation) -> Result<AppliedState, StorageError<u64>> {
@@ -523,65 +531,78 @@ impl Shared {
         let started = std::time::Instant::now();
         self.worst_apply_wait_us.store(0, Ordering::Relaxed);
         let generation = self.generation();
-        let rebuild = self.rebuild_now(&generation)?;
+        let mut candidate = self.rebuild_candidate(&generation)?;
         let (applied, membership) = {
             let _commit = lock(&self.commit)?;
             generation.start_copy();
-            if let Some(max_tracked_keys) = rebuild {
-                generation.start_tracking(max_tracked_keys);
+            if let Some(candidate) = &mut candidate {
+                generation.start_tracking(candidate.policy.max_tracked_keys);
+                candidate.written_before = self.keys_written.load(Ordering::Relaxed);
+                candidate.since = std::time::Instant::now();
             }
             read_applied(&generation)?
         };
-        let built =
-            self.build_and_rebuild(&generation, rebuild.is_some(), applied, membership, started);
+        let built = self.build_and_rebuild(&generation, candidate, applied, membership, started);
         generation.stop_tracking();
         built
     }
 
-    /// Whether `generation` is rebuilt after this build ([`super::rebuild`]: its files
-    /// outgrew the live data, as measured by the uncompressed size of the last snapshot,
-    /// and the writes are slow enough); if so, the most written keys the rebuild may hold.
-    fn rebuild_now(&self, generation: &Generation) -> Result<Option<usize>, StorageError<u64>> {
+    /// A rebuild candidate if `generation`'s files outgrew the live data, as measured by the
+    /// uncompressed size of the last snapshot: the build then tracks the keys written while
+    /// it copies, and decides after the copy ([`Self::rebuild_now`]).
+    fn rebuild_candidate(
+        &self,
+        generation: &Generation,
+    ) -> Result<Option<RebuildCandidate>, StorageError<u64>> {
         let on_disk = generation.db.size_on_disk().unwrap_or(0);
         let live = snapshot::live_bytes(&self.snapshot_path()).unwrap_or(0);
-        let written = self.keys_written.load(Ordering::Relaxed);
-        let now = std::time::Instant::now();
-        let mut rebuilds = lock(&self.rebuilds)?;
-        let written_keys_per_sec = match rebuilds.last_build.replace((now, written)) {
-            Some((then, before)) => {
-                written.saturating_sub(before) as f64
-                    / now.duration_since(then).as_secs_f64().max(0.001)
-            }
-            None => 0.0,
-        };
-        let seen = Observation {
+        let policy = lock(&self.rebuilds)?.policy;
+        Ok(policy.outgrown(on_disk, live).then(|| RebuildCandidate {
+            policy,
             on_disk,
             live,
-            written_keys_per_sec,
+            written_before: 0,
+            since: std::time::Instant::now(),
+        }))
+    }
+
+    /// Whether to rebuild now ([`super::rebuild`]), given the keys written since the copy
+    /// started: only writes slow enough for the rebuild to keep up with, and no back-off.
+    fn rebuild_now(&self, candidate: RebuildCandidate) -> Result<bool, StorageError<u64>> {
+        let written = self
+            .keys_written
+            .load(Ordering::Relaxed)
+            .saturating_sub(candidate.written_before);
+        let seen = Observation {
+            on_disk: candidate.on_disk,
+            live: candidate.live,
+            written_keys_per_sec: written as f64
+                / candidate.since.elapsed().as_secs_f64().max(0.001),
         };
-        let policy = rebuilds.policy;
-        let decision = policy.decide(seen, &mut rebuilds.history);
+        let decision = candidate
+            .policy
+            .decide(seen, &mut lock(&self.rebuilds)?.history);
         match decision {
-            Decision::NotNeeded => Ok(None),
-            Decision::Rebuild => Ok(Some(policy.max_tracked_keys)),
+            Decision::NotNeeded => Ok(false),
+            Decision::Rebuild => Ok(true),
             Decision::BackingOff { builds_left } => {
                 tracing::info!(
-                    on_disk,
-                    live,
+                    on_disk = seen.on_disk,
+                    live = seen.live,
                     builds_left,
                     "state database rebuild postponed: recent rebuilds were given up"
                 );
-                Ok(None)
+                Ok(false)
             }
             Decision::WritesTooFast { predicted_keys } => {
                 tracing::info!(
-                    on_disk,
-                    live,
-                    written_keys_per_sec = written_keys_per_sec.round(),
+                    on_disk = seen.on_disk,
+                    live = seen.live,
+                    written_keys_per_sec = seen.written_keys_per_sec.round(),
                     predicted_keys,
                     "state database rebuild postponed: writes too fast for it to keep up"
                 );
-                Ok(None)
+                Ok(false)
             }
         }
     }
@@ -589,7 +610,7 @@ impl Shared {
     fn build_and_rebuild(
         &self,
         generation: &Arc<Generation>,
-        rebuild: bool,
+        candidate: Option<RebuildCandidate>,
         applied: Option<LogId<u64>>,
         membership: StoredMembership<u64, BasicNode>,
         started: std::time::Instant,
@@ -625,7 +646,7 @@ impl Shared {
         let file = std::fs::File::open(&path).map_err(snapshot_err)?;
         if path == tmp {
             std::fs::remove_file(&tmp).map_err(snapshot_err)?;
-        } else if rebuild {
+        } else if candidate.map_or(Ok(false), |c| self.rebuild_now(c))? {
             let snapshot = std::fs::File::open(&path).map_err(snapshot_err)?;
             let rebuilt = self.rebuild(generation, snapshot);
             let mut rebuilds = lock(&self.rebuilds)?;
@@ -716,6 +737,11 @@ impl Shared {
         let header = reader.header().clone();
         let new = self.new_generation()?;
         let number = new.number;
+        tracing::info!(
+            generation = number,
+            bytes_before = before,
+            "state database rebuild started"
+        );
         let mut working_since = std::time::Instant::now();
         let filled = fill(&new, &mut reader, &header, REBUILD_FILL_BATCH, |upto| {
             self.carry_over(old, &new, Some(upto))?;
