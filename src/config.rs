@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::store::SledOptions;
 use crate::Error;
 
 /// Everything a node needs to run.
@@ -354,12 +355,17 @@ pub struct StorageConfig {
     /// sled page cache of the state database, in MiB. sled's heap is a multiple of it;
     /// while a snapshot is installed, two state databases are open.
     pub cache_capacity_mb: u64,
+    /// Whether sled compresses the databases it creates (zstd): less disk for more CPU
+    /// per write. Databases keep the setting they were created with until an install or
+    /// a rebuild replaces them.
+    pub compression: bool,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             cache_capacity_mb: 96,
+            compression: true,
         }
     }
 }
@@ -368,6 +374,14 @@ impl StorageConfig {
     /// The page cache in bytes.
     pub fn cache_capacity_bytes(&self) -> u64 {
         self.cache_capacity_mb * 1024 * 1024
+    }
+
+    /// How the node opens its sled databases.
+    pub fn sled_options(&self) -> SledOptions {
+        SledOptions {
+            cache_bytes: self.cache_capacity_bytes(),
+            compression: self.compression,
+        }
     }
 }
 

@@ -213,7 +213,7 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
         election_timeout_max_ms: config.raft.election_timeout_max_ms,
         snapshot_logs_since_last: config.raft.snapshot_logs_since_last,
         max_in_snapshot_log_to_keep: config.raft.max_in_snapshot_log_to_keep,
-        cache_capacity_bytes: config.storage.cache_capacity_bytes(),
+        sled: config.storage.sled_options(),
     })
     .await?;
     // Only a node that just made itself a one-node cluster waits for its leader (itself);

@@ -193,7 +193,7 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
         &config.data_dir,
         config.node_id,
         &peer_addr,
-        config.storage.cache_capacity_bytes(),
+        config.storage.sled_options(),
     )
     .await?;
     let b = &restored.backup;

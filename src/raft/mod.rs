@@ -21,7 +21,7 @@ use group_commit::GroupCommit;
 use network::{PeerError, Peers};
 
 use crate::proto::internal::{Command, CommandResult};
-use crate::store::{Flusher, StateReader, Store};
+use crate::store::{Flusher, SledOptions, StateReader, Store};
 use crate::Error;
 
 pub use crate::store::TypeConfig;
@@ -51,8 +51,8 @@ pub struct NodeOptions {
     pub snapshot_logs_since_last: u64,
     /// Entries kept in the log behind a snapshot (for slow followers).
     pub max_in_snapshot_log_to_keep: u64,
-    /// sled page cache of the state database, in bytes.
-    pub cache_capacity_bytes: u64,
+    /// How the sled databases are opened (page cache, compression).
+    pub sled: SledOptions,
 }
 
 /// A command applied by the state machine.
@@ -108,7 +108,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 impl RaftNode {
     /// Opens the node's storage under `options.data_dir` and starts Raft on it.
     pub async fn open(options: NodeOptions) -> Result<Self, Error> {
-        let store = Store::open(&options.data_dir, options.cache_capacity_bytes)?;
+        let store = Store::open(&options.data_dir, options.sled)?;
         let config = Config {
             cluster_name: options.cluster_id.clone(),
             heartbeat_interval: options.heartbeat_ms,

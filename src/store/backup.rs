@@ -27,7 +27,7 @@ use openraft::{BasicNode, Membership, StoredMembership, Vote};
 
 use super::snapshot::{sync_dir, SnapshotReader, SnapshotWriter};
 use super::state_machine::SNAPSHOT_FILE;
-use super::{codec, Store, SNAPSHOT_DIR};
+use super::{codec, SledOptions, Store, SNAPSHOT_DIR};
 use crate::domain::{events, query};
 use crate::proto::internal::{LogIdRecord, SnapshotRecord};
 use crate::proto::SCHEMA_VERSION;
@@ -137,7 +137,7 @@ pub async fn restore(
     data_dir: &Path,
     node_id: u64,
     peer_addr: &str,
-    cache_bytes: u64,
+    sled: SledOptions,
 ) -> Result<Restored, Error> {
     let occupied = match std::fs::read_dir(data_dir) {
         Ok(mut entries) => entries.next().is_some(),
@@ -165,7 +165,7 @@ pub async fn restore(
             return Err(Error::invalid("from", e.to_string()));
         }
     };
-    let mut store = Store::open(data_dir, cache_bytes)?;
+    let mut store = Store::open(data_dir, sled)?;
     let applied_index = store.state_machine.reader().applied_index();
     if applied_index != backup.last_index + REVISION_GAP {
         return Err(Error::Internal(format!(
@@ -271,7 +271,10 @@ mod tests {
     use super::*;
     use crate::domain::StateRead;
 
-    const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+    const TEST_SLED: SledOptions = SledOptions {
+        cache_bytes: 8 * 1024 * 1024,
+        compression: true,
+    };
 
     /// A backup of an old three-node cluster at term 4, index 900: sessions, two retained
     /// events, the compaction watermark at 100, and an unrelated counter.
@@ -320,7 +323,7 @@ mod tests {
 
     async fn open_when_unlocked(dir: &Path) -> Store {
         for _ in 0..300 {
-            if let Ok(store) = Store::open(dir, CACHE_BYTES) {
+            if let Ok(store) = Store::open(dir, TEST_SLED) {
                 return store;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -341,7 +344,7 @@ mod tests {
         assert_eq!(summary.last_index, 900);
 
         let data = dir.path().join("new");
-        let restored = restore(&file, &data, 7, "new-7:50052", CACHE_BYTES)
+        let restored = restore(&file, &data, 7, "new-7:50052", TEST_SLED)
             .await
             .unwrap();
         let start = 900 + REVISION_GAP;
@@ -395,7 +398,7 @@ mod tests {
         assert_eq!(summary.last_index, 900);
 
         let data = dir.path().join("new");
-        let restored = restore(&old, &data, 7, "new-7:50052", CACHE_BYTES)
+        let restored = restore(&old, &data, 7, "new-7:50052", TEST_SLED)
             .await
             .unwrap();
         assert_eq!(restored.applied_index, 900 + REVISION_GAP);
@@ -426,7 +429,7 @@ mod tests {
         std::fs::write(&damaged, &bytes).unwrap();
         assert!(verify(&damaged).is_err());
         let data = dir.path().join("new");
-        let refused = restore(&damaged, &data, 1, "a:1", CACHE_BYTES).await;
+        let refused = restore(&damaged, &data, 1, "a:1", TEST_SLED).await;
         assert!(matches!(
             refused,
             Err(Error::InvalidArgument { field: "from", .. })
@@ -434,7 +437,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0);
 
         std::fs::write(data.join("something"), b"x").unwrap();
-        let refused = restore(&file, &data, 1, "a:1", CACHE_BYTES).await;
+        let refused = restore(&file, &data, 1, "a:1", TEST_SLED).await;
         assert!(matches!(
             refused,
             Err(Error::InvalidArgument {

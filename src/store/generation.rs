@@ -270,20 +270,34 @@ fn merge(
 /// The level is not part of sled's on-disk settings: any level reads any file.
 const COMPRESSION_LEVEL: i32 = 1;
 
-/// Opens the sled database of `config`, compressed (sled's zstd) if new. A database
-/// written uncompressed (sled fixes the setting at creation) is opened as it is; it is
-/// replaced by a compressed one at the next install or rebuild. Waits (a few seconds at
-/// most) for a previous handle's background thread to let go of the database lock.
-pub fn open_db(config: sled::Config) -> Result<sled::Db, sled::Error> {
+/// How the node's sled databases are opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SledOptions {
+    /// sled page cache of the state database, in bytes.
+    pub cache_bytes: u64,
+    /// Whether new databases are created with sled's zstd compression (less disk, more CPU
+    /// per write).
+    pub compression: bool,
+}
+
+/// Opens the sled database of `config`, compressed (sled's zstd) if new and `compression`
+/// is set. A database created with the other setting (sled fixes it at creation) is opened
+/// as it is; it is replaced by one with this setting at the next install or rebuild. Waits
+/// (a few seconds at most) for a previous handle's background thread to let go of the
+/// database lock.
+pub fn open_db(config: sled::Config, compression: bool) -> Result<sled::Db, sled::Error> {
     let mut config = config
-        .use_compression(true)
+        .use_compression(compression)
         .compression_factor(COMPRESSION_LEVEL);
     let mut attempts = 0;
+    let mut flipped = false;
     loop {
         match config.open() {
             Ok(db) => return Ok(db),
-            Err(sled::Error::Unsupported(_)) if config.use_compression => {
-                config = config.use_compression(false);
+            Err(sled::Error::Unsupported(_)) if !flipped => {
+                flipped = true;
+                let other = !config.use_compression;
+                config = config.use_compression(other);
             }
             Err(sled::Error::Io(e)) if attempts < 250 && e.kind() != io::ErrorKind::NotFound => {
                 attempts += 1;
@@ -301,17 +315,16 @@ fn poisoned() -> sled::Error {
 /// The generations under one directory.
 pub struct Generations {
     root: PathBuf,
-    cache_bytes: u64,
+    options: SledOptions,
 }
 
 impl Generations {
-    /// The generations under `root` (created if needed), each with a sled page cache of
-    /// `cache_bytes`.
-    pub fn new(root: &Path, cache_bytes: u64) -> io::Result<Self> {
+    /// The generations under `root` (created if needed), each opened with `options`.
+    pub fn new(root: &Path, options: SledOptions) -> io::Result<Self> {
         std::fs::create_dir_all(root)?;
         Ok(Generations {
             root: root.to_path_buf(),
-            cache_bytes,
+            options,
         })
     }
 
@@ -347,7 +360,8 @@ impl Generations {
         let db = open_db(
             sled::Config::new()
                 .path(self.dir(number))
-                .cache_capacity(self.cache_bytes),
+                .cache_capacity(self.options.cache_bytes),
+            self.options.compression,
         )?;
         Ok(Generation {
             number,
@@ -393,12 +407,17 @@ impl Generations {
 mod tests {
     use super::*;
 
+    const TEST_SLED: SledOptions = SledOptions {
+        cache_bytes: 8 << 20,
+        compression: true,
+    };
+
     /// Written keys are handed over up to a bound, with their current values, once each
     /// until written again; a rebuild that falls too far behind is told so.
     #[test]
     fn tracked_writes_are_taken_in_key_order_with_current_values() {
         let dir = tempfile::tempdir().unwrap();
-        let generation = Generations::new(dir.path(), 8 << 20)
+        let generation = Generations::new(dir.path(), TEST_SLED)
             .unwrap()
             .open(1)
             .unwrap();
@@ -447,7 +466,7 @@ mod tests {
     #[test]
     fn a_copy_sees_the_state_as_of_its_start_despite_concurrent_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let generations = Generations::new(dir.path(), 8 << 20).unwrap();
+        let generations = Generations::new(dir.path(), TEST_SLED).unwrap();
         let generation = generations.open(1).unwrap();
         let key = |i: u32| format!("k{i:05}").into_bytes();
         for i in (0..3_000).step_by(2) {

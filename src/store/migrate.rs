@@ -8,7 +8,7 @@
 use std::io;
 use std::path::Path;
 
-use super::generation::Generations;
+use super::generation::{Generations, SledOptions};
 use super::snapshot::{self, SnapshotWriter};
 use crate::proto::internal::SnapshotRecord;
 use crate::store::codec;
@@ -32,7 +32,7 @@ pub fn from_format_1(
     log_db: &sled::Db,
     state_dir: &Path,
     snapshot_dir: &Path,
-    cache_bytes: u64,
+    sled: SledOptions,
 ) -> Result<(), Error> {
     let migrated = data_dir.join(MIGRATED_DB);
     if migrated.exists() {
@@ -48,7 +48,7 @@ pub fn from_format_1(
     );
     let old = sled::Config::new()
         .path(&old_dir)
-        .cache_capacity(cache_bytes)
+        .cache_capacity(sled.cache_bytes)
         .open()
         .map_err(failed)?;
     for name in ["raft_log", "raft_meta"] {
@@ -60,7 +60,7 @@ pub fn from_format_1(
     if state_dir.exists() {
         std::fs::remove_dir_all(state_dir).map_err(failed)?;
     }
-    let generations = Generations::new(state_dir, cache_bytes).map_err(failed)?;
+    let generations = Generations::new(state_dir, sled).map_err(failed)?;
     {
         let generation = generations.create_fresh(1).map_err(failed)?;
         copy_tree(&old.open_tree("state").map_err(failed)?, &generation.tree)?;

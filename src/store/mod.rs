@@ -22,6 +22,7 @@ pub mod state_machine;
 
 use std::path::Path;
 
+pub use generation::SledOptions;
 pub use log::{Flusher, LogStore};
 pub use state_machine::{StateMachine, StateReader};
 
@@ -62,10 +63,9 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the storage under `data_dir`, with a sled page cache of
-    /// `cache_bytes` for the state. Must run inside a tokio runtime (it starts the flusher
-    /// task).
-    pub fn open(data_dir: &Path, cache_bytes: u64) -> Result<Self, Error> {
+    /// Opens (creating if needed) the storage under `data_dir`, its sled databases with
+    /// `sled`. Must run inside a tokio runtime (it starts the flusher task).
+    pub fn open(data_dir: &Path, sled: SledOptions) -> Result<Self, Error> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             Error::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
         })?;
@@ -73,15 +73,16 @@ impl Store {
             sled::Config::new()
                 .path(data_dir.join("log"))
                 .cache_capacity(LOG_CACHE_BYTES),
+            sled.compression,
         )
         .map_err(|e| Error::Unavailable(format!("cannot open the log database: {e}")))?;
         let state_dir = data_dir.join("state");
         let snapshot_dir = data_dir.join(SNAPSHOT_DIR);
-        migrate::from_format_1(data_dir, &db, &state_dir, &snapshot_dir, cache_bytes)?;
+        migrate::from_format_1(data_dir, &db, &state_dir, &snapshot_dir, sled)?;
         let flusher = Flusher::start(db.clone());
         let log = LogStore::open(&db, flusher.clone())
             .map_err(|e| Error::Unavailable(format!("cannot open the log: {e}")))?;
-        let state_machine = StateMachine::open(&state_dir, &snapshot_dir, cache_bytes)
+        let state_machine = StateMachine::open(&state_dir, &snapshot_dir, sled)
             .map_err(|e| Error::Unavailable(format!("cannot open the state machine: {e}")))?;
         Ok(Store {
             log,
@@ -106,7 +107,10 @@ mod tests {
     use crate::proto::internal::{command, Command, CreateSession};
     use crate::proto::SCHEMA_VERSION;
 
-    const TEST_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+    const TEST_SLED: SledOptions = SledOptions {
+        cache_bytes: 16 * 1024 * 1024,
+        compression: true,
+    };
 
     /// Whether the applied state holds the session that test entry `n` created.
     fn holds_session(store: &Store, n: u64) -> bool {
@@ -126,7 +130,7 @@ mod tests {
             &self,
         ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
             let dir = tempfile::tempdir().expect("temp dir");
-            let store = Store::open(dir.path(), TEST_CACHE_BYTES).expect("open store");
+            let store = Store::open(dir.path(), TEST_SLED).expect("open store");
             Ok((dir, store.log, store.state_machine))
         }
     }
@@ -161,8 +165,13 @@ mod tests {
     /// Opens the store again once the previous instance's background flusher has let go of
     /// the database lock.
     async fn reopen(dir: &Path) -> Store {
+        reopen_with(dir, TEST_SLED).await
+    }
+
+    /// Opens the store in `dir` with `options` once the previous handle let go of it.
+    async fn reopen_with(dir: &Path, options: SledOptions) -> Store {
         for _ in 0..200 {
-            if let Ok(store) = Store::open(dir, TEST_CACHE_BYTES) {
+            if let Ok(store) = Store::open(dir, options) {
                 return store;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -174,7 +183,7 @@ mod tests {
     async fn log_vote_and_applied_state_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut store = Store::open(dir.path(), TEST_CACHE_BYTES).unwrap();
+            let mut store = Store::open(dir.path(), TEST_SLED).unwrap();
             store
                 .log
                 .save_vote(&Vote::new_committed(3, 1))
@@ -208,7 +217,7 @@ mod tests {
     #[tokio::test]
     async fn a_snapshot_installed_elsewhere_reproduces_the_state_byte_for_byte() {
         let source_dir = tempfile::tempdir().unwrap();
-        let mut source = Store::open(source_dir.path(), TEST_CACHE_BYTES).unwrap();
+        let mut source = Store::open(source_dir.path(), TEST_SLED).unwrap();
         let entries: Vec<_> = (1..=4_000).map(|i| create_entry(i, i as u32)).collect();
         source.state_machine.apply(entries).await.unwrap();
         let snapshot = source
@@ -221,7 +230,7 @@ mod tests {
         assert_eq!(snapshot.meta.last_log_id.map(|id| id.index), Some(4_000));
 
         let target_dir = tempfile::tempdir().unwrap();
-        let mut target = Store::open(target_dir.path(), TEST_CACHE_BYTES).unwrap();
+        let mut target = Store::open(target_dir.path(), TEST_SLED).unwrap();
         let stale: Vec<_> = (1..=2_000)
             .map(|i| create_entry(i, 1_000_000 + i as u32))
             .collect();
@@ -270,7 +279,7 @@ mod tests {
         }
         std::fs::write(dir.path().join("state/CURRENT"), "1").unwrap();
         {
-            let mut store = Store::open(dir.path(), TEST_CACHE_BYTES).unwrap();
+            let mut store = Store::open(dir.path(), TEST_SLED).unwrap();
             let entries: Vec<_> = (1..=200).map(|i| create_entry(i, i as u32)).collect();
             store.log.blocking_append(entries.clone()).await.unwrap();
             store.state_machine.apply(entries).await.unwrap();
@@ -290,9 +299,44 @@ mod tests {
         assert!(compressed(&dir.path().join("state/gen-2")));
         assert!(holds_session(&store, 200));
         let fresh = tempfile::tempdir().unwrap();
-        drop(Store::open(fresh.path(), TEST_CACHE_BYTES).unwrap());
+        drop(Store::open(fresh.path(), TEST_SLED).unwrap());
         assert!(compressed(&fresh.path().join("log")));
         assert!(compressed(&fresh.path().join("state/gen-1")));
+    }
+
+    /// With compression turned off, databases created compressed still open and keep their
+    /// data; new databases, and a rebuilt state database, are uncompressed.
+    #[tokio::test]
+    async fn with_compression_off_compressed_databases_open_and_new_ones_are_uncompressed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = Store::open(dir.path(), TEST_SLED).unwrap();
+            let entries: Vec<_> = (1..=200).map(|i| create_entry(i, i as u32)).collect();
+            store.log.blocking_append(entries.clone()).await.unwrap();
+            store.state_machine.apply(entries).await.unwrap();
+            store.flusher.flush().await.unwrap();
+            store.state_machine.reader().flush().await.unwrap();
+        }
+        let uncompressed = SledOptions {
+            compression: false,
+            ..TEST_SLED
+        };
+        let mut store = reopen_with(dir.path(), uncompressed).await;
+        assert!(compressed(&dir.path().join("log")));
+        assert!(compressed(&dir.path().join("state/gen-1")));
+        let log = store.log.get_log_state().await.unwrap();
+        assert_eq!(log.last_log_id.map(|id| id.index), Some(200));
+        assert!(holds_session(&store, 200));
+        let mut builder = store.state_machine.get_snapshot_builder().await;
+        builder.build_snapshot().await.unwrap();
+        store.state_machine.always_rebuild(usize::MAX);
+        builder.build_snapshot().await.unwrap();
+        assert!(!compressed(&dir.path().join("state/gen-2")));
+        assert!(holds_session(&store, 200));
+        let fresh = tempfile::tempdir().unwrap();
+        drop(Store::open(fresh.path(), uncompressed).unwrap());
+        assert!(!compressed(&fresh.path().join("log")));
+        assert!(!compressed(&fresh.path().join("state/gen-1")));
     }
 
     /// A build that finds the state database grown beyond its live data rebuilds it into
@@ -301,7 +345,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rebuild_while_writes_go_on_keeps_every_write() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path(), TEST_CACHE_BYTES).unwrap();
+        let mut store = Store::open(dir.path(), TEST_SLED).unwrap();
         let first: Vec<_> = (1..=3_000).map(|i| create_entry(i, i as u32)).collect();
         store.state_machine.apply(first).await.unwrap();
         let mut builder = store.state_machine.get_snapshot_builder().await;
@@ -336,7 +380,7 @@ mod tests {
         assert!(!state.join("gen-1").exists());
 
         let reference_dir = tempfile::tempdir().unwrap();
-        let mut reference = Store::open(reference_dir.path(), TEST_CACHE_BYTES).unwrap();
+        let mut reference = Store::open(reference_dir.path(), TEST_SLED).unwrap();
         let all: Vec<_> = (1..next).map(|i| create_entry(i, i as u32)).collect();
         reference.state_machine.apply(all).await.unwrap();
         let expected = everything(&reference.state_machine.reader());
@@ -355,7 +399,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rebuild_the_writes_outrun_is_given_up_and_retried_only_after_a_back_off() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path(), TEST_CACHE_BYTES).unwrap();
+        let mut store = Store::open(dir.path(), TEST_SLED).unwrap();
         let first: Vec<_> = (1..=3_000).map(|i| create_entry(i, i as u32)).collect();
         store.state_machine.apply(first).await.unwrap();
         let mut builder = store.state_machine.get_snapshot_builder().await;
@@ -387,7 +431,7 @@ mod tests {
         assert_eq!((current().as_str(), generations()), ("3", 1), "rebuilt");
 
         let reference_dir = tempfile::tempdir().unwrap();
-        let mut reference = Store::open(reference_dir.path(), TEST_CACHE_BYTES).unwrap();
+        let mut reference = Store::open(reference_dir.path(), TEST_SLED).unwrap();
         let all: Vec<_> = (1..next).map(|i| create_entry(i, i as u32)).collect();
         reference.state_machine.apply(all).await.unwrap();
         let expected = everything(&reference.state_machine.reader());
@@ -407,7 +451,7 @@ mod tests {
         Vec<crate::domain::StateEntry>,
     ) {
         let source_dir = tempfile::tempdir().unwrap();
-        let mut source = Store::open(source_dir.path(), TEST_CACHE_BYTES).unwrap();
+        let mut source = Store::open(source_dir.path(), TEST_SLED).unwrap();
         let entries: Vec<_> = (1..=4_000).map(|i| create_entry(i, i as u32)).collect();
         source.state_machine.apply(entries).await.unwrap();
         source
@@ -419,7 +463,7 @@ mod tests {
             .unwrap();
         let expected = everything(&source.state_machine.reader());
         let target_dir = tempfile::tempdir().unwrap();
-        let mut target = Store::open(target_dir.path(), TEST_CACHE_BYTES).unwrap();
+        let mut target = Store::open(target_dir.path(), TEST_SLED).unwrap();
         let stale: Vec<_> = (1..=1_500)
             .map(|i| create_entry(i, 1_000_000 + i as u32))
             .collect();
@@ -450,7 +494,8 @@ mod tests {
         .unwrap();
         let orphan = target.join("state").join("gen-2");
         {
-            let generations = generation::Generations::new(&target.join("state"), 1 << 20).unwrap();
+            let generations =
+                generation::Generations::new(&target.join("state"), TEST_SLED).unwrap();
             let g = generations.open(2).unwrap();
             g.tree.insert(b"s-half", &b"x"[..]).unwrap();
             g.db.flush().unwrap();

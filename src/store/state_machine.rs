@@ -36,7 +36,7 @@ use prost::Message;
 use tokio::sync::broadcast;
 
 use super::codec::{self, Entry};
-use super::generation::{Generation, Generations};
+use super::generation::{Generation, Generations, SledOptions};
 use super::rebuild::{Decision, Observation, RebuildHistory, RebuildPolicy};
 use super::snapshot::{self, sync_dir, SnapshotFile, SnapshotReader, SnapshotWriter};
 use super::TypeConfig;
@@ -347,16 +347,16 @@ fn lock<T>(mutex: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>, StorageErro
 
 impl StateMachine {
     /// The state machine whose generations live under `state_dir`, with snapshots under
-    /// `snapshot_dir` and a sled page cache of `cache_bytes`. Removes what interrupted
+    /// `snapshot_dir`, its databases opened with `sled`. Removes what interrupted
     /// installs and receives left, and installs a local snapshot newer than the state.
     pub fn open(
         state_dir: &Path,
         snapshot_dir: &Path,
-        cache_bytes: u64,
+        sled: SledOptions,
     ) -> Result<Self, StorageError<u64>> {
         std::fs::create_dir_all(snapshot_dir).map_err(snapshot_err)?;
         remove_partial_snapshots(snapshot_dir, true).map_err(snapshot_err)?;
-        let generations = Generations::new(state_dir, cache_bytes).map_err(sm_read_err)?;
+        let generations = Generations::new(state_dir, sled).map_err(sm_read_err)?;
         let number = match generations.current_number().map_err(sm_read_err)? {
             Some(number) => number,
             None => {
