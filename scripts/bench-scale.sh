@@ -4,8 +4,10 @@
 # data directory, and per part: log, state, snapshots), peak RSS (VmHWM) per phase (load,
 # restart, building and sending a snapshot, the learner receiving and installing it), how
 # long a restart takes until the node serves linearizable reads again, how long a new
-# learner takes to catch up (by snapshot: the log behind it is purged), and the worst wait
-# of an apply for the commit lock while a snapshot was built (from the node's log). Writes
+# learner takes to catch up (by snapshot: the log behind it is purged), the disk at rest
+# (the load's idempotency records collected and the state database rebuilt, SETTLE_SECS at
+# most), and the worst wait of an apply for the commit lock while a snapshot was built (from
+# the node's log). Writes
 # scale.json and scale.md under $RESULTS (default bench-results/scale-<timestamp>).
 # Uses free loopback ports and a temporary directory; stops exactly what it started.
 set -euo pipefail
@@ -95,17 +97,17 @@ echo 5 >"/proc/$node1/clear_refs" # the peak from here on: building and sending 
 
 # A learner catches up by snapshot only if the log it needs is gone: build a snapshot of
 # everything applied, then purge the log up to it.
-applied_now=$(status "$ep1" | json_field "['applied_index']")
+snapshot_before=$(status "$ep1" | json_field "['snapshot_index']")
 "$bin" cluster snapshot --endpoint "$ep1" >/dev/null
-# The build ends with a rebuild of the state database if the load left its files far
-# larger than the live data (minutes at 1M sessions): the snapshot counts once both are done.
+# The build may end with a rebuild of the state database (minutes at 1M sessions): the
+# snapshot counts once both are done.
 for _ in $(seq 1 36000); do
-  [ "$(status "$ep1" | json_field "['snapshot_index']")" -ge "$applied_now" ] && break
+  [ "$(status "$ep1" | json_field "['snapshot_index']")" -gt "$snapshot_before" ] && break
   sleep 0.05
 done
 snapshot_index=$(status "$ep1" | json_field "['snapshot_index']")
-if [ "$snapshot_index" -lt "$applied_now" ]; then
-  echo "node 1 did not build a snapshot up to $applied_now; logs in $work" >&2
+if [ "$snapshot_index" -le "$snapshot_before" ]; then
+  echo "node 1 did not build a new snapshot; logs in $work" >&2
   exit 1
 fi
 "$bin" cluster purge-log --endpoint "$ep1" "$snapshot_index" >/dev/null
@@ -143,16 +145,40 @@ learner_secs=$(since "$learner_started")
 learner_snapshot=$(status "http://127.0.0.1:$port2" | json_field "['snapshot_index']")
 send_hwm_kb=$(hwm "$node1")
 learner_hwm_kb=$(hwm "$node2")
-worst_apply_wait_ms=$( (grep -ho 'worst_apply_wait_ms=[0-9.]*' "$work"/node1.log || true) | cut -d= -f2 | sort -g | tail -1)
-rebuilds=$(grep -c 'state database rebuilt' "$work/node1.log" || true)
-postponed=$(grep -c 'state database rebuild postponed' "$work/node1.log" || true)
-builds=$(grep -c 'snapshot built' "$work/node1.log" || true)
 echo "learner caught up in ${learner_secs}s; peak RSS leader $send_hwm_kb KiB, learner $learner_hwm_kb KiB"
 learner_disk_bytes=$(du -sb "$work/node2" | cut -f1)
 learner_log_bytes=$(part_bytes log node2)
 learner_state_bytes=$(part_bytes state node2)
 learner_snapshot_bytes=$(part_bytes snapshots node2)
 echo "learner disk $learner_disk_bytes bytes (log $learner_log_bytes, state $learner_state_bytes, snapshots $learner_snapshot_bytes)"
+
+# At rest: the idempotency records of the load expire (sessions.dedup_retention_ms) and are
+# collected; once writes are quiet the node asks for a build and rebuilds its state database
+# (the files a full-speed load left). Wait for that rebuild (at most SETTLE_SECS), then
+# count the disk again.
+settle_secs=${SETTLE_SECS:-1800}
+rebuilt_before=$(grep -c 'state database rebuilt' "$work/node1.log" || true)
+settle_started=$(now)
+settled=false
+for _ in $(seq 1 "$settle_secs"); do
+  if [ "$(grep -c 'state database rebuilt' "$work/node1.log" || true)" -gt "$rebuilt_before" ]; then
+    settled=true
+    break
+  fi
+  sleep 1
+done
+settle_took=$(since "$settle_started")
+rest_disk_bytes=$(du -sb "$work/node1" | cut -f1)
+rest_log_bytes=$(part_bytes log)
+rest_state_bytes=$(part_bytes state)
+rest_snapshot_bytes=$(part_bytes snapshots)
+rest_hwm_kb=$(hwm "$node1")
+echo "at rest (rebuilt: $settled, after ${settle_took}s): disk $rest_disk_bytes bytes (log $rest_log_bytes, state $rest_state_bytes, snapshots $rest_snapshot_bytes)"
+
+worst_apply_wait_ms=$( (grep -ho 'worst_apply_wait_ms=[0-9.]*' "$work"/node1.log || true) | cut -d= -f2 | sort -g | tail -1)
+rebuilds=$(grep -c 'state database rebuilt' "$work/node1.log" || true)
+postponed=$(grep -c 'state database rebuild postponed' "$work/node1.log" || true)
+builds=$(grep -c 'snapshot built' "$work/node1.log" || true)
 
 python3 - "$results" <<PY
 import json, sys
@@ -178,6 +204,14 @@ out = {
   "learner_log_bytes": $learner_log_bytes,
   "learner_state_bytes": $learner_state_bytes,
   "learner_snapshot_bytes": $learner_snapshot_bytes,
+  "rest_rebuilt": "$settled" == "true",
+  "rest_after_secs": $settle_took,
+  "rest_disk_bytes": $rest_disk_bytes,
+  "rest_disk_bytes_per_session": $rest_disk_bytes / $sessions,
+  "rest_log_bytes": $rest_log_bytes,
+  "rest_state_bytes": $rest_state_bytes,
+  "rest_snapshot_bytes": $rest_snapshot_bytes,
+  "peak_rss_after_learner_mib": $rest_hwm_kb / 1024,
   "rss_mib": $rss_kb / 1024,
   "rss_after_restart_mib": $rss_after_restart_kb / 1024,
   "peak_rss_load_mib": $load_hwm_kb / 1024,
@@ -200,8 +234,9 @@ rows = [
   ("disk (data dir, log + state + snapshot)", f"{out['disk_bytes']/2**20:,.0f} MiB = {out['disk_bytes_per_session']:,.0f} bytes/session (log {out['log_bytes']/2**20:,.0f}, state {out['state_bytes']/2**20:,.0f}, snapshots {out['snapshot_bytes']/2**20:,.0f} MiB)"),
   ("disk after a snapshot and a log purge", f"{out['after_purge_disk_bytes']/2**20:,.0f} MiB = {out['after_purge_disk_bytes_per_session']:,.0f} bytes/session (log {out['after_purge_log_bytes']/2**20:,.0f}, state {out['after_purge_state_bytes']/2**20:,.0f}, snapshots {out['after_purge_snapshot_bytes']/2**20:,.0f} MiB)"),
   ("disk of the learner after its install", f"{out['learner_disk_bytes']/2**20:,.0f} MiB = {out['learner_disk_bytes_per_session']:,.0f} bytes/session (log {out['learner_log_bytes']/2**20:,.0f}, state {out['learner_state_bytes']/2**20:,.0f}, snapshots {out['learner_snapshot_bytes']/2**20:,.0f} MiB)"),
+  ("disk at rest: idempotency records collected, state rebuilt ({}) {:.0f} s after the learner".format("yes" if out['rest_rebuilt'] else "no", out['rest_after_secs']), f"{out['rest_disk_bytes']/2**20:,.0f} MiB = {out['rest_disk_bytes_per_session']:,.0f} bytes/session (log {out['rest_log_bytes']/2**20:,.0f}, state {out['rest_state_bytes']/2**20:,.0f}, snapshots {out['rest_snapshot_bytes']/2**20:,.0f} MiB)"),
   ("RSS after load / after restart", f"{out['rss_mib']:,.0f} MiB / {out['rss_after_restart_mib']:,.0f} MiB"),
-  ("peak RSS: load / restart / build + send / learner install", f"{out['peak_rss_load_mib']:,.0f} / {out['peak_rss_restart_mib']:,.0f} / {out['peak_rss_build_and_send_mib']:,.0f} / {out['peak_rss_learner_receive_and_install_mib']:,.0f} MiB"),
+  ("peak RSS: load / restart / build + send / learner install / leader until at rest", f"{out['peak_rss_load_mib']:,.0f} / {out['peak_rss_restart_mib']:,.0f} / {out['peak_rss_build_and_send_mib']:,.0f} / {out['peak_rss_learner_receive_and_install_mib']:,.0f} / {out['peak_rss_after_learner_mib']:,.0f} MiB"),
   ("worst apply wait during a snapshot build ({} builds, {} state rebuilds, {} postponed)".format(out['snapshot_builds'], out['state_rebuilds'], out['state_rebuilds_postponed']), f"{out['worst_apply_wait_during_build_ms']:.1f} ms"),
   ("restart until linearizable reads", f"{out['restart_secs']:.2f} s"),
   ("new learner caught up (snapshot at index {:,})".format(out['learner_snapshot_index']), f"{out['learner_catch_up_secs']:.2f} s"),

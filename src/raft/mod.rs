@@ -21,7 +21,7 @@ use group_commit::GroupCommit;
 use network::{PeerError, Peers};
 
 use crate::proto::internal::{Command, CommandResult};
-use crate::store::{Flusher, SledOptions, StateReader, Store};
+use crate::store::{Flusher, RebuildProbe, SledOptions, StateReader, Store};
 use crate::Error;
 
 pub use crate::store::TypeConfig;
@@ -102,6 +102,8 @@ const SNAPSHOT_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
 /// Most entries per AppendEntries (each can be a group-commit batch of up to 1 MiB; the
 /// network also refuses payloads above `network::MAX_APPEND_PAYLOAD_BYTES`).
 const MAX_PAYLOAD_ENTRIES: u64 = 64;
+/// How often a node asks whether its state database is due for a rebuild.
+const REBUILD_PROBE_INTERVAL: Duration = Duration::from_secs(60);
 /// Pause between attempts to find or reach the leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -124,6 +126,7 @@ impl RaftNode {
         .validate()
         .map_err(|e| Error::invalid("raft", e.to_string()))?;
         let state = store.state_machine.reader();
+        let rebuild_probe = store.state_machine.rebuild_probe();
         let peers = Peers::new(&options.cluster_id, options.node_id, options.peer_tls);
         let raft = Raft::new(
             options.node_id,
@@ -134,6 +137,7 @@ impl RaftNode {
         )
         .await
         .map_err(|e| Error::Unavailable(format!("raft did not start: {e}")))?;
+        tokio::spawn(build_when_a_rebuild_is_due(raft.clone(), rebuild_probe));
         Ok(RaftNode {
             inner: Arc::new(Inner {
                 id: options.node_id,
@@ -395,4 +399,29 @@ fn not_leader(f: ForwardToLeader<u64, BasicNode>) -> Error {
 
 fn unavailable(e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("raft stopped: {e}"))
+}
+
+/// Asks for a snapshot build whenever `probe` says the state database is due for a rebuild
+/// (a rebuild follows a build: after a load, writes may stay too slow for the log to call
+/// for a build for a long time); ends when Raft stops.
+async fn build_when_a_rebuild_is_due(raft: Raft<TypeConfig>, mut probe: RebuildProbe) {
+    let mut metrics = raft.metrics();
+    let mut ticker = tokio::time::interval(REBUILD_PROBE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            changed = metrics.changed() => match changed {
+                Ok(()) => continue,
+                Err(_) => return,
+            },
+        }
+        // Two file metadata reads and 16 bytes of the snapshot file: cheap enough inline.
+        if probe.due() {
+            tracing::info!("snapshot build asked for: the state database is due for a rebuild");
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+        }
+    }
 }

@@ -24,7 +24,7 @@ use std::path::Path;
 
 pub use generation::SledOptions;
 pub use log::{Flusher, LogStore};
-pub use state_machine::{StateMachine, StateReader};
+pub use state_machine::{RebuildProbe, StateMachine, StateReader};
 
 use openraft::BasicNode;
 
@@ -394,10 +394,10 @@ mod tests {
     }
 
     /// A rebuild the writes outrun (more written keys to carry over than it may hold) is
-    /// given up with every write kept, and the next two builds do not try again; the one
-    /// after them rebuilds.
+    /// given up with every write kept, and no rebuild is due or tried until the back-off
+    /// ends; then one is due, and the next build rebuilds.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_rebuild_the_writes_outrun_is_given_up_and_retried_only_after_a_back_off() {
+    async fn a_rebuild_the_writes_outrun_is_given_up_and_due_again_only_after_a_back_off() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path(), TEST_SLED).unwrap();
         let first: Vec<_> = (1..=3_000).map(|i| create_entry(i, i as u32)).collect();
@@ -423,10 +423,13 @@ mod tests {
         let generations = || std::fs::read_dir(&state).unwrap().count() - 1;
         assert_eq!(current(), "1", "the rebuild was given up");
         assert_eq!(generations(), 1, "the given-up generation is removed");
-        for _ in 0..2 {
-            builder.build_snapshot().await.unwrap();
-            assert_eq!((current().as_str(), generations()), ("1", 1), "backing off");
-        }
+        let mut probe = store.state_machine.rebuild_probe();
+        assert!(!probe.due(), "the first question only starts measuring");
+        assert!(!probe.due(), "backing off");
+        builder.build_snapshot().await.unwrap();
+        assert_eq!((current().as_str(), generations()), ("1", 1), "backing off");
+        store.state_machine.end_rebuild_back_off();
+        assert!(probe.due(), "outgrown, quiet and no back-off");
         builder.build_snapshot().await.unwrap();
         assert_eq!((current().as_str(), generations()), ("3", 1), "rebuilt");
 

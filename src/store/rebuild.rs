@@ -6,14 +6,16 @@
 //! fill, to carry them over once the fill has passed them. So it pays only when the writes
 //! are slow enough for it to finish: a rebuild that the write rate would make hold more
 //! than half of its limit is postponed; one that reaches the limit anyway is given up, and
-//! then the next builds do not try again (a back-off that doubles with each give-up in a
-//! row). The fill itself sleeps as long as it works, so that it takes at most half of a
-//! core from the applies beside it.
+//! then no rebuild starts for a while (a back-off that doubles with each give-up in a row).
+//! The fill itself sleeps as long as it works, so that it takes at most half of a core from
+//! the applies beside it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Most builds skipped after give-ups in a row.
-const MAX_BACK_OFF_BUILDS: u64 = 64;
+/// No rebuild starts for this long after a give-up ...
+const BACK_OFF: Duration = Duration::from_secs(5 * 60);
+/// ... doubled for each further give-up in a row, up to this.
+const MAX_BACK_OFF: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// How fast a rebuild is assumed to fill before one has been measured, in bytes of live
 /// data (the uncompressed snapshot) per second: at half of a core, 100k sessions' state
@@ -50,11 +52,11 @@ pub enum Decision {
     NotNeeded,
     /// Rebuild now.
     Rebuild,
-    /// The files outgrew the live data, but recent rebuilds were given up: this many more
-    /// builds pass without one.
+    /// The files outgrew the live data, but recent rebuilds were given up: none starts
+    /// for this long yet.
     BackingOff {
-        /// Builds left to skip after this one.
-        builds_left: u64,
+        /// Time left until the back-off ends.
+        left: Duration,
     },
     /// The files outgrew the live data, but at the current write rate the rebuild would
     /// hold about this many written keys at once, more than half of its limit.
@@ -69,7 +71,7 @@ pub enum Decision {
 pub struct RebuildHistory {
     fill_bytes_per_sec: f64,
     given_up_in_a_row: u32,
-    builds_to_skip: u64,
+    not_before: Option<Instant>,
 }
 
 impl Default for RebuildHistory {
@@ -77,7 +79,7 @@ impl Default for RebuildHistory {
         RebuildHistory {
             fill_bytes_per_sec: ASSUMED_FILL_BYTES_PER_SEC,
             given_up_in_a_row: 0,
-            builds_to_skip: 0,
+            not_before: None,
         }
     }
 }
@@ -88,17 +90,17 @@ impl RebuildPolicy {
         live > 0 && on_disk >= self.min_bytes && on_disk > live.saturating_mul(self.factor)
     }
 
-    /// Decides, after a build observed `seen`, whether to rebuild, and counts a skipped
-    /// build against a back-off.
-    pub fn decide(&self, seen: Observation, history: &mut RebuildHistory) -> Decision {
+    /// Decides at `now`, having observed `seen`, whether to rebuild.
+    pub fn decide(&self, seen: Observation, history: &RebuildHistory, now: Instant) -> Decision {
         if !self.outgrown(seen.on_disk, seen.live) {
             return Decision::NotNeeded;
         }
-        if history.builds_to_skip > 0 {
-            history.builds_to_skip -= 1;
-            return Decision::BackingOff {
-                builds_left: history.builds_to_skip,
-            };
+        if let Some(left) = history
+            .not_before
+            .and_then(|until| until.checked_duration_since(now))
+            .filter(|left| !left.is_zero())
+        {
+            return Decision::BackingOff { left };
         }
         let predicted_keys = history.predicted_tracked_keys(seen);
         if predicted_keys > self.max_tracked_keys as u64 / 2 {
@@ -122,21 +124,26 @@ impl RebuildHistory {
     /// fill speed is remembered.
     pub fn completed(&mut self, live: u64, took: Duration) {
         self.given_up_in_a_row = 0;
-        self.builds_to_skip = 0;
+        self.not_before = None;
         let secs = took.as_secs_f64();
         if live > 0 && secs > 0.0 {
             self.fill_bytes_per_sec = live as f64 / secs;
         }
     }
 
-    /// A rebuild was given up: the next 2, 4, 8 ... (at most [`MAX_BACK_OFF_BUILDS`])
-    /// builds do not try again.
-    pub fn given_up(&mut self) {
+    /// A rebuild was given up at `now`: none starts for [`BACK_OFF`], doubled for each
+    /// give-up in a row before this one (at most [`MAX_BACK_OFF`]).
+    pub fn given_up(&mut self, now: Instant) {
+        let doublings = self.given_up_in_a_row.min(16);
         self.given_up_in_a_row = self.given_up_in_a_row.saturating_add(1);
-        self.builds_to_skip = 1u64
-            .checked_shl(self.given_up_in_a_row)
-            .unwrap_or(u64::MAX)
-            .min(MAX_BACK_OFF_BUILDS);
+        let back_off = BACK_OFF.saturating_mul(1 << doublings).min(MAX_BACK_OFF);
+        self.not_before = Some(now + back_off);
+    }
+
+    /// Ends a back-off now, as if its time had passed.
+    #[cfg(test)]
+    pub fn end_back_off(&mut self) {
+        self.not_before = None;
     }
 
     /// Assumes rebuilds take no time, so that none is postponed for the write rate.
@@ -170,70 +177,75 @@ mod tests {
 
     #[test]
     fn only_files_grown_past_the_factor_and_the_minimum_are_rebuilt() {
-        let mut history = RebuildHistory::default();
-        let decide = |s, h: &mut RebuildHistory| policy().decide(s, h);
-        assert_eq!(decide(seen(63, 10, 0.0), &mut history), Decision::NotNeeded);
-        assert_eq!(
-            decide(seen(100, 50, 0.0), &mut history),
-            Decision::NotNeeded
-        );
-        assert_eq!(decide(seen(100, 0, 0.0), &mut history), Decision::NotNeeded);
-        assert_eq!(decide(seen(101, 50, 0.0), &mut history), Decision::Rebuild);
+        let history = RebuildHistory::default();
+        let now = Instant::now();
+        let decide = |s| policy().decide(s, &history, now);
+        assert_eq!(decide(seen(63, 10, 0.0)), Decision::NotNeeded);
+        assert_eq!(decide(seen(100, 50, 0.0)), Decision::NotNeeded);
+        assert_eq!(decide(seen(100, 0, 0.0)), Decision::NotNeeded);
+        assert_eq!(decide(seen(101, 50, 0.0)), Decision::Rebuild);
     }
 
     #[test]
     fn a_write_rate_the_rebuild_could_not_keep_up_with_postpones_it() {
         let mut history = RebuildHistory::default();
+        let now = Instant::now();
         // 40 MiB of live data fill in ~10 s at the assumed speed: at 4,000 keys/s the fill
         // would hold ~20,000 keys at most, at 20,000 keys/s twice half of the limit.
         assert_eq!(
-            policy().decide(seen(200, 40, 4_000.0), &mut history),
+            policy().decide(seen(200, 40, 4_000.0), &history, now),
             Decision::Rebuild
         );
-        match policy().decide(seen(200, 40, 20_000.0), &mut history) {
-            Decision::WritesTooFast { predicted_keys } => {
-                assert_eq!(predicted_keys, 100_000)
+        assert_eq!(
+            policy().decide(seen(200, 40, 20_000.0), &history, now),
+            Decision::WritesTooFast {
+                predicted_keys: 100_000
             }
-            other => panic!("expected WritesTooFast, got {other:?}"),
-        }
+        );
         // A measured fill four times faster allows four times the writes.
         history.completed(40 * MIB, Duration::from_millis(2_500));
         assert_eq!(
-            policy().decide(seen(200, 40, 16_000.0), &mut history),
+            policy().decide(seen(200, 40, 16_000.0), &history, now),
             Decision::Rebuild
         );
     }
 
     #[test]
-    fn give_ups_in_a_row_double_the_builds_skipped_up_to_a_bound() {
+    fn give_ups_in_a_row_double_the_back_off_up_to_a_bound() {
         let mut history = RebuildHistory::default();
         let outgrown = seen(200, 40, 0.0);
-        for (give_ups, skipped) in [(1, 2), (2, 4), (3, 8)] {
+        let start = Instant::now();
+        for (give_ups, back_off) in [(1, BACK_OFF), (2, BACK_OFF * 2), (3, BACK_OFF * 4)] {
             for _ in 0..give_ups {
-                history.given_up();
+                history.given_up(start);
             }
-            for left in (0..skipped).rev() {
-                assert_eq!(
-                    policy().decide(outgrown, &mut history),
-                    Decision::BackingOff { builds_left: left }
-                );
-            }
-            assert_eq!(policy().decide(outgrown, &mut history), Decision::Rebuild);
+            assert_eq!(
+                policy().decide(outgrown, &history, start + Duration::from_secs(1)),
+                Decision::BackingOff {
+                    left: back_off - Duration::from_secs(1)
+                }
+            );
+            assert_eq!(
+                policy().decide(seen(10, 40, 0.0), &history, start),
+                Decision::NotNeeded,
+                "no back-off is reported when no rebuild is needed"
+            );
+            assert_eq!(
+                policy().decide(outgrown, &history, start + back_off),
+                Decision::Rebuild
+            );
             history.completed(40 * MIB, Duration::from_secs(10));
+            assert_eq!(
+                policy().decide(outgrown, &history, start),
+                Decision::Rebuild
+            );
         }
         for _ in 0..100 {
-            history.given_up();
+            history.given_up(start);
         }
         assert_eq!(
-            policy().decide(outgrown, &mut history),
-            Decision::BackingOff {
-                builds_left: MAX_BACK_OFF_BUILDS - 1
-            }
-        );
-        assert_eq!(
-            policy().decide(seen(10, 40, 0.0), &mut history),
-            Decision::NotNeeded,
-            "a build that needs no rebuild does not count against the back-off"
+            policy().decide(outgrown, &history, start),
+            Decision::BackingOff { left: MAX_BACK_OFF }
         );
     }
 }

@@ -407,6 +407,20 @@ impl StateMachine {
         rebuilds.history.assume_instant_fill();
     }
 
+    /// Ends a back-off after a given-up rebuild, as if its time had passed.
+    #[cfg(test)]
+    pub(crate) fn end_rebuild_back_off(&self) {
+        self.shared.rebuilds.lock().unwrap().history.end_back_off();
+    }
+
+    /// A probe telling when the state database is due for a rebuild.
+    pub fn rebuild_probe(&self) -> RebuildProbe {
+        RebuildProbe {
+            shared: self.shared.clone(),
+            last: None,
+        }
+    }
+
     /// A reader of the applied state.
     pub fn reader(&self) -> StateReader {
         StateReader {
@@ -431,6 +445,38 @@ fn remove_partial_snapshots(dir: &Path, builds: bool) -> io::Result<()> {
 }
 
 type AppliedState = (Option<LogId<u64>>, StoredMembership<u64, BasicNode>);
+
+/// Tells, when asked periodically, whether the state database is due for a rebuild: its
+/// files outgrew the live data, no back-off runs, and the writes since the previous question
+/// are slow enough. A rebuild follows a snapshot build, so a node whose writes went quiet
+/// after a load (no build is due by the log for a long time) asks Raft for one.
+pub struct RebuildProbe {
+    shared: Arc<Shared>,
+    /// When the previous question was asked, and the keys written by then.
+    last: Option<(std::time::Instant, u64)>,
+}
+
+impl RebuildProbe {
+    /// Whether a rebuild is due now. The first question only starts measuring the write
+    /// rate, and answers false.
+    pub fn due(&mut self) -> bool {
+        let generation = self.shared.generation();
+        let now = std::time::Instant::now();
+        let written = self.shared.keys_written.load(Ordering::Relaxed);
+        let Some((then, before)) = self.last.replace((now, written)) else {
+            return false;
+        };
+        let seen = Observation {
+            on_disk: generation.db.size_on_disk().unwrap_or(0),
+            live: snapshot::live_bytes(&self.shared.snapshot_path()).unwrap_or(0),
+            written_keys_per_sec: written.saturating_sub(before) as f64
+                / now.duration_since(then).as_secs_f64().max(0.001),
+        };
+        self.shared.rebuilds.lock().is_ok_and(|rebuilds| {
+            rebuilds.policy.decide(seen, &rebuilds.history, now) == Decision::Rebuild
+        })
+    }
+}
 
 /// The rebuild policy with what it learned.
 struct Rebuilds {
@@ -579,17 +625,19 @@ impl Shared {
             written_keys_per_sec: written as f64
                 / candidate.since.elapsed().as_secs_f64().max(0.001),
         };
-        let decision = candidate
-            .policy
-            .decide(seen, &mut lock(&self.rebuilds)?.history);
+        let decision = candidate.policy.decide(
+            seen,
+            &lock(&self.rebuilds)?.history,
+            std::time::Instant::now(),
+        );
         match decision {
             Decision::NotNeeded => Ok(false),
             Decision::Rebuild => Ok(true),
-            Decision::BackingOff { builds_left } => {
+            Decision::BackingOff { left } => {
                 tracing::info!(
                     on_disk = seen.on_disk,
                     live = seen.live,
-                    builds_left,
+                    secs_left = left.as_secs(),
                     "state database rebuild postponed: recent rebuilds were given up"
                 );
                 Ok(false)
@@ -657,7 +705,7 @@ impl Shared {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    rebuilds.history.given_up();
+                    rebuilds.history.given_up(std::time::Instant::now());
                     tracing::warn!(error = %e, "the state database was not rebuilt");
                 }
             }
