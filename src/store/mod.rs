@@ -264,9 +264,9 @@ mod tests {
         String::from_utf8_lossy(&conf).contains("use_compression: true")
     }
 
-    /// Databases created uncompressed (by earlier versions of format 2; sled fixes the
-    /// setting at creation) open and keep working; new ones are compressed, and a rebuild
-    /// replaces an uncompressed state database by a compressed one.
+    /// With compression on, databases created uncompressed (sled fixes the setting at
+    /// creation) open and keep working; new ones are compressed, and a rebuild replaces an
+    /// uncompressed state database by a compressed one.
     #[tokio::test]
     async fn uncompressed_databases_still_open_and_rebuilds_compress_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -395,7 +395,7 @@ mod tests {
 
     /// A rebuild the writes outrun (more written keys to carry over than it may hold) is
     /// given up with every write kept, and no rebuild is due or tried until the back-off
-    /// ends; then one is due, and the next build rebuilds.
+    /// ends; then one is due (but not while a build runs), and the next build rebuilds.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rebuild_the_writes_outrun_is_given_up_and_due_again_only_after_a_back_off() {
         let dir = tempfile::tempdir().unwrap();
@@ -429,6 +429,8 @@ mod tests {
         builder.build_snapshot().await.unwrap();
         assert_eq!((current().as_str(), generations()), ("1", 1), "backing off");
         store.state_machine.end_rebuild_back_off();
+        let during_a_build = store.state_machine.as_if_building(|| probe.due());
+        assert!(!during_a_build, "a build is running");
         assert!(probe.due(), "outgrown, quiet and no back-off");
         builder.build_snapshot().await.unwrap();
         assert_eq!((current().as_str(), generations()), ("3", 1), "rebuilt");

@@ -27,7 +27,8 @@ const ASSUMED_FILL_BYTES_PER_SEC: f64 = 4.0 * 1024.0 * 1024.0;
 pub struct RebuildPolicy {
     /// No database smaller than this is rebuilt (sled's fixed overhead dominates there).
     pub min_bytes: u64,
-    /// A database is rebuilt once its files take this many times the live data.
+    /// A database is rebuilt once its files take this many times what a fresh copy of the
+    /// live data would (as the last rebuild measured; the live data itself before any).
     pub factor: u64,
     /// Most written keys a rebuild holds to carry over; past it the rebuild is given up.
     pub max_tracked_keys: usize,
@@ -66,10 +67,14 @@ pub enum Decision {
     },
 }
 
-/// What the policy learns from rebuilds: how fast they fill, and the give-ups in a row.
+/// What the policy learns from rebuilds: how fast they fill, how large a fresh copy is for
+/// its live data, and the give-ups in a row.
 #[derive(Debug)]
 pub struct RebuildHistory {
     fill_bytes_per_sec: f64,
+    /// Bytes a freshly filled database takes per byte of live data (uncompressed, sled's
+    /// files take about twice the data even when fresh; compressed, about 1.3×).
+    fresh_per_live: f64,
     given_up_in_a_row: u32,
     not_before: Option<Instant>,
 }
@@ -78,6 +83,7 @@ impl Default for RebuildHistory {
     fn default() -> Self {
         RebuildHistory {
             fill_bytes_per_sec: ASSUMED_FILL_BYTES_PER_SEC,
+            fresh_per_live: 1.0,
             given_up_in_a_row: 0,
             not_before: None,
         }
@@ -85,14 +91,16 @@ impl Default for RebuildHistory {
 }
 
 impl RebuildPolicy {
-    /// Whether files taking `on_disk` bytes outgrew `live` bytes of live data (0: unknown).
-    pub fn outgrown(&self, on_disk: u64, live: u64) -> bool {
-        live > 0 && on_disk >= self.min_bytes && on_disk > live.saturating_mul(self.factor)
+    /// Whether files taking `on_disk` bytes outgrew `live` bytes of live data (0: unknown),
+    /// given what a fresh copy took the last time.
+    pub fn outgrown(&self, on_disk: u64, live: u64, history: &RebuildHistory) -> bool {
+        let fresh = live as f64 * history.fresh_per_live;
+        live > 0 && on_disk >= self.min_bytes && on_disk as f64 > fresh * self.factor as f64
     }
 
     /// Decides at `now`, having observed `seen`, whether to rebuild.
     pub fn decide(&self, seen: Observation, history: &RebuildHistory, now: Instant) -> Decision {
-        if !self.outgrown(seen.on_disk, seen.live) {
+        if !self.outgrown(seen.on_disk, seen.live, history) {
             return Decision::NotNeeded;
         }
         if let Some(left) = history
@@ -120,14 +128,18 @@ impl RebuildHistory {
         (seen.written_keys_per_sec * fill_secs / 2.0).ceil() as u64
     }
 
-    /// A rebuild filled `live` bytes in `took` and switched: the back-off ends and the
-    /// fill speed is remembered.
-    pub fn completed(&mut self, live: u64, took: Duration) {
+    /// A rebuild filled `live` bytes in `took` into files of `fresh` bytes, and switched:
+    /// the back-off ends, and the fill speed and the fresh copy's size are remembered (so
+    /// that a database only as large as a fresh copy is not rebuilt again and again).
+    pub fn completed(&mut self, live: u64, fresh: u64, took: Duration) {
         self.given_up_in_a_row = 0;
         self.not_before = None;
         let secs = took.as_secs_f64();
         if live > 0 && secs > 0.0 {
             self.fill_bytes_per_sec = live as f64 / secs;
+        }
+        if live > 0 && fresh > 0 {
+            self.fresh_per_live = fresh as f64 / live as f64;
         }
     }
 
@@ -187,6 +199,31 @@ mod tests {
     }
 
     #[test]
+    fn the_threshold_follows_the_size_of_the_last_fresh_copy() {
+        let mut history = RebuildHistory::default();
+        let now = Instant::now();
+        assert_eq!(
+            policy().decide(seen(230, 50, 0.0), &history, now),
+            Decision::Rebuild
+        );
+        // The rebuild left files of 105 MiB for 50 MiB of live data (sled's uncompressed
+        // pages): that size is no reason to rebuild again; twice it is.
+        history.completed(50 * MIB, 105 * MIB, Duration::from_secs(10));
+        assert_eq!(
+            policy().decide(seen(105, 50, 0.0), &history, now),
+            Decision::NotNeeded
+        );
+        assert_eq!(
+            policy().decide(seen(210, 50, 0.0), &history, now),
+            Decision::NotNeeded
+        );
+        assert_eq!(
+            policy().decide(seen(211, 50, 0.0), &history, now),
+            Decision::Rebuild
+        );
+    }
+
+    #[test]
     fn a_write_rate_the_rebuild_could_not_keep_up_with_postpones_it() {
         let mut history = RebuildHistory::default();
         let now = Instant::now();
@@ -203,7 +240,7 @@ mod tests {
             }
         );
         // A measured fill four times faster allows four times the writes.
-        history.completed(40 * MIB, Duration::from_millis(2_500));
+        history.completed(40 * MIB, 40 * MIB, Duration::from_millis(2_500));
         assert_eq!(
             policy().decide(seen(200, 40, 16_000.0), &history, now),
             Decision::Rebuild
@@ -234,7 +271,7 @@ mod tests {
                 policy().decide(outgrown, &history, start + back_off),
                 Decision::Rebuild
             );
-            history.completed(40 * MIB, Duration::from_secs(10));
+            history.completed(40 * MIB, 40 * MIB, Duration::from_secs(10));
             assert_eq!(
                 policy().decide(outgrown, &history, start),
                 Decision::Rebuild

@@ -413,6 +413,14 @@ impl StateMachine {
         self.shared.rebuilds.lock().unwrap().history.end_back_off();
     }
 
+    /// Runs `during` while a snapshot build is in progress, as far as other builds and
+    /// the rebuild probe can tell.
+    #[cfg(test)]
+    pub(crate) fn as_if_building<T>(&self, during: impl FnOnce() -> T) -> T {
+        let _building = self.shared.building.lock().unwrap();
+        during()
+    }
+
     /// A probe telling when the state database is due for a rebuild.
     pub fn rebuild_probe(&self) -> RebuildProbe {
         RebuildProbe {
@@ -458,7 +466,8 @@ pub struct RebuildProbe {
 
 impl RebuildProbe {
     /// Whether a rebuild is due now. The first question only starts measuring the write
-    /// rate, and answers false.
+    /// rate, and answers false; so does every question asked while a build (and the
+    /// rebuild that may follow it) runs.
     pub fn due(&mut self) -> bool {
         let generation = self.shared.generation();
         let now = std::time::Instant::now();
@@ -466,6 +475,9 @@ impl RebuildProbe {
         let Some((then, before)) = self.last.replace((now, written)) else {
             return false;
         };
+        if self.shared.building.try_lock().is_err() {
+            return false;
+        }
         let seen = Observation {
             on_disk: generation.db.size_on_disk().unwrap_or(0),
             live: snapshot::live_bytes(&self.shared.snapshot_path()).unwrap_or(0),
@@ -602,14 +614,17 @@ impl Shared {
     ) -> Result<Option<RebuildCandidate>, StorageError<u64>> {
         let on_disk = generation.db.size_on_disk().unwrap_or(0);
         let live = snapshot::live_bytes(&self.snapshot_path()).unwrap_or(0);
-        let policy = lock(&self.rebuilds)?.policy;
-        Ok(policy.outgrown(on_disk, live).then(|| RebuildCandidate {
-            policy,
-            on_disk,
-            live,
-            written_before: 0,
-            since: std::time::Instant::now(),
-        }))
+        let rebuilds = lock(&self.rebuilds)?;
+        let policy = rebuilds.policy;
+        Ok(policy
+            .outgrown(on_disk, live, &rebuilds.history)
+            .then(|| RebuildCandidate {
+                policy,
+                on_disk,
+                live,
+                written_before: 0,
+                since: std::time::Instant::now(),
+            }))
     }
 
     /// Whether to rebuild now ([`super::rebuild`]), given the keys written since the copy
@@ -701,7 +716,8 @@ impl Shared {
             match rebuilt {
                 Ok(Some(took)) => {
                     let live = snapshot::live_bytes(&path).unwrap_or(0);
-                    rebuilds.history.completed(live, took);
+                    let fresh = self.generation().db.size_on_disk().unwrap_or(0);
+                    rebuilds.history.completed(live, fresh, took);
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -965,10 +981,14 @@ fn batch_of(written: &[(Vec<u8>, Option<sled::IVec>)]) -> sled::Batch {
 
 /// Keys written between two calls of a fill's `after_batch`.
 pub(crate) const INSTALL_BATCH: usize = 10_000;
-/// Keys an install writes to its generation per sled batch: much cheaper than one insert
-/// per key, and far below the 10,000-key batches that grew sled's memory past its cache
-/// (spacejam/sled#1303).
-const INSTALL_FILL_BATCH: usize = 1_000;
+/// Keys an install writes to its generation per sled batch. sled's memory grows with the
+/// batch (spacejam/sled#1303): restoring 300,000 sessions peaked at 515 MB RSS in 13.7 s
+/// with 1,000-key batches, 400 MB in 11.9 s with 512-key ones, 396 MB in 16.4 s with
+/// 64-key ones (compressed: 890 MB with 1,000, 433 MB with 64; one key per insert, 3.6 GB).
+/// Below 512, batches cost more per key, and a debug-build learner under load never caught
+/// up with a leader snapshotting every 50 entries (`tests/cluster.rs`: 21 s with 512-key
+/// batches, 97 s with 256, never with 64).
+const INSTALL_FILL_BATCH: usize = 512;
 /// Keys a rebuild writes per sled batch. sled 0.34 serializes every batch against every
 /// other operation of the process (one global lock, `concurrency_control`), so a rebuild
 /// running beside the applies keeps its batches small: 1,000-key batches stalled applies

@@ -913,11 +913,21 @@ fn digest_snapshot_and_purge_work_on_a_real_node() {
             .wait_leader(Duration::from_secs(20))
             .await
             .expect("leader");
-        let first = cluster.digest(1).await.expect("digest");
-        assert_eq!(
-            cluster.digest(1).await.expect("digest").digest,
-            first.digest
-        );
+        // The new leader's first entries may still be applying: compare two digests taken
+        // at the same applied index.
+        let mut first = cluster.digest(1).await.expect("digest");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let again = cluster.digest(1).await.expect("digest");
+            if again.applied_index == first.applied_index {
+                assert_eq!(again.digest, first.digest);
+                assert_eq!(again.keys, first.keys);
+                break;
+            }
+            assert!(Instant::now() < deadline, "the applied index never settled");
+            first = again;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let mut client = SessionAuthorityClient::connect(cluster.url(1))
             .await
             .unwrap();
