@@ -17,6 +17,14 @@ const BACK_OFF: Duration = Duration::from_secs(5 * 60);
 /// ... doubled for each further give-up in a row, up to this.
 const MAX_BACK_OFF: Duration = Duration::from_secs(2 * 60 * 60);
 
+/// Bytes a freshly filled state database takes per byte of live data (the uncompressed
+/// snapshot length), assumed until a rebuild or an install measures it: sled's files hold
+/// about twice the data even when fresh (2.1× for 1M sessions, 2.1× for 300,000), 1.3×
+/// with its compression (300,000 sessions).
+const FRESH_PER_LIVE: f64 = 2.1;
+/// The same, for databases created compressed.
+const FRESH_PER_LIVE_COMPRESSED: f64 = 1.3;
+
 /// How fast a rebuild is assumed to fill before one has been measured, in bytes of live
 /// data (the uncompressed snapshot) per second: at half of a core, 100k sessions' state
 /// (79 MB) fills in about 20 s on a 2-core machine.
@@ -28,8 +36,8 @@ pub struct RebuildPolicy {
     /// No database smaller than this is rebuilt (sled's fixed overhead dominates there).
     pub min_bytes: u64,
     /// A database is rebuilt once its files take this many times what a fresh copy of the
-    /// live data would (as the last rebuild measured; the live data itself before any).
-    pub factor: u64,
+    /// live data would.
+    pub factor: f64,
     /// Most written keys a rebuild holds to carry over; past it the rebuild is given up.
     pub max_tracked_keys: usize,
 }
@@ -67,23 +75,27 @@ pub enum Decision {
     },
 }
 
-/// What the policy learns from rebuilds: how fast they fill, how large a fresh copy is for
-/// its live data, and the give-ups in a row.
+/// What the policy learns from rebuilds and installs: how fast rebuilds fill, how large a
+/// fresh copy is for its live data, and the give-ups in a row.
 #[derive(Debug)]
 pub struct RebuildHistory {
     fill_bytes_per_sec: f64,
-    /// Bytes a freshly filled database takes per byte of live data (uncompressed, sled's
-    /// files take about twice the data even when fresh; compressed, about 1.3×).
+    /// Bytes a freshly filled database takes per byte of live data.
     fresh_per_live: f64,
     given_up_in_a_row: u32,
     not_before: Option<Instant>,
 }
 
-impl Default for RebuildHistory {
-    fn default() -> Self {
+impl RebuildHistory {
+    /// Nothing learned yet, for databases created with sled's compression or without.
+    pub fn new(compression: bool) -> Self {
         RebuildHistory {
             fill_bytes_per_sec: ASSUMED_FILL_BYTES_PER_SEC,
-            fresh_per_live: 1.0,
+            fresh_per_live: if compression {
+                FRESH_PER_LIVE_COMPRESSED
+            } else {
+                FRESH_PER_LIVE
+            },
             given_up_in_a_row: 0,
             not_before: None,
         }
@@ -95,7 +107,7 @@ impl RebuildPolicy {
     /// given what a fresh copy took the last time.
     pub fn outgrown(&self, on_disk: u64, live: u64, history: &RebuildHistory) -> bool {
         let fresh = live as f64 * history.fresh_per_live;
-        live > 0 && on_disk >= self.min_bytes && on_disk as f64 > fresh * self.factor as f64
+        live > 0 && on_disk >= self.min_bytes && on_disk as f64 > fresh * self.factor
     }
 
     /// Decides at `now`, having observed `seen`, whether to rebuild.
@@ -129,8 +141,7 @@ impl RebuildHistory {
     }
 
     /// A rebuild filled `live` bytes in `took` into files of `fresh` bytes, and switched:
-    /// the back-off ends, and the fill speed and the fresh copy's size are remembered (so
-    /// that a database only as large as a fresh copy is not rebuilt again and again).
+    /// the back-off ends, and the fill speed and the fresh copy's size are remembered.
     pub fn completed(&mut self, live: u64, fresh: u64, took: Duration) {
         self.given_up_in_a_row = 0;
         self.not_before = None;
@@ -138,6 +149,13 @@ impl RebuildHistory {
         if live > 0 && secs > 0.0 {
             self.fill_bytes_per_sec = live as f64 / secs;
         }
+        self.filled(live, fresh);
+    }
+
+    /// A fill (a rebuild's or an install's) wrote `live` bytes of live data into files of
+    /// `fresh` bytes: the size a fresh copy takes is remembered, so that a database only as
+    /// large as a fresh copy is not rebuilt again and again.
+    pub fn filled(&mut self, live: u64, fresh: u64) {
         if live > 0 && fresh > 0 {
             self.fresh_per_live = fresh as f64 / live as f64;
         }
@@ -174,9 +192,16 @@ mod tests {
     fn policy() -> RebuildPolicy {
         RebuildPolicy {
             min_bytes: 64 * MIB,
-            factor: 2,
+            factor: 2.0,
             max_tracked_keys: 100_000,
         }
+    }
+
+    /// A history that learned that a fresh copy takes exactly the live data.
+    fn history() -> RebuildHistory {
+        let mut history = RebuildHistory::new(false);
+        history.filled(1, 1);
+        history
     }
 
     fn seen(on_disk_mib: u64, live_mib: u64, written_keys_per_sec: f64) -> Observation {
@@ -189,7 +214,7 @@ mod tests {
 
     #[test]
     fn only_files_grown_past_the_factor_and_the_minimum_are_rebuilt() {
-        let history = RebuildHistory::default();
+        let history = history();
         let now = Instant::now();
         let decide = |s| policy().decide(s, &history, now);
         assert_eq!(decide(seen(63, 10, 0.0)), Decision::NotNeeded);
@@ -200,7 +225,7 @@ mod tests {
 
     #[test]
     fn the_threshold_follows_the_size_of_the_last_fresh_copy() {
-        let mut history = RebuildHistory::default();
+        let mut history = history();
         let now = Instant::now();
         assert_eq!(
             policy().decide(seen(230, 50, 0.0), &history, now),
@@ -224,8 +249,24 @@ mod tests {
     }
 
     #[test]
+    fn before_any_fill_a_fresh_copy_is_assumed_as_large_as_sled_makes_it() {
+        let now = Instant::now();
+        // 50 MiB of live data: a fresh copy takes ~105 MiB uncompressed, ~65 MiB compressed.
+        let decide = |history: &RebuildHistory| policy().decide(seen(200, 50, 0.0), history, now);
+        assert_eq!(decide(&RebuildHistory::new(false)), Decision::NotNeeded);
+        assert_eq!(decide(&RebuildHistory::new(true)), Decision::Rebuild);
+        let mut installed = RebuildHistory::new(true);
+        installed.filled(50 * MIB, 110 * MIB);
+        assert_eq!(
+            decide(&installed),
+            Decision::NotNeeded,
+            "learned from an install"
+        );
+    }
+
+    #[test]
     fn a_write_rate_the_rebuild_could_not_keep_up_with_postpones_it() {
-        let mut history = RebuildHistory::default();
+        let mut history = history();
         let now = Instant::now();
         // 40 MiB of live data fill in ~10 s at the assumed speed: at 4,000 keys/s the fill
         // would hold ~20,000 keys at most, at 20,000 keys/s twice half of the limit.
@@ -249,7 +290,7 @@ mod tests {
 
     #[test]
     fn give_ups_in_a_row_double_the_back_off_up_to_a_bound() {
-        let mut history = RebuildHistory::default();
+        let mut history = history();
         let outgrown = seen(200, 40, 0.0);
         let start = Instant::now();
         for (give_ups, back_off) in [(1, BACK_OFF), (2, BACK_OFF * 2), (3, BACK_OFF * 4)] {
