@@ -353,7 +353,9 @@ impl Default for RaftConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// sled page cache of the state database, in MiB. sled's heap is a multiple of it;
-    /// while a snapshot is installed, two state databases are open.
+    /// while a snapshot is installed, two state databases are open. 48 MiB kept a
+    /// 1M-session node under 1 GiB in every phase (96 MiB: 1.1–1.2 GiB while loading and
+    /// while rebuilding), with no loss of throughput.
     pub cache_capacity_mb: u64,
     /// Whether sled compresses the databases it creates (zstd): less disk (about 1.5× less
     /// state) for much more CPU: writes cost a third more, and restarts and installs
@@ -366,7 +368,7 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            cache_capacity_mb: 96,
+            cache_capacity_mb: 48,
             compression: false,
         }
     }

@@ -138,10 +138,18 @@ async fn a_subscriber_on_a_lagging_follower_gets_every_revocation_across_a_snaps
     create_sessions(&writer, "t", 30).await;
     let last = *expected.keys().last().unwrap();
     let leader_raft = cluster.nodes[&leader].node.node().raft().clone();
-    let purged = leader_raft.metrics().borrow().purged.map_or(0, |p| p.index);
+    // Snapshots are built and the log purged behind them in the background, a little
+    // after the writes.
+    let purged = leader_raft
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(
+            |m| m.purged.map_or(0, |p| p.index) > first,
+            "the leader purged the entries the follower misses",
+        )
+        .await;
     assert!(
-        purged > first,
-        "the leader purged the entries the follower misses ({purged} <= {first})"
+        purged.is_ok(),
+        "the leader purged the entries the follower misses (up to {first})"
     );
     cluster.isolate(follower, false);
     follower_raft
