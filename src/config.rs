@@ -357,10 +357,10 @@ pub struct StorageConfig {
     /// 1M-session node under 1 GiB in every phase (96 MiB: 1.1–1.2 GiB while loading and
     /// while rebuilding), with no loss of throughput.
     pub cache_capacity_mb: u64,
-    /// Whether sled compresses the databases it creates (zstd): less disk (about 1.5× less
-    /// state) for much more CPU: writes cost a third more, and restarts and installs
-    /// several times longer (sled compresses every page write and decompresses every page
-    /// it recovers). Off by default. Databases keep the setting they were created with
+    /// Whether sled compresses the databases it creates (zstd): less disk (a 1.6× smaller
+    /// state) for much more CPU: writes take 1.5–1.7× the server CPU, and restarts and
+    /// installs several times longer (sled compresses every page it writes and decompresses
+    /// every page it reads). Off by default. Databases keep the setting they were created with
     /// until an install or a rebuild replaces them.
     pub compression: bool,
 }

@@ -906,8 +906,8 @@ impl Shared {
 
     /// Replaces the state with the snapshot file at `path`: fills a fresh generation from
     /// it (checking count and checksum), flushes it, notes its size for the rebuild policy,
-    /// makes the file the current snapshot,
-    /// then makes the generation live in one step and tells subscribers.
+    /// makes the file the current snapshot, then makes the generation live in one step and
+    /// tells subscribers.
     fn install_file(
         &self,
         path: &Path,
