@@ -330,8 +330,11 @@ pub struct RaftConfig {
     pub election_timeout_min_ms: u64,
     /// Upper bound of the randomized election timeout.
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many entries since the last one.
+    /// Build a snapshot after at least this many entries since the last one ...
     pub snapshot_logs_since_last: u64,
+    /// ... and once the log since the last one takes this percentage of its file's size
+    /// (0: the entry count alone decides).
+    pub snapshot_log_percent: u64,
     /// Entries kept in the log behind the snapshot (for slow followers).
     pub max_in_snapshot_log_to_keep: u64,
 }
@@ -343,6 +346,7 @@ impl Default for RaftConfig {
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1000,
             snapshot_logs_since_last: 20_000,
+            snapshot_log_percent: 50,
             max_in_snapshot_log_to_keep: 1_000,
         }
     }

@@ -212,6 +212,7 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
         election_timeout_min_ms: config.raft.election_timeout_min_ms,
         election_timeout_max_ms: config.raft.election_timeout_max_ms,
         snapshot_logs_since_last: config.raft.snapshot_logs_since_last,
+        snapshot_log_fraction: config.raft.snapshot_log_percent as f64 / 100.0,
         max_in_snapshot_log_to_keep: config.raft.max_in_snapshot_log_to_keep,
         sled: config.storage.sled_options(),
     })

@@ -136,16 +136,16 @@ impl Authority {
     /// one GC interval (the longest an idle leader goes without stamping an entry) plus
     /// [`READ_CLOCK_SLACK_MS`] after it. A node whose clock runs ahead or behind therefore
     /// reports no live session expired early and no expired one alive for long.
-    pub fn read_now_ms(&self) -> Result<i64, Error> {
+    pub fn read_now_ms(&self) -> i64 {
         let wall = crate::clock::now_ms();
-        let stamped = crate::domain::time::applied(self.node.state())?;
+        let stamped = self.node.state().applied_time_ms();
         if stamped == 0 {
-            return Ok(wall);
+            return wall;
         }
         let lead = i64::try_from(self.config.gc.interval_ms)
             .unwrap_or(i64::MAX)
             .saturating_add(READ_CLOCK_SLACK_MS);
-        Ok(wall.clamp(stamped, stamped.saturating_add(lead)))
+        wall.clamp(stamped, stamped.saturating_add(lead))
     }
 
     /// Waits until this node's applied state reflects every write acknowledged before the

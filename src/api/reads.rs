@@ -53,7 +53,7 @@ pub async fn lookup(
     authority.read_barrier(consistency).await?;
     let state = authority.node().state();
     let revision = state.applied_index();
-    let now = authority.read_now_ms()?;
+    let now = authority.read_now_ms();
     let tenant = &request.tenant;
     let (session, token_state) = match key {
         LookupKey::Session(id) => (query::session_by_id(state, tenant, &id)?, None),
@@ -100,7 +100,7 @@ pub async fn validate_access_token(
     authority.read_barrier(consistency).await?;
     let state = authority.node().state();
     let revision = state.applied_index();
-    let now = authority.read_now_ms()?;
+    let now = authority.read_now_ms();
     // A token whose session was collected has no tenant left to check it against: it is
     // unknown to every tenant (telling one tenant it exists would leak another's).
     let Some((token, Some(session))) =
@@ -143,7 +143,7 @@ pub async fn list_sessions(
     authority.read_barrier(consistency).await?;
     let state = authority.node().state();
     let revision = state.applied_index();
-    let now = authority.read_now_ms()?;
+    let now = authority.read_now_ms();
     let page = query::list_user_sessions(
         state,
         &request.tenant,
@@ -178,7 +178,7 @@ pub async fn count_sessions(
     authority.read_barrier(consistency).await?;
     let state = authority.node().state();
     let revision = state.applied_index();
-    let active = query::count_active(state, &request.tenant, user, authority.read_now_ms()?)?;
+    let active = query::count_active(state, &request.tenant, user, authority.read_now_ms())?;
     Ok(CountSessionsResponse { active, revision })
 }
 

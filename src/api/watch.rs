@@ -368,7 +368,7 @@ pub async fn list_revoked(
     let page = query::revoked_sessions(
         state,
         &request.tenant,
-        authority.read_now_ms()?,
+        authority.read_now_ms(),
         page_size as usize,
         cursor.as_deref(),
     )?;

@@ -5,6 +5,7 @@
 mod coalesce;
 mod group_commit;
 pub mod network;
+pub mod schedule;
 pub mod transport;
 mod wire;
 
@@ -19,9 +20,10 @@ use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 use coalesce::Coalescer;
 use group_commit::GroupCommit;
 use network::{PeerError, Peers};
+use schedule::{SnapshotSchedule, ASSUMED_ENTRY_BYTES};
 
 use crate::proto::internal::{Command, CommandResult};
-use crate::store::{Flusher, RebuildProbe, SledOptions, StateReader, Store};
+use crate::store::{Flusher, LogStore, RebuildProbe, SledOptions, StateReader, Store};
 use crate::Error;
 
 pub use crate::store::TypeConfig;
@@ -47,8 +49,11 @@ pub struct NodeOptions {
     pub election_timeout_min_ms: u64,
     /// Upper bound of the randomized election timeout.
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many applied entries since the last.
+    /// Build a snapshot after at least this many applied entries since the last ...
     pub snapshot_logs_since_last: u64,
+    /// ... and once the log since the last holds this fraction of its file's size in bytes
+    /// ([`schedule`]).
+    pub snapshot_log_fraction: f64,
     /// Entries kept in the log behind a snapshot (for slow followers).
     pub max_in_snapshot_log_to_keep: u64,
     /// How the sled databases are opened (page cache, compression).
@@ -102,6 +107,8 @@ const SNAPSHOT_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
 /// Most entries per AppendEntries (each can be a group-commit batch of up to 1 MiB; the
 /// network also refuses payloads above `network::MAX_APPEND_PAYLOAD_BYTES`).
 const MAX_PAYLOAD_ENTRIES: u64 = 64;
+/// How long a node waits for the build it asked for before it asks again.
+const BUILD_ASKED_AGAIN: Duration = Duration::from_secs(30);
 /// How often a node asks whether its state database is due for a rebuild.
 const REBUILD_PROBE_INTERVAL: Duration = Duration::from_secs(60);
 /// Pause between attempts to find or reach the leader.
@@ -116,7 +123,7 @@ impl RaftNode {
             heartbeat_interval: options.heartbeat_ms,
             election_timeout_min: options.election_timeout_min_ms,
             election_timeout_max: options.election_timeout_max_ms,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_logs_since_last),
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: options.max_in_snapshot_log_to_keep,
             install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT.as_millis() as u64,
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
@@ -127,6 +134,8 @@ impl RaftNode {
         .map_err(|e| Error::invalid("raft", e.to_string()))?;
         let state = store.state_machine.reader();
         let rebuild_probe = store.state_machine.rebuild_probe();
+        let snapshot_path = store.state_machine.current_snapshot_path();
+        let log = store.log.clone();
         let peers = Peers::new(&options.cluster_id, options.node_id, options.peer_tls);
         let raft = Raft::new(
             options.node_id,
@@ -137,7 +146,16 @@ impl RaftNode {
         )
         .await
         .map_err(|e| Error::Unavailable(format!("raft did not start: {e}")))?;
-        tokio::spawn(build_when_a_rebuild_is_due(raft.clone(), rebuild_probe));
+        tokio::spawn(schedule_builds(
+            raft.clone(),
+            SnapshotSchedule {
+                min_entries: options.snapshot_logs_since_last,
+                log_fraction: options.snapshot_log_fraction,
+            },
+            log,
+            snapshot_path,
+            rebuild_probe,
+        ));
         Ok(RaftNode {
             inner: Arc::new(Inner {
                 id: options.node_id,
@@ -401,27 +419,70 @@ fn unavailable(e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("raft stopped: {e}"))
 }
 
-/// Asks for a snapshot build whenever `probe` says the state database is due for a rebuild
-/// (a rebuild follows a build: after a load, writes may stay too slow for the log to call
-/// for a build for a long time); ends when Raft stops.
-async fn build_when_a_rebuild_is_due(raft: Raft<TypeConfig>, mut probe: RebuildProbe) {
+/// Asks Raft for snapshot builds: when the log since the last snapshot is due for one by
+/// `schedule` (checked as entries are applied), and when `probe` says the state database is
+/// due for a rebuild (a rebuild follows a build: after a load, writes may stay too slow for
+/// the log to call for a build for a long time). Ends when Raft stops.
+async fn schedule_builds(
+    raft: Raft<TypeConfig>,
+    schedule: SnapshotSchedule,
+    log: LogStore,
+    snapshot_path: PathBuf,
+    mut probe: RebuildProbe,
+) {
     let mut metrics = raft.metrics();
     let mut ticker = tokio::time::interval(REBUILD_PROBE_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The snapshot index a build was last asked for after, and when: Raft ignores a request
+    // while a build runs, so one is asked for again only if no snapshot came of it.
+    let mut asked: Option<(u64, Instant)> = None;
     loop {
         tokio::select! {
-            _ = ticker.tick() => {}
-            changed = metrics.changed() => match changed {
-                Ok(()) => continue,
-                Err(_) => return,
-            },
-        }
-        // Two file metadata reads and 16 bytes of the snapshot file: cheap enough inline.
-        if probe.due() {
-            tracing::info!("snapshot build asked for: the state database is due for a rebuild");
-            if raft.trigger().snapshot().await.is_err() {
-                return;
+            _ = ticker.tick() => {
+                // Two file metadata reads and 16 bytes of the snapshot file: cheap inline.
+                if !probe.due() {
+                    continue;
+                }
+                tracing::info!(
+                    "snapshot build asked for: the state database is due for a rebuild"
+                );
+            }
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let (applied, snapshot) = {
+                    let m = metrics.borrow_and_update();
+                    let index = |id: Option<openraft::LogId<u64>>| id.map_or(0, |id| id.index);
+                    (index(m.last_applied), index(m.snapshot))
+                };
+                let just_asked = asked
+                    .is_some_and(|(at, when)| at == snapshot && when.elapsed() < BUILD_ASKED_AGAIN);
+                let entries_since = applied.saturating_sub(snapshot);
+                if just_asked || !log_due(&schedule, &log, &snapshot_path, entries_since) {
+                    continue;
+                }
+                asked = Some((snapshot, Instant::now()));
             }
         }
+        if raft.trigger().snapshot().await.is_err() {
+            return;
+        }
     }
+}
+
+/// Whether `schedule` calls for a build with `entries_since` entries applied since the
+/// snapshot at `snapshot_path` (stat-ed only once the entry count alone would call for one).
+fn log_due(
+    schedule: &SnapshotSchedule,
+    log: &LogStore,
+    snapshot_path: &Path,
+    entries_since: u64,
+) -> bool {
+    if entries_since < schedule.min_entries {
+        return false;
+    }
+    let snapshot_bytes = std::fs::metadata(snapshot_path).map_or(0, |m| m.len());
+    let entry_bytes = log.mean_entry_bytes().unwrap_or(ASSUMED_ENTRY_BYTES);
+    schedule.due(entries_since, entry_bytes, snapshot_bytes)
 }

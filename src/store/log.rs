@@ -124,6 +124,10 @@ struct Inner {
     /// The lowest index not purged: entries below it may still be on disk, awaiting the
     /// purger, but are never read.
     first_kept: AtomicU64,
+    /// Entries appended since the start, and their encoded bytes (for the mean size of an
+    /// entry, which the snapshot schedule weighs against the snapshot's size).
+    appended_entries: AtomicU64,
+    appended_bytes: AtomicU64,
 }
 
 /// The handle to the background task that removes purged entries.
@@ -207,12 +211,21 @@ impl LogStore {
                 meta: db.open_tree("raft_meta")?,
                 flusher,
                 first_kept: AtomicU64::new(0),
+                appended_entries: AtomicU64::new(0),
+                appended_bytes: AtomicU64::new(0),
             }),
         };
         if let Some(purged) = store.read_log_id(PURGED).ok().flatten() {
             store.forget_up_to(purged.index);
         }
         Ok(store)
+    }
+
+    /// The mean encoded size of the entries appended since the start (`None` before any).
+    pub fn mean_entry_bytes(&self) -> Option<f64> {
+        let entries = self.inner.appended_entries.load(Ordering::Relaxed);
+        let bytes = self.inner.appended_bytes.load(Ordering::Relaxed);
+        (entries > 0).then(|| bytes as f64 / entries as f64)
     }
 
     fn read_log_id(&self, key: &[u8]) -> Result<Option<LogId<u64>>, StorageError<u64>> {
@@ -354,10 +367,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let (mut count, mut bytes) = (0, 0);
         for entry in entries {
-            batch.insert(&index_key(entry.log_id.index), codec::encode_entry(&entry));
+            let encoded = codec::encode_entry(&entry);
+            count += 1;
+            bytes += encoded.len() as u64;
+            batch.insert(&index_key(entry.log_id.index), encoded);
         }
         self.inner.log.apply_batch(batch).map_err(write_err)?;
+        self.inner
+            .appended_entries
+            .fetch_add(count, Ordering::Relaxed);
+        self.inner
+            .appended_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
         self.inner.flusher.after_next_flush(callback);
         Ok(())
     }
@@ -408,6 +431,17 @@ mod tests {
             "{} entries stored, {len} expected after the purge",
             log.inner.log.len()
         );
+    }
+
+    #[tokio::test]
+    async fn the_mean_entry_size_is_measured_from_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, mut log) = open(dir.path());
+        assert_eq!(log.mean_entry_bytes(), None);
+        let entries = [blank(1), blank(300)];
+        let bytes: usize = entries.iter().map(|e| codec::encode_entry(e).len()).sum();
+        log.blocking_append(entries).await.unwrap();
+        assert_eq!(log.mean_entry_bytes(), Some(bytes as f64 / 2.0));
     }
 
     #[tokio::test]

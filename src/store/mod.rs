@@ -146,7 +146,7 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(Command {
                 schema_version: SCHEMA_VERSION,
-                now_ms: 1_000,
+                now_ms: 1_000 + index as i64,
                 request_key: Vec::new(),
                 kind: Some(command::Kind::CreateSession(CreateSession {
                     session_id: format!("sid_{n:022}"),
@@ -192,6 +192,7 @@ mod tests {
             let entries: Vec<_> = (1..=50).map(|i| create_entry(i, i as u32)).collect();
             store.log.blocking_append(entries.clone()).await.unwrap();
             store.state_machine.apply(entries).await.unwrap();
+            assert_eq!(store.state_machine.reader().applied_time_ms(), 1_050);
             store.flusher.flush().await.unwrap();
         }
         let mut store = reopen(dir.path()).await;
@@ -209,6 +210,11 @@ mod tests {
         let (applied, _) = store.state_machine.applied_state().await.unwrap();
         assert_eq!(applied.map(|id| id.index), Some(50));
         assert_eq!(store.state_machine.reader().applied_index(), 50);
+        assert_eq!(
+            store.state_machine.reader().applied_time_ms(),
+            1_050,
+            "cluster time survives a reopen"
+        );
         assert!(holds_session(&store, 50));
     }
 
@@ -249,6 +255,11 @@ mod tests {
             assert_eq!(got, want);
         }
         assert_eq!(target.state_machine.reader().applied_index(), 4_000);
+        assert_eq!(
+            target.state_machine.reader().applied_time_ms(),
+            5_000,
+            "the installed state's cluster time"
+        );
         let current = target
             .state_machine
             .get_current_snapshot()

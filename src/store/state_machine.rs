@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
@@ -207,15 +207,28 @@ const PUBLISHED_BACKLOG: usize = 4096;
 struct Feed {
     sender: broadcast::Sender<Arc<AppliedRevocations>>,
     applied: AtomicU64,
+    /// The cluster time of the applied state (its latest applied command's time), kept here
+    /// so that reads need not look it up in the database.
+    applied_time_ms: AtomicI64,
     lock: Mutex<()>,
 }
 
 impl Feed {
-    fn publish(&self, published: Vec<Arc<AppliedRevocations>>, applied: u64) {
+    fn new(applied: u64, applied_time_ms: i64) -> Self {
+        Feed {
+            sender: broadcast::channel(PUBLISHED_BACKLOG).0,
+            applied: AtomicU64::new(applied),
+            applied_time_ms: AtomicI64::new(applied_time_ms),
+            lock: Mutex::new(()),
+        }
+    }
+
+    fn publish(&self, published: Vec<Arc<AppliedRevocations>>, applied: u64, time_ms: i64) {
         let _order = self.lock.lock();
         for revocations in published {
             let _ = self.sender.send(revocations);
         }
+        self.applied_time_ms.store(time_ms, Ordering::Release);
         self.applied.store(applied, Ordering::Release);
     }
 
@@ -252,6 +265,12 @@ impl StateReader {
     /// been published (they are published before the index moves).
     pub fn applied_index(&self) -> u64 {
         self.feed.applied.load(Ordering::Acquire)
+    }
+
+    /// The cluster time of the applied state: the latest time a command was applied with
+    /// (0 before the first), as [`domain::time::applied`] reads it from the state.
+    pub fn applied_time_ms(&self) -> i64 {
+        self.feed.applied_time_ms.load(Ordering::Acquire)
     }
 
     /// Every revocation applied from now on, in revision order, and the applied index at
@@ -368,14 +387,11 @@ impl StateMachine {
         generations.remove_all_but(number).map_err(sm_write_err)?;
         let generation = generations.open(number).map_err(sm_read_err)?;
         let (applied, _) = read_applied(&generation)?;
+        let applied_time_ms = applied_time(&generation)?;
         let shared = Arc::new(Shared {
             generations,
             live: Arc::new(RwLock::new(Arc::new(generation))),
-            feed: Arc::new(Feed {
-                sender: broadcast::channel(PUBLISHED_BACKLOG).0,
-                applied: AtomicU64::new(applied.map_or(0, |id| id.index)),
-                lock: Mutex::new(()),
-            }),
+            feed: Arc::new(Feed::new(applied.map_or(0, |id| id.index), applied_time_ms)),
             commit: Mutex::new(()),
             building: Mutex::new(()),
             snapshot_file: Mutex::new(()),
@@ -427,6 +443,11 @@ impl StateMachine {
             shared: self.shared.clone(),
             last: None,
         }
+    }
+
+    /// Where the current snapshot file is (absent before the first build or install).
+    pub fn current_snapshot_path(&self) -> PathBuf {
+        self.shared.snapshot_path()
     }
 
     /// A reader of the applied state.
@@ -505,6 +526,11 @@ struct RebuildCandidate {
     /// Keys written by applies when the copy started, and when it started.
     written_before: u64,
     since: std::time::Instant,
+}
+
+/// The cluster time of `generation`'s state.
+fn applied_time(generation: &Generation) -> Result<i64, StorageError<u64>> {
+    domain::time::applied(&Overlay::new(&generation.tree)).map_err(sm_read_err)
 }
 
 fn read_applied(generation: &Generation) -> Result<AppliedState, StorageError<u64>> {
@@ -956,6 +982,7 @@ impl Shared {
                 installed: true,
             })],
             revision,
+            applied_time(&self.generation())?,
         );
         let number = old.number;
         drop(old);
@@ -1118,6 +1145,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(last_applied) = last_applied else {
             return Ok(results);
         };
+        let applied_time_ms = domain::time::applied(&overlay).map_err(sm_read_err)?;
         {
             let waiting = std::time::Instant::now();
             let _commit = lock(&shared.commit)?;
@@ -1143,7 +1171,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             generation.tree.apply_batch(batch).map_err(sm_write_err)?;
         }
-        shared.feed.publish(published, last_applied.index);
+        shared
+            .feed
+            .publish(published, last_applied.index, applied_time_ms);
         let took = started.elapsed();
         if took > super::SLOW_STORAGE {
             tracing::warn!(
