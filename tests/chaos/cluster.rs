@@ -280,10 +280,19 @@ impl Cluster {
     }
 
     async fn admin(&self, id: u64) -> Option<ClusterClient<Channel>> {
+        self.admin_with_timeout(id, ADMIN_TIMEOUT).await
+    }
+
+    /// A cluster admin client of node `id` whose calls give up after `timeout`.
+    async fn admin_with_timeout(
+        &self,
+        id: u64,
+        timeout: Duration,
+    ) -> Option<ClusterClient<Channel>> {
         let endpoint = Channel::from_shared(self.url(id))
             .ok()?
             .connect_timeout(Duration::from_secs(2))
-            .timeout(ADMIN_TIMEOUT);
+            .timeout(timeout);
         let channel = tokio::time::timeout(Duration::from_secs(3), endpoint.connect())
             .await
             .ok()?
@@ -333,11 +342,16 @@ impl Cluster {
 
     /// Adds `id` as a learner (waiting until it caught up) through node `via`.
     pub async fn add_learner(&self, via: u64, id: u64) -> Result<(), String> {
-        let mut admin = self.admin(via).await.ok_or("admin unreachable")?;
+        // The server answers (DEADLINE_EXCEEDED) before the client gives up; the channel's
+        // own deadline must not be shorter (with 10 s, a learner slow to start under the
+        // parallel tests made the call fail with "Timeout expired").
+        let mut admin = self
+            .admin_with_timeout(via, Duration::from_secs(30))
+            .await
+            .ok_or("admin unreachable")?;
         let request = AddLearnerRequest {
             node_id: id,
             addr: self.nodes[&id].peer_addr.clone(),
-            // The server answers (DEADLINE_EXCEEDED) before the client gives up.
             timeout_ms: 25_000,
         };
         tokio::time::timeout(Duration::from_secs(30), admin.add_learner(request))
