@@ -20,7 +20,7 @@ use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 use coalesce::Coalescer;
 use group_commit::GroupCommit;
 use network::{PeerError, Peers};
-use schedule::{SnapshotSchedule, ASSUMED_ENTRY_BYTES};
+use schedule::SnapshotSchedule;
 
 use crate::proto::internal::{Command, CommandResult};
 use crate::store::{Flusher, LogStore, RebuildProbe, SledOptions, StateReader, Store};
@@ -458,8 +458,8 @@ async fn schedule_builds(
                 };
                 let just_asked = asked
                     .is_some_and(|(at, when)| at == snapshot && when.elapsed() < BUILD_ASKED_AGAIN);
-                let entries_since = applied.saturating_sub(snapshot);
-                if just_asked || !log_due(&schedule, &log, &snapshot_path, entries_since) {
+                if just_asked || !log_due(schedule, &log, &snapshot_path, snapshot, applied).await
+                {
                     continue;
                 }
                 asked = Some((snapshot, Instant::now()));
@@ -471,18 +471,32 @@ async fn schedule_builds(
     }
 }
 
-/// Whether `schedule` calls for a build with `entries_since` entries applied since the
-/// snapshot at `snapshot_path` (stat-ed only once the entry count alone would call for one).
-fn log_due(
-    schedule: &SnapshotSchedule,
+/// Whether `schedule` calls for a build with the entries after the snapshot at
+/// `snapshot_path` (ending at `snapshot`) through `applied`; the log is read (in a blocking
+/// thread) only once the entry count alone would call for one.
+async fn log_due(
+    schedule: SnapshotSchedule,
     log: &LogStore,
     snapshot_path: &Path,
-    entries_since: u64,
+    snapshot: u64,
+    applied: u64,
 ) -> bool {
+    let entries_since = applied.saturating_sub(snapshot);
     if entries_since < schedule.min_entries {
         return false;
     }
     let snapshot_bytes = std::fs::metadata(snapshot_path).map_or(0, |m| m.len());
-    let entry_bytes = log.mean_entry_bytes().unwrap_or(ASSUMED_ENTRY_BYTES);
-    schedule.due(entries_since, entry_bytes, snapshot_bytes)
+    let log = log.clone();
+    let counted = tokio::task::spawn_blocking(move || log.bytes_between(snapshot, applied)).await;
+    match counted {
+        Ok(Ok(log_bytes)) => schedule.due(entries_since, log_bytes, snapshot_bytes),
+        Ok(Err(e)) => {
+            tracing::warn!(
+                error = %e,
+                "log not readable for the snapshot schedule: the entry count decides"
+            );
+            true
+        }
+        Err(_) => true,
+    }
 }

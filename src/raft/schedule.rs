@@ -19,17 +19,13 @@ pub struct SnapshotSchedule {
     pub log_fraction: f64,
 }
 
-/// Bytes a log entry is assumed to take before any has been appended since the start (a
-/// group-commit entry of a few commands).
-pub const ASSUMED_ENTRY_BYTES: f64 = 256.0;
-
 impl SnapshotSchedule {
     /// Whether a build is due with `entries_since` entries applied since the last snapshot
-    /// (all of them when there is none), entries of `mean_entry_bytes` each, and the last
-    /// snapshot's file taking `snapshot_bytes` (0: none).
-    pub fn due(&self, entries_since: u64, mean_entry_bytes: f64, snapshot_bytes: u64) -> bool {
+    /// (all of them when there is none), taking `log_bytes_since` bytes in the log, and the
+    /// last snapshot's file taking `snapshot_bytes` (0: none).
+    pub fn due(&self, entries_since: u64, log_bytes_since: u64, snapshot_bytes: u64) -> bool {
         entries_since >= self.min_entries
-            && entries_since as f64 * mean_entry_bytes >= self.log_fraction * snapshot_bytes as f64
+            && log_bytes_since as f64 >= self.log_fraction * snapshot_bytes as f64
     }
 }
 
@@ -44,10 +40,10 @@ mod tests {
 
     #[test]
     fn a_small_state_builds_every_min_entries() {
-        assert!(!SCHEDULE.due(19_999, 300.0, 0), "no snapshot yet");
-        assert!(SCHEDULE.due(20_000, 300.0, 0), "no snapshot yet");
+        assert!(!SCHEDULE.due(19_999, 6_000_000, 0), "no snapshot yet");
+        assert!(SCHEDULE.due(20_000, 6_000_000, 0), "no snapshot yet");
         assert!(
-            SCHEDULE.due(20_000, 300.0, 10_000_000),
+            SCHEDULE.due(20_000, 6_000_000, 10_000_000),
             "6 MB of log for a 10 MB snapshot"
         );
     }
@@ -55,15 +51,14 @@ mod tests {
     #[test]
     fn a_large_state_waits_for_a_fraction_of_its_snapshot_in_log() {
         let snapshot = 400_000_000;
-        assert!(!SCHEDULE.due(20_000, 300.0, snapshot), "6 MB of log");
-        assert!(!SCHEDULE.due(333_332, 300.0, snapshot), "just under 100 MB");
+        assert!(!SCHEDULE.due(20_000, 6_000_000, snapshot), "6 MB of log");
         assert!(
-            SCHEDULE.due(333_334, 300.0, snapshot),
-            "100 MB of log: a quarter"
+            !SCHEDULE.due(333_332, 99_999_999, snapshot),
+            "just under 100 MB"
         );
         assert!(
-            SCHEDULE.due(20_000, 5_000.0, snapshot),
-            "large entries reach it sooner"
+            SCHEDULE.due(333_334, 100_000_000, snapshot),
+            "100 MB of log: a quarter"
         );
     }
 
@@ -73,7 +68,7 @@ mod tests {
             log_fraction: 0.0,
             ..SCHEDULE
         };
-        assert!(entries_only.due(20_000, 1.0, u64::MAX));
-        assert!(!entries_only.due(19_999, 1e12, 0));
+        assert!(entries_only.due(20_000, 0, u64::MAX));
+        assert!(!entries_only.due(19_999, u64::MAX, 0));
     }
 }

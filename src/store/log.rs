@@ -20,7 +20,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, LogId, OptionalSend, StorageError, StorageIOError, Vote};
@@ -124,10 +124,16 @@ struct Inner {
     /// The lowest index not purged: entries below it may still be on disk, awaiting the
     /// purger, but are never read.
     first_kept: AtomicU64,
-    /// Entries appended since the start, and their encoded bytes (for the mean size of an
-    /// entry, which the snapshot schedule weighs against the snapshot's size).
-    appended_entries: AtomicU64,
-    appended_bytes: AtomicU64,
+    /// The bytes of entries counted by [`LogStore::bytes_between`] so far.
+    counted: Mutex<CountedBytes>,
+}
+
+/// The encoded bytes of the entries after index `after` through index `through`.
+#[derive(Debug, Default, Clone, Copy)]
+struct CountedBytes {
+    after: u64,
+    through: u64,
+    bytes: u64,
 }
 
 /// The handle to the background task that removes purged entries.
@@ -211,8 +217,7 @@ impl LogStore {
                 meta: db.open_tree("raft_meta")?,
                 flusher,
                 first_kept: AtomicU64::new(0),
-                appended_entries: AtomicU64::new(0),
-                appended_bytes: AtomicU64::new(0),
+                counted: Mutex::new(CountedBytes::default()),
             }),
         };
         if let Some(purged) = store.read_log_id(PURGED).ok().flatten() {
@@ -221,11 +226,28 @@ impl LogStore {
         Ok(store)
     }
 
-    /// The mean encoded size of the entries appended since the start (`None` before any).
-    pub fn mean_entry_bytes(&self) -> Option<f64> {
-        let entries = self.inner.appended_entries.load(Ordering::Relaxed);
-        let bytes = self.inner.appended_bytes.load(Ordering::Relaxed);
-        (entries > 0).then(|| bytes as f64 / entries as f64)
+    /// The encoded bytes of the stored entries after index `after` (a snapshot's last index,
+    /// so none of them is purged) through index `through`. Asked again with the same
+    /// `after`, it reads only the entries past the last `through`: the snapshot schedule
+    /// asks as entries are applied, and each entry is read about once per snapshot. Blocks
+    /// (reads the log database).
+    pub fn bytes_between(&self, after: u64, through: u64) -> Result<u64, sled::Error> {
+        let mut counted = self.inner.counted.lock().unwrap_or_else(|e| e.into_inner());
+        if counted.after != after || through < counted.through {
+            *counted = CountedBytes {
+                after,
+                through: after,
+                bytes: 0,
+            };
+        }
+        if through > counted.through {
+            let range = index_key(counted.through + 1)..=index_key(through);
+            for item in self.inner.log.range(range) {
+                counted.bytes += item?.1.len() as u64;
+            }
+            counted.through = through;
+        }
+        Ok(counted.bytes)
     }
 
     fn read_log_id(&self, key: &[u8]) -> Result<Option<LogId<u64>>, StorageError<u64>> {
@@ -367,20 +389,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
-        let (mut count, mut bytes) = (0, 0);
         for entry in entries {
-            let encoded = codec::encode_entry(&entry);
-            count += 1;
-            bytes += encoded.len() as u64;
-            batch.insert(&index_key(entry.log_id.index), encoded);
+            batch.insert(&index_key(entry.log_id.index), codec::encode_entry(&entry));
         }
         self.inner.log.apply_batch(batch).map_err(write_err)?;
-        self.inner
-            .appended_entries
-            .fetch_add(count, Ordering::Relaxed);
-        self.inner
-            .appended_bytes
-            .fetch_add(bytes, Ordering::Relaxed);
         self.inner.flusher.after_next_flush(callback);
         Ok(())
     }
@@ -434,14 +446,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_mean_entry_size_is_measured_from_appends() {
+    async fn bytes_between_counts_the_entries_in_range_as_the_log_grows() {
         let dir = tempfile::tempdir().unwrap();
         let (_db, mut log) = open(dir.path());
-        assert_eq!(log.mean_entry_bytes(), None);
-        let entries = [blank(1), blank(300)];
-        let bytes: usize = entries.iter().map(|e| codec::encode_entry(e).len()).sum();
-        log.blocking_append(entries).await.unwrap();
-        assert_eq!(log.mean_entry_bytes(), Some(bytes as f64 / 2.0));
+        let size = |range: std::ops::RangeInclusive<u64>| -> u64 {
+            range
+                .map(|i| codec::encode_entry(&blank(i)).len() as u64)
+                .sum()
+        };
+        log.blocking_append((1..=300).map(blank)).await.unwrap();
+        assert_eq!(log.bytes_between(100, 200).unwrap(), size(101..=200));
+        assert_eq!(log.bytes_between(100, 300).unwrap(), size(101..=300));
+        assert_eq!(log.bytes_between(100, 300).unwrap(), size(101..=300));
+        log.blocking_append((301..=400).map(blank)).await.unwrap();
+        assert_eq!(
+            log.bytes_between(100, 400).unwrap(),
+            size(101..=400),
+            "counted on from where it stopped"
+        );
+        assert_eq!(
+            log.bytes_between(250, 400).unwrap(),
+            size(251..=400),
+            "a new snapshot starts over"
+        );
+        assert_eq!(
+            log.bytes_between(250, 260).unwrap(),
+            size(251..=260),
+            "a shorter log (truncated) starts over"
+        );
+        assert_eq!(log.bytes_between(400, 400).unwrap(), 0);
     }
 
     #[tokio::test]
