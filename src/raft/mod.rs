@@ -107,6 +107,12 @@ const SNAPSHOT_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
 /// Most entries per AppendEntries (each can be a group-commit batch of up to 1 MiB; the
 /// network also refuses payloads above `network::MAX_APPEND_PAYLOAD_BYTES`).
 const MAX_PAYLOAD_ENTRIES: u64 = 64;
+/// Most log entries one check of the snapshot schedule reads to count their bytes ...
+const COUNTED_PER_CHECK: usize = 4096;
+/// ... and how often the schedule is checked: after a restart, the entries since the
+/// snapshot (at 1M sessions, up to ~300 MB) are counted over seconds, not read at once
+/// beside the cold start.
+const SCHEDULE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// How long a node waits for the build it asked for before it asks again.
 const BUILD_ASKED_AGAIN: Duration = Duration::from_secs(30);
 /// How often a node asks whether its state database is due for a rebuild.
@@ -420,7 +426,7 @@ fn unavailable(e: impl std::fmt::Display) -> Error {
 }
 
 /// Asks Raft for snapshot builds: when the log since the last snapshot is due for one by
-/// `schedule` (checked as entries are applied), and when `probe` says the state database is
+/// `schedule` (checked every [`SCHEDULE_CHECK_INTERVAL`]), and when `probe` says the state database is
 /// due for a rebuild (a rebuild follows a build: after a load, writes may stay too slow for
 /// the log to call for a build for a long time). Ends when Raft stops.
 async fn schedule_builds(
@@ -431,14 +437,16 @@ async fn schedule_builds(
     mut probe: RebuildProbe,
 ) {
     let mut metrics = raft.metrics();
-    let mut ticker = tokio::time::interval(REBUILD_PROBE_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rebuild_ticker = tokio::time::interval(REBUILD_PROBE_INTERVAL);
+    rebuild_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut log_ticker = tokio::time::interval(SCHEDULE_CHECK_INTERVAL);
+    log_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The snapshot index a build was last asked for after, and when: Raft ignores a request
     // while a build runs, so one is asked for again only if no snapshot came of it.
     let mut asked: Option<(u64, Instant)> = None;
     loop {
         tokio::select! {
-            _ = ticker.tick() => {
+            _ = rebuild_ticker.tick() => {
                 // Two file metadata reads and 16 bytes of the snapshot file: cheap inline.
                 if !probe.due() {
                     continue;
@@ -447,12 +455,9 @@ async fn schedule_builds(
                     "snapshot build asked for: the state database is due for a rebuild"
                 );
             }
-            changed = metrics.changed() => {
-                if changed.is_err() {
-                    return;
-                }
+            _ = log_ticker.tick() => {
                 let (applied, snapshot) = {
-                    let m = metrics.borrow_and_update();
+                    let m = metrics.borrow();
                     let index = |id: Option<openraft::LogId<u64>>| id.map_or(0, |id| id.index);
                     (index(m.last_applied), index(m.snapshot))
                 };
@@ -464,6 +469,10 @@ async fn schedule_builds(
                 }
                 asked = Some((snapshot, Instant::now()));
             }
+            changed = metrics.changed() => match changed {
+                Ok(()) => continue,
+                Err(_) => return,
+            },
         }
         if raft.trigger().snapshot().await.is_err() {
             return;
@@ -487,9 +496,13 @@ async fn log_due(
     }
     let snapshot_bytes = std::fs::metadata(snapshot_path).map_or(0, |m| m.len());
     let log = log.clone();
-    let counted = tokio::task::spawn_blocking(move || log.bytes_between(snapshot, applied)).await;
+    let counted = tokio::task::spawn_blocking(move || {
+        log.bytes_between(snapshot, applied, COUNTED_PER_CHECK)
+    })
+    .await;
     match counted {
-        Ok(Ok(log_bytes)) => schedule.due(entries_since, log_bytes, snapshot_bytes),
+        Ok(Ok(Some(log_bytes))) => schedule.due(entries_since, log_bytes, snapshot_bytes),
+        Ok(Ok(None)) => false,
         Ok(Err(e)) => {
             tracing::warn!(
                 error = %e,

@@ -197,6 +197,12 @@ fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
+/// The index an entry's key names (0 for a key that is not 8 bytes, which the log never
+/// writes).
+fn key_index(key: &[u8]) -> u64 {
+    key.try_into().map_or(0, u64::from_be_bytes)
+}
+
 fn read_err(e: impl ToString) -> StorageError<u64> {
     StorageIOError::read_logs(AnyError::error(e)).into()
 }
@@ -227,11 +233,17 @@ impl LogStore {
     }
 
     /// The encoded bytes of the stored entries after index `after` (a snapshot's last index,
-    /// so none of them is purged) through index `through`. Asked again with the same
-    /// `after`, it reads only the entries past the last `through`: the snapshot schedule
-    /// asks as entries are applied, and each entry is read about once per snapshot. Blocks
-    /// (reads the log database).
-    pub fn bytes_between(&self, after: u64, through: u64) -> Result<u64, sled::Error> {
+    /// so none of them is purged) through index `through`, or `None` while more than
+    /// `max_entries` of them remain to be read: each call reads at most that many, and
+    /// calls with the same `after` go on from where the last one stopped, so the snapshot
+    /// schedule, asking as entries are applied, reads each entry about once per snapshot
+    /// and the backlog of a restart a slice at a time. Blocks (reads the log database).
+    pub fn bytes_between(
+        &self,
+        after: u64,
+        through: u64,
+        max_entries: usize,
+    ) -> Result<Option<u64>, sled::Error> {
         let mut counted = self.inner.counted.lock().unwrap_or_else(|e| e.into_inner());
         if counted.after != after || through < counted.through {
             *counted = CountedBytes {
@@ -242,12 +254,13 @@ impl LogStore {
         }
         if through > counted.through {
             let range = index_key(counted.through + 1)..=index_key(through);
-            for item in self.inner.log.range(range) {
-                counted.bytes += item?.1.len() as u64;
+            for item in self.inner.log.range(range).take(max_entries) {
+                let (key, value) = item?;
+                counted.bytes += value.len() as u64;
+                counted.through = key_index(&key);
             }
-            counted.through = through;
         }
-        Ok(counted.bytes)
+        Ok((counted.through >= through).then_some(counted.bytes))
     }
 
     fn read_log_id(&self, key: &[u8]) -> Result<Option<LogId<u64>>, StorageError<u64>> {
@@ -455,26 +468,41 @@ mod tests {
                 .sum()
         };
         log.blocking_append((1..=300).map(blank)).await.unwrap();
-        assert_eq!(log.bytes_between(100, 200).unwrap(), size(101..=200));
-        assert_eq!(log.bytes_between(100, 300).unwrap(), size(101..=300));
-        assert_eq!(log.bytes_between(100, 300).unwrap(), size(101..=300));
+        let all = usize::MAX;
+        assert_eq!(
+            log.bytes_between(100, 200, all).unwrap(),
+            Some(size(101..=200))
+        );
+        assert_eq!(
+            log.bytes_between(100, 300, all).unwrap(),
+            Some(size(101..=300))
+        );
+        assert_eq!(
+            log.bytes_between(100, 300, 0).unwrap(),
+            Some(size(101..=300))
+        );
         log.blocking_append((301..=400).map(blank)).await.unwrap();
         assert_eq!(
-            log.bytes_between(100, 400).unwrap(),
-            size(101..=400),
+            log.bytes_between(100, 400, 60).unwrap(),
+            None,
+            "60 of 100 read"
+        );
+        assert_eq!(
+            log.bytes_between(100, 400, 60).unwrap(),
+            Some(size(101..=400)),
             "counted on from where it stopped"
         );
         assert_eq!(
-            log.bytes_between(250, 400).unwrap(),
-            size(251..=400),
+            log.bytes_between(250, 400, all).unwrap(),
+            Some(size(251..=400)),
             "a new snapshot starts over"
         );
         assert_eq!(
-            log.bytes_between(250, 260).unwrap(),
-            size(251..=260),
+            log.bytes_between(250, 260, all).unwrap(),
+            Some(size(251..=260)),
             "a shorter log (truncated) starts over"
         );
-        assert_eq!(log.bytes_between(400, 400).unwrap(), 0);
+        assert_eq!(log.bytes_between(400, 400, all).unwrap(), Some(0));
     }
 
     #[tokio::test]
