@@ -29,7 +29,8 @@ keyspace=${KEYSPACE:-10000}
 subscribers=${SUBSCRIBERS:-1000}
 # Each revoker creates a session and then revokes it, two Raft writes in a row (20-40 ms on
 # a loaded machine), so 4 revokers could not ask for 200 revocations/s (79 reached on
-# 2026-12-05); 16 leave room for the asked rate (184 of 200 reached with 16 in a profile run).
+# 2026-12-05); with 16 the revokers no longer limit it (184 of 200 reached in a profile run,
+# 135-150 in two bench-compare runs where the 2 cores ran out).
 fanout_concurrency=${FANOUT_CONCURRENCY:-16}
 fanout_rate=${FANOUT_RATE:-200}
 workloads=${WORKLOADS:-create rotate lookup-linearizable lookup-local mixed}

@@ -44,7 +44,8 @@ impl MethodMetrics {
             by_code
                 .entry(code)
                 .or_insert_with(|| {
-                    let labels = [self.label.as_str(), code_name(code)];
+                    let code = code_name(code);
+                    let labels = [self.label.as_str(), code.as_str()];
                     (
                         RPC_REQUESTS.with_label_values(&labels),
                         RPC_SECONDS.with_label_values(&labels),
@@ -93,30 +94,12 @@ fn status_code(status: Option<&http::HeaderValue>) -> i32 {
     code as i32
 }
 
-/// The label of a status code (`None`: a transport error).
-fn code_name(code: Option<i32>) -> &'static str {
-    let Some(code) = code else {
-        return "TransportError";
-    };
-    match tonic::Code::from(code) {
-        tonic::Code::Ok => "Ok",
-        tonic::Code::Cancelled => "Cancelled",
-        tonic::Code::Unknown => "Unknown",
-        tonic::Code::InvalidArgument => "InvalidArgument",
-        tonic::Code::DeadlineExceeded => "DeadlineExceeded",
-        tonic::Code::NotFound => "NotFound",
-        tonic::Code::AlreadyExists => "AlreadyExists",
-        tonic::Code::PermissionDenied => "PermissionDenied",
-        tonic::Code::ResourceExhausted => "ResourceExhausted",
-        tonic::Code::FailedPrecondition => "FailedPrecondition",
-        tonic::Code::Aborted => "Aborted",
-        tonic::Code::OutOfRange => "OutOfRange",
-        tonic::Code::Unimplemented => "Unimplemented",
-        tonic::Code::Internal => "Internal",
-        tonic::Code::Unavailable => "Unavailable",
-        tonic::Code::DataLoss => "DataLoss",
-        tonic::Code::Unauthenticated => "Unauthenticated",
-    }
+/// The label of a status code (`None`: a transport error): the code's name.
+fn code_name(code: Option<i32>) -> String {
+    code.map_or_else(
+        || "TransportError".to_owned(),
+        |code| format!("{:?}", tonic::Code::from(code)),
+    )
 }
 
 /// Wraps the server's services in [`RpcMetrics`].

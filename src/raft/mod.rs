@@ -426,9 +426,9 @@ fn unavailable(e: impl std::fmt::Display) -> Error {
 }
 
 /// Asks Raft for snapshot builds: when the log since the last snapshot is due for one by
-/// `schedule` (checked every [`SCHEDULE_CHECK_INTERVAL`]), and when `probe` says the state database is
-/// due for a rebuild (a rebuild follows a build: after a load, writes may stay too slow for
-/// the log to call for a build for a long time). Ends when Raft stops.
+/// `schedule` (checked every [`SCHEDULE_CHECK_INTERVAL`]), and when `probe` says the state
+/// database is due for a rebuild (a rebuild follows a build: after a load, writes may stay
+/// too slow for the log to call for a build for a long time). Ends when Raft stops.
 async fn schedule_builds(
     raft: Raft<TypeConfig>,
     schedule: SnapshotSchedule,

@@ -254,10 +254,17 @@ impl LogStore {
         }
         if through > counted.through {
             let range = index_key(counted.through + 1)..=index_key(through);
+            let mut read = 0;
             for item in self.inner.log.range(range).take(max_entries) {
                 let (key, value) = item?;
                 counted.bytes += value.len() as u64;
                 counted.through = key_index(&key);
+                read += 1;
+            }
+            if read < max_entries {
+                // The range ran out: nothing more is stored up to `through` (an entry
+                // missing from it must not hold the count back for ever).
+                counted.through = through;
             }
         }
         Ok((counted.through >= through).then_some(counted.bytes))
@@ -503,6 +510,11 @@ mod tests {
             "a shorter log (truncated) starts over"
         );
         assert_eq!(log.bytes_between(400, 400, all).unwrap(), Some(0));
+        assert_eq!(
+            log.bytes_between(350, 500, 60).unwrap(),
+            Some(size(351..=400)),
+            "entries not stored do not hold the count back"
+        );
     }
 
     #[tokio::test]
