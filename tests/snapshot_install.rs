@@ -1,7 +1,8 @@
 //! Snapshot installs seen from outside: a revocation subscriber on a follower that catches
 //! up by snapshot misses nothing; subscribers attached during a stream of revocations miss
 //! nothing at the backlog-to-live handoff; a learner killed with SIGKILL at random points
-//! of receiving and installing snapshots restarts and catches up with no operator.
+//! of receiving and installing snapshots restarts and catches up with no operator; the
+//! snapshot schedule waits for the log to reach its share of the snapshot's size.
 
 mod common;
 
@@ -15,6 +16,7 @@ use common::cluster::TestCluster;
 use common::process::{status, NodeFiles, FAST_RAFT};
 use common::*;
 use sessiond::client::Client;
+use sessiond::config::Config;
 use sessiond::proto::v1::cluster_client::ClusterClient;
 use sessiond::proto::v1::watch_revocations_response::Kind;
 use sessiond::proto::v1::*;
@@ -171,6 +173,63 @@ async fn a_subscriber_on_a_lagging_follower_gets_every_revocation_across_a_snaps
         Some(other) => panic!("unexpected end of stream: {other:?}"),
     }
     cluster.stop().await;
+}
+
+/// Creates sessions one at a time on a one-node cluster configured by `adjust`: first
+/// without pause until a snapshot covers 200 entries, then 100 more, 20 ms apart. Returns
+/// how many snapshots were built during the slow part, and the index of the one before it.
+async fn builds_while_the_log_grows_slowly(adjust: fn(&mut Config)) -> (usize, u64) {
+    let cluster = TestCluster::start(1, adjust).await;
+    let client = cluster.nodes[&1].client.clone();
+    let raft = cluster.nodes[&1].node.node().raft().clone();
+    let snapshot_index = || raft.metrics().borrow().snapshot.map_or(0, |s| s.index);
+    let mut created = 0;
+    while snapshot_index() < 200 {
+        assert!(
+            created < 3_000,
+            "no snapshot covering 200 entries after {created} creates"
+        );
+        create_sessions(&client, "t", 10).await;
+        created += 10;
+    }
+    let before = snapshot_index();
+    let (mut last, mut builds) = (before, 0);
+    for _ in 0..100 {
+        create_sessions(&client, "t", 1).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = snapshot_index();
+        if now != last {
+            builds += 1;
+            last = now;
+        }
+    }
+    cluster.stop().await;
+    (builds, before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_schedule_waits_for_the_log_to_reach_its_share_of_the_snapshot() {
+    // Snapshots every 20 entries once the log since the last one takes 400 % of its file's
+    // size: 100 creates take a fraction of what 200 sessions take in a snapshot, far from
+    // due. The entry count alone builds every 20 of them.
+    let (deferred, covered) = builds_while_the_log_grows_slowly(|c| {
+        c.raft.snapshot_logs_since_last = 20;
+        c.raft.snapshot_log_percent = 400;
+    })
+    .await;
+    assert_eq!(
+        deferred, 0,
+        "a snapshot was built after 100 entries, with the last one covering {covered}"
+    );
+    let (by_count, _) = builds_while_the_log_grows_slowly(|c| {
+        c.raft.snapshot_logs_since_last = 20;
+        c.raft.snapshot_log_percent = 0;
+    })
+    .await;
+    assert!(
+        by_count >= 2,
+        "without the byte rule, 100 entries built {by_count} snapshots"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
