@@ -356,7 +356,7 @@ impl Default for RaftConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// sled page cache of the state database, in MiB. sled's heap grows by about 9 times
+    /// sled page cache of the state database, in MiB. sled's heap grows by 7–8 times
     /// what is added here while a whole state is read (a snapshot build), and two state
     /// databases are open while one is rebuilt or installed. At 1M sessions a build and
     /// rebuild peaked at 947 MiB with 48 MiB (1,026 MiB on a 5 GB state) and at 818 MiB with
