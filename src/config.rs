@@ -359,8 +359,9 @@ pub struct StorageConfig {
     /// sled page cache of the state database, in MiB. sled's heap grows by 7–8 times
     /// what is added here while a whole state is read (a snapshot build), and two state
     /// databases are open while one is rebuilt or installed. At 1M sessions a build and
-    /// rebuild peaked at 947 MiB with 48 MiB (1,026 MiB on a 5 GB state) and at 818 MiB with
-    /// 32 MiB, for 6 % less `mixed` throughput (one run each, within the noise).
+    /// rebuild at rest peaked at 947 MiB with 48 MiB and 818 MiB with 32 on one node, and at
+    /// 1,026 and 974 MiB on three (4.4–5.1 GB states), for 6 % less `mixed` throughput with
+    /// 32 (one run each, within the noise).
     pub cache_capacity_mb: u64,
     /// Whether sled compresses the databases it creates (zstd): less disk (a 1.6× smaller
     /// state) for much more CPU: writes take 1.5–1.7× the server CPU, and restarts and
