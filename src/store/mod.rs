@@ -179,6 +179,32 @@ mod tests {
         panic!("the database stayed locked");
     }
 
+    /// A rebuild or an install that dies before its switch leaves a generation `CURRENT` does
+    /// not name: the next start removes it and keeps the state it had.
+    #[tokio::test]
+    async fn a_generation_left_by_a_rebuild_cut_short_is_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = Store::open(dir.path(), TEST_SLED).unwrap();
+            let entries: Vec<_> = (1..=20).map(|i| create_entry(i, i as u32)).collect();
+            store.log.blocking_append(entries.clone()).await.unwrap();
+            store.state_machine.apply(entries).await.unwrap();
+            store.flusher.flush().await.unwrap();
+            store.state_machine.reader().flush().await.unwrap();
+        }
+        let left = dir.path().join("state").join("gen-9");
+        {
+            let db = sled::open(&left).unwrap();
+            let tree = db.open_tree("state").unwrap();
+            tree.insert(b"s-half-filled", b"x".to_vec()).unwrap();
+            db.flush().unwrap();
+        }
+        let store = reopen(dir.path()).await;
+        assert!(!left.exists(), "the unfinished generation was removed");
+        assert!((1..=20).all(|n| holds_session(&store, n)));
+        assert_eq!(store.state_machine.reader().applied_index(), 20);
+    }
+
     #[tokio::test]
     async fn log_vote_and_applied_state_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
