@@ -162,6 +162,17 @@ mod tests {
         }
     }
 
+    /// Opens the store in `dir`, appends and applies `n` creates, flushes the log and the
+    /// state, and closes it.
+    async fn write_sessions(dir: &Path, n: u64) {
+        let mut store = Store::open(dir, TEST_SLED).unwrap();
+        let entries: Vec<_> = (1..=n).map(|i| create_entry(i, i as u32)).collect();
+        store.log.blocking_append(entries.clone()).await.unwrap();
+        store.state_machine.apply(entries).await.unwrap();
+        store.flusher.flush().await.unwrap();
+        store.state_machine.reader().flush().await.unwrap();
+    }
+
     /// Opens the store again once the previous instance's background flusher has let go of
     /// the database lock.
     async fn reopen(dir: &Path) -> Store {
@@ -184,14 +195,7 @@ mod tests {
     #[tokio::test]
     async fn a_generation_left_by_a_rebuild_cut_short_is_removed_at_start() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let mut store = Store::open(dir.path(), TEST_SLED).unwrap();
-            let entries: Vec<_> = (1..=20).map(|i| create_entry(i, i as u32)).collect();
-            store.log.blocking_append(entries.clone()).await.unwrap();
-            store.state_machine.apply(entries).await.unwrap();
-            store.flusher.flush().await.unwrap();
-            store.state_machine.reader().flush().await.unwrap();
-        }
+        write_sessions(dir.path(), 20).await;
         let left = dir.path().join("state").join("gen-9");
         {
             let db = sled::open(&left).unwrap();
@@ -315,14 +319,7 @@ mod tests {
             db.flush().unwrap();
         }
         std::fs::write(dir.path().join("state/CURRENT"), "1").unwrap();
-        {
-            let mut store = Store::open(dir.path(), TEST_SLED).unwrap();
-            let entries: Vec<_> = (1..=200).map(|i| create_entry(i, i as u32)).collect();
-            store.log.blocking_append(entries.clone()).await.unwrap();
-            store.state_machine.apply(entries).await.unwrap();
-            store.flusher.flush().await.unwrap();
-            store.state_machine.reader().flush().await.unwrap();
-        }
+        write_sessions(dir.path(), 200).await;
         let mut store = reopen(dir.path()).await;
         assert!(!compressed(&dir.path().join("log")));
         assert!(!compressed(&dir.path().join("state/gen-1")));
@@ -346,14 +343,7 @@ mod tests {
     #[tokio::test]
     async fn with_compression_off_compressed_databases_open_and_new_ones_are_uncompressed() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let mut store = Store::open(dir.path(), TEST_SLED).unwrap();
-            let entries: Vec<_> = (1..=200).map(|i| create_entry(i, i as u32)).collect();
-            store.log.blocking_append(entries.clone()).await.unwrap();
-            store.state_machine.apply(entries).await.unwrap();
-            store.flusher.flush().await.unwrap();
-            store.state_machine.reader().flush().await.unwrap();
-        }
+        write_sessions(dir.path(), 200).await;
         let uncompressed = SledOptions {
             compression: false,
             ..TEST_SLED
