@@ -356,12 +356,12 @@ impl Default for RaftConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// sled page cache of the state database, in MiB. sled's heap grows by 7–8 times
+    /// sled page cache of the state database, in MiB. sled's heap grows by 7–9 times
     /// what is added here while a whole state is read (a snapshot build), and two state
     /// databases are open while one is rebuilt or installed. At 1M sessions a build and
-    /// rebuild at rest peaked at 947 MiB with 48 MiB and 818 MiB with 32 on one node, and at
-    /// 1,026 and 974 MiB on three (4.4–5.1 GB states), for 6 % less `mixed` throughput with
-    /// 32 (one run each, within the noise).
+    /// rebuild at rest peaked at 1,026, 974 and 726 MiB with 48, 32 and 24 MiB (the
+    /// tightest of three nodes, 4.4–5.1 GB states); `mixed` throughput stayed within the
+    /// noise (README "One million sessions").
     pub cache_capacity_mb: u64,
     /// Whether sled compresses the databases it creates (zstd): less disk (a 1.6× smaller
     /// state) for much more CPU: writes take 1.5–1.7× the server CPU, and restarts and
@@ -374,7 +374,7 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            cache_capacity_mb: 32,
+            cache_capacity_mb: 24,
             compression: false,
         }
     }
