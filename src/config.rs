@@ -360,8 +360,9 @@ pub struct StorageConfig {
     /// what is added here while a whole state is read (a snapshot build), and two state
     /// databases are open while one is rebuilt or installed. At 1M sessions a build and
     /// rebuild at rest peaked at 1,026, 974 and 726 MiB with 48, 32 and 24 MiB (the
-    /// tightest of three nodes, 4.4–5.1 GB states); `mixed` throughput stayed within the
-    /// noise (README "One million sessions").
+    /// tightest of three nodes, 4.4–5.1 GB states). `mixed` with 24 against 32 MiB: 7 %
+    /// faster on one node, 11 % slower on three after a cold restart (one run each; README
+    /// "One million sessions").
     pub cache_capacity_mb: u64,
     /// Whether sled compresses the databases it creates (zstd): less disk (a 1.6× smaller
     /// state) for much more CPU: writes take 1.5–1.7× the server CPU, and restarts and
