@@ -11,12 +11,15 @@
 # bench-results/<timestamp>). Stops exactly the processes it started.
 #
 # Also one sessiond node alone (`sessiond-single`, rotate only: the row compared with Redis,
-# which neither replicates nor keeps a log).
+# which neither replicates nor keeps a log), and the 3-node cluster again with lease reads on
+# (`sessiond-lease`, lookup-linearizable only: `raft.lease_reads` is opt-in, README "Lease
+# reads").
 #
 # Knobs (environment): CONCURRENCY (64), DURATION (10 s), WARMUP (2 s), KEYSPACE (10000),
 # SUBSCRIBERS (1000), FANOUT_CONCURRENCY (16), FANOUT_RATE (200 revocations/s), WORKLOADS
-# (create rotate lookup-linearizable lookup-local mixed), SINGLE_WORKLOADS (rotate), TARGETS
-# (sessiond sessiond-single etcd redis-always redis-everysec).
+# (create rotate lookup-linearizable lookup-local mixed), SINGLE_WORKLOADS (rotate),
+# LEASE_WORKLOADS (lookup-linearizable), TARGETS (sessiond sessiond-lease sessiond-single etcd
+# redis-always redis-everysec).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -35,7 +38,8 @@ fanout_concurrency=${FANOUT_CONCURRENCY:-16}
 fanout_rate=${FANOUT_RATE:-200}
 workloads=${WORKLOADS:-create rotate lookup-linearizable lookup-local mixed}
 single_workloads=${SINGLE_WORKLOADS:-rotate}
-targets=${TARGETS:-sessiond sessiond-single etcd redis-always redis-everysec}
+lease_workloads=${LEASE_WORKLOADS:-lookup-linearizable}
+targets=${TARGETS:-sessiond sessiond-lease sessiond-single etcd redis-always redis-everysec}
 mkdir -p "$results"
 work=$(mktemp -d "${TMPDIR:-/tmp}/sessiond-bench.XXXXXX")
 pids=()
@@ -71,8 +75,8 @@ wait_for() { # command... : retries for 20 s
   return 1
 }
 
-start_sessiond() {
-  SESSIOND_CLUSTER_DIR=$work/sessiond SESSIOND_BIN=$bin scripts/cluster-up.sh >"$work/sessiond-up.log"
+start_sessiond() { # [--lease-reads]
+  SESSIOND_CLUSTER_DIR=$work/sessiond SESSIOND_BIN=$bin scripts/cluster-up.sh "$@" >"$work/sessiond-up.log"
   endpoints=http://127.0.0.1:50061,http://127.0.0.1:50062,http://127.0.0.1:50063
   server_pids=$(paste -sd, "$work/sessiond/pids")
 }
@@ -144,6 +148,7 @@ run_workload() { # target-label bench-target workload
 for label in $targets; do
   case $label in
     sessiond) start_sessiond; target=sessiond ;;
+    sessiond-lease) start_sessiond --lease-reads; target=sessiond ;;
     sessiond-single) start_sessiond_single; target=sessiond ;;
     etcd) start_etcd; target=etcd ;;
     redis-always) start_redis always; target=redis ;;
@@ -152,9 +157,12 @@ for label in $targets; do
   esac
   list=$workloads
   [ "$label" = sessiond-single ] && list=$single_workloads
+  [ "$label" = sessiond-lease ] && list=$lease_workloads
   for workload in $list; do run_workload "$label" "$target" "$workload"; done
   if [ "$label" = sessiond ]; then
     run_workload sessiond sessiond revoke-fanout
+  fi
+  if [ "$label" = sessiond ] || [ "$label" = sessiond-lease ]; then
     SESSIOND_CLUSTER_DIR=$work/sessiond scripts/cluster-down.sh >/dev/null
   fi
   if [ "$label" = sessiond-single ]; then kill -TERM "$server_pids"; wait "$server_pids" || true; fi

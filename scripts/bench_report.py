@@ -24,7 +24,7 @@ WORKLOADS = [
     ("mixed", "mixed 70/25/5 (latency: rotate)", "rotate"),
     ("revoke-fanout", "revoke → event at subscribers", "revoke_to_event"),
 ]
-TARGETS = ["sessiond", "sessiond-single", "etcd", "redis-always", "redis-everysec"]
+TARGETS = ["sessiond", "sessiond-lease", "sessiond-single", "etcd", "redis-always", "redis-everysec"]
 
 
 def load(path):
@@ -114,6 +114,16 @@ def checks(found):
         if s and e:
             r = ratio(s["ops_per_sec"], e["ops_per_sec"])
             out.append((f"{workload} ≥ {factor:g}× etcd {what}", f"{r:.2f}×", r >= factor))
+    s, e = ops("sessiond-lease", "lookup-linearizable", "lookup"), ops("etcd", "lookup-linearizable", "lookup")
+    if s and e:
+        r = ratio(s["ops_per_sec"], e["ops_per_sec"])
+        out.append(("lookup-linearizable with lease reads (opt-in) ≥ 4× etcd linearizable get",
+                    f"{r:.2f}×", r >= 4.0))
+        a, b = found[("sessiond-lease", "lookup-linearizable")], found[("etcd", "lookup-linearizable")]
+        if a.get("server_cpu_us_per_op") and b.get("server_cpu_us_per_op"):
+            a, b = a["server_cpu_us_per_op"], b["server_cpu_us_per_op"]
+            out.append(("lookup-linearizable with lease reads: server CPU/op ≤ ½ etcd's",
+                        f"{a:.0f} µs vs {b:.0f} µs", a <= b / 2))
     for suffix, _, _ in WORKLOADS:
         s, e = found.get(("sessiond", suffix)), found.get(("etcd", suffix))
         if s and e and s.get("server_cpu_us_per_op") and e.get("server_cpu_us_per_op"):

@@ -8,6 +8,7 @@
 #   scripts/chaos.sh --seed 17            # replay one schedule (or --seed 17,42)
 #   scripts/chaos.sh --regressions        # the recorded regression schedules
 #   options: --first-seed N  --duration SECONDS  --voters 3|5  --release
+#            --lease-reads (the nodes answer LINEARIZABLE reads from a leader lease)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +23,8 @@ while [[ $# -gt 0 ]]; do
     --voters) export CHAOS_VOTERS="$2"; shift 2 ;;
     --regressions) test_name=regression_schedules; shift ;;
     --release) profile=(--release); shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --lease-reads) export CHAOS_LEASE_READS=1; shift ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
 done

@@ -12,12 +12,20 @@
 # the principal `service-key` (service, all tenants) in $dir/certs/service.api-key; each node
 # runs with its cluster/nodeN.toml plus a [tls] and [auth] section written to
 # $dir/nodeN.toml. The script prints the environment a client needs.
+#
+# --lease-reads: the nodes answer LINEARIZABLE reads from a leader lease (`raft.lease_reads`,
+# README "Lease reads"); each node runs with a copy of its config in $dir/nodeN.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tls=false
-if [ "${1:-}" = "--tls" ]; then
-  tls=true
-fi
+lease_reads=false
+for arg in "$@"; do
+  case $arg in
+    --tls) tls=true ;;
+    --lease-reads) lease_reads=true ;;
+    *) echo "unknown option $arg (known: --tls, --lease-reads)" >&2; exit 2 ;;
+  esac
+done
 dir=${SESSIOND_CLUSTER_DIR:-${TMPDIR:-/tmp}/sessiond-cluster}
 mkdir -p "$dir"
 if [ -s "$dir/pids" ]; then
@@ -91,6 +99,11 @@ name = "gateway"
 role = "gateway"
 tenants = ["*"]
 EOF
+  fi
+  if $lease_reads; then
+    [ "$config" = "$dir/node$i.toml" ] || cp "cluster/node$i.toml" "$dir/node$i.toml"
+    config=$dir/node$i.toml
+    sed -i 's/^\[raft\]$/[raft]\nlease_reads = true/' "$config"
   fi
   "$bin" serve --config "$config" --data-dir "$dir/node$i" \
     >"$dir/node$i.log" 2>&1 &

@@ -337,6 +337,11 @@ pub struct RaftConfig {
     pub snapshot_log_percent: u64,
     /// Entries kept in the log behind the snapshot (for slow followers).
     pub max_in_snapshot_log_to_keep: u64,
+    /// Whether the leader answers LINEARIZABLE reads from a leader lease, without a quorum
+    /// round per read. Off by default: it assumes that the nodes' monotonic clocks run at
+    /// rates within ~5 % of each other, that no host is suspended or paused, and the same
+    /// `election_timeout_max_ms` on every node (README "Lease reads").
+    pub lease_reads: bool,
 }
 
 impl Default for RaftConfig {
@@ -348,6 +353,7 @@ impl Default for RaftConfig {
             snapshot_logs_since_last: 20_000,
             snapshot_log_percent: 50,
             max_in_snapshot_log_to_keep: 1_000,
+            lease_reads: false,
         }
     }
 }

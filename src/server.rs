@@ -214,6 +214,7 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
         snapshot_logs_since_last: config.raft.snapshot_logs_since_last,
         snapshot_log_fraction: config.raft.snapshot_log_percent as f64 / 100.0,
         max_in_snapshot_log_to_keep: config.raft.max_in_snapshot_log_to_keep,
+        lease_reads: config.raft.lease_reads,
         sled: config.storage.sled_options(),
     })
     .await?;

@@ -81,12 +81,7 @@ async fn a_partitioned_leader_cannot_acknowledge_and_replicas_converge_after_hea
         .unwrap();
 
     cluster.isolate(leader, true);
-    let majority: Vec<u64> = cluster
-        .nodes
-        .keys()
-        .copied()
-        .filter(|id| *id != leader)
-        .collect();
+    let majority = cluster.others(leader);
     let new_leader = cluster.wait_for_leader(&majority).await;
 
     let cut_off = tokio::time::timeout(
@@ -102,13 +97,10 @@ async fn a_partitioned_leader_cannot_acknowledge_and_replicas_converge_after_hea
     );
     let revoked = cluster.nodes[&new_leader]
         .client
-        .revoke(RevokeRequest {
-            tenant: "p".into(),
-            scope: RevokeScope::Session as i32,
-            id: before.session.as_ref().unwrap().session_id.clone(),
-            reason: RevocationReason::Admin as i32,
-            request_id: String::new(),
-        })
+        .revoke(revoke_session(
+            "p",
+            &before.session.as_ref().unwrap().session_id,
+        ))
         .await
         .unwrap();
     assert_eq!(revoked.revoked_count, 1);

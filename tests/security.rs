@@ -14,12 +14,11 @@ use sessiond::proto::internal::raft_transport_client::RaftTransportClient;
 use sessiond::proto::internal::{ReadIndexMessage, VoteMessage, VoteRecord};
 use sessiond::proto::v1::cluster_client::ClusterClient;
 use sessiond::proto::v1::*;
-use sessiond::raft::network::{PEER_CLUSTER_METADATA, PEER_NODE_METADATA};
 use sessiond::server::{self, RunningNode};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 
-use common::{create_request, lookup_by_id, rotate_request, test_config};
+use common::{create_request, lookup_by_id, peer_request, rotate_request, test_config};
 
 const CLUSTER: &str = "sec-test";
 
@@ -549,18 +548,6 @@ fn vote_message(candidate: u64, term: u64) -> VoteMessage {
         }),
         last_log_id: None,
     }
-}
-
-/// A vote request as node `sender` of `cluster` would send it.
-fn peer_request<T>(message: T, cluster: &str, sender: u64) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(PEER_CLUSTER_METADATA, cluster.parse().unwrap());
-    request
-        .metadata_mut()
-        .insert(PEER_NODE_METADATA, sender.to_string().parse().unwrap());
-    request
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

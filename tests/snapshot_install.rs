@@ -22,16 +22,6 @@ use sessiond::proto::v1::watch_revocations_response::Kind;
 use sessiond::proto::v1::*;
 use tonic::Streaming;
 
-fn revoke_session(tenant: &str, session_id: &str) -> RevokeRequest {
-    RevokeRequest {
-        tenant: tenant.into(),
-        scope: RevokeScope::Session as i32,
-        id: session_id.into(),
-        reason: RevocationReason::Admin as i32,
-        request_id: String::new(),
-    }
-}
-
 async fn subscribe(client: &Client, from_revision: u64) -> Streaming<WatchRevocationsResponse> {
     client
         .watch_revocations(WatchRevocationsRequest {

@@ -248,6 +248,21 @@ pub static STREAM_SUBSCRIBERS: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+/// Leadership confirmations of LINEARIZABLE reads done by this node as leader, by how: `lease`
+/// (from the leader lease, no round trip) or `quorum` (a heartbeat round).
+pub static READ_CONFIRMATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "sessiond_read_confirmations_total",
+                "Leadership confirmations of linearizable reads, by lease or by quorum round",
+            ),
+            &["how"],
+        )
+        .expect("valid metric"),
+    )
+});
+
 /// Revocation stream subscribers cut off for being slow.
 pub static STREAM_CUT_OFFS: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
@@ -302,6 +317,7 @@ mod tests {
     fn instruments_appear_in_the_text_format_once_touched() {
         COMMANDS_PER_ENTRY.observe(3.0);
         GC_COLLECTIONS.inc();
+        READ_CONFIRMATIONS.with_label_values(&["lease"]).inc();
         let before = STREAM_SUBSCRIBERS.get();
         {
             let _subscriber = stream_subscribed();
@@ -312,6 +328,7 @@ mod tests {
         assert!(text.contains("sessiond_stream_subscribers"), "{text}");
         assert!(text.contains("sessiond_commands_per_entry_count"), "{text}");
         assert!(text.contains("sessiond_gc_collections_total"), "{text}");
+        assert!(text.contains("sessiond_read_confirmations_total"), "{text}");
         let mut transfer = SnapshotTransfer::default();
         transfer.chunk("send", 0, 1000, false);
         transfer.chunk("send", 1000, 24, true);

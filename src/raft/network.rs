@@ -28,6 +28,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
+use super::lease::LeaseTracker;
 use super::{wire, TypeConfig};
 use crate::metrics::SnapshotTransfer;
 use crate::proto::internal::raft_transport_client::RaftTransportClient;
@@ -84,6 +85,8 @@ struct PeersInner {
     blocked: RwLock<BTreeSet<u64>>,
     /// Client addresses of peers by (id, peer address): the answer, or when asking failed.
     client_addrs: Mutex<HashMap<(u64, String), Result<String, Instant>>>,
+    /// Which AppendEntries the peers accepted, for lease reads.
+    lease: LeaseTracker,
 }
 
 /// Why a request to a peer failed.
@@ -110,6 +113,7 @@ impl Peers {
                 channels: Mutex::default(),
                 blocked: RwLock::default(),
                 client_addrs: Mutex::default(),
+                lease: LeaseTracker::default(),
             }),
         }
     }
@@ -138,6 +142,11 @@ impl Peers {
         metadata.insert(PEER_CLUSTER_METADATA, self.inner.cluster_id.clone());
         metadata.insert(PEER_NODE_METADATA, self.inner.node_id.clone());
         request
+    }
+
+    /// The AppendEntries the peers accepted from this node, for lease reads.
+    pub fn lease(&self) -> &LeaseTracker {
+        &self.inner.lease
     }
 
     /// Cuts (or, with an empty set, restores) this node's links to `peers`: every request to
@@ -354,11 +363,16 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         }
         let mut client = self.peers.client(self.target, &self.addr)?;
         let request = self.request(message, &option);
+        let sent_at = Instant::now();
         let reply = client
             .append_entries(request)
             .await
             .map_err(|s| status_error(self.target, s))?;
-        wire::append_entries_response(reply.get_ref()).map_err(undecodable)
+        let response = wire::append_entries_response(reply.get_ref()).map_err(undecodable)?;
+        if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
+            self.peers.lease().accepted(self.target, &rpc.vote, sent_at);
+        }
+        Ok(response)
     }
 
     async fn install_snapshot(

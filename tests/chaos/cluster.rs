@@ -96,12 +96,15 @@ impl Cluster {
             .tempdir()
             .expect("temp dir");
         let config = root.path().join("sessiond.toml");
+        let lease_reads = std::env::var("CHAOS_LEASE_READS").is_ok_and(|v| v == "1");
         std::fs::write(
             &config,
-            "[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 800\n\
-             election_timeout_max_ms = 1600\nsnapshot_logs_since_last = 5000\n\
-             max_in_snapshot_log_to_keep = 20\n\n[gc]\ninterval_ms = 5000\n\n\
-             [watch]\nprogress_interval_ms = 300\n",
+            format!(
+                "[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 800\n\
+                 election_timeout_max_ms = 1600\nsnapshot_logs_since_last = 5000\n\
+                 max_in_snapshot_log_to_keep = 20\nlease_reads = {lease_reads}\n\n\
+                 [gc]\ninterval_ms = 5000\n\n[watch]\nprogress_interval_ms = 300\n"
+            ),
         )
         .expect("config file");
         let addrs: BTreeMap<u64, String> = ids

@@ -11,7 +11,8 @@
 //! checker's own test and the short single-fault regressions run):
 //! `scripts/chaos.sh` runs them. Environment: `CHAOS_SEED` (replay one), `CHAOS_SCHEDULES`
 //! (how many, from `CHAOS_FIRST_SEED`, default random), `CHAOS_DURATION_S` (default 20),
-//! `CHAOS_VOTERS` (3 or 5).
+//! `CHAOS_VOTERS` (3 or 5), `CHAOS_LEASE_READS` (1: the nodes answer LINEARIZABLE reads from a
+//! leader lease).
 
 mod check;
 mod cluster;

@@ -193,13 +193,21 @@ impl TestCluster {
             .unwrap()
     }
 
+    /// The running nodes other than `id`.
+    pub fn others(&self, id: u64) -> Vec<u64> {
+        self.nodes.keys().copied().filter(|o| *o != id).collect()
+    }
+
     /// Cuts `id` off from every other node, both ways (or heals it with `false`).
     pub fn isolate(&self, id: u64, isolated: bool) {
         for (other, node) in &self.nodes {
             let peers = node.node.node().peers();
             if *other == id {
-                let everyone: Vec<u64> = self.nodes.keys().copied().filter(|o| *o != id).collect();
-                peers.set_partitioned_from(if isolated { everyone } else { Vec::new() });
+                peers.set_partitioned_from(if isolated {
+                    self.others(id)
+                } else {
+                    Vec::new()
+                });
             } else {
                 peers.set_partitioned_from(if isolated { vec![id] } else { Vec::new() });
             }

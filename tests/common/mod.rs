@@ -65,6 +65,17 @@ pub fn rotate_request(token: &str) -> RotateRequest {
     }
 }
 
+/// An administrator's revocation of one session.
+pub fn revoke_session(tenant: &str, session_id: &str) -> RevokeRequest {
+    RevokeRequest {
+        tenant: tenant.to_owned(),
+        scope: RevokeScope::Session as i32,
+        id: session_id.to_owned(),
+        reason: RevocationReason::Admin as i32,
+        request_id: String::new(),
+    }
+}
+
 /// A linearizable lookup by session id.
 pub fn lookup_by_id(tenant: &str, session_id: &str) -> LookupRequest {
     LookupRequest {
@@ -72,6 +83,20 @@ pub fn lookup_by_id(tenant: &str, session_id: &str) -> LookupRequest {
         key: Some(lookup_request::Key::SessionId(session_id.to_owned())),
         consistency: Consistency::Linearizable as i32,
     }
+}
+
+/// A peer request as node `sender` of `cluster` would send it.
+pub fn peer_request<T>(message: T, cluster: &str, sender: u64) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        sessiond::raft::network::PEER_CLUSTER_METADATA,
+        cluster.parse().unwrap(),
+    );
+    request.metadata_mut().insert(
+        sessiond::raft::network::PEER_NODE_METADATA,
+        sender.to_string().parse().unwrap(),
+    );
+    request
 }
 
 /// The real binary running `serve` as a child process.
