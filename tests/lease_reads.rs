@@ -156,7 +156,7 @@ async fn a_cut_off_leader_answers_from_its_lease_only_until_it_expires_and_never
 /// listens on a new port, so the leader does not reach it again: once the lease has run
 /// out, it may grant.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_restarted_voter_grants_no_vote_within_the_lease_it_forgot() {
+async fn a_restarted_voter_grants_no_vote_within_the_lease_it_gave() {
     // A long lease, so that a restart on a loaded machine fits well within it.
     let mut cluster = TestCluster::start(3, |c| {
         c.raft.lease_reads = true;

@@ -376,20 +376,14 @@ impl RaftNode {
             .raft
             .with_raft_state(move |st| {
                 let vote = *st.vote_ref();
-                let own_term_committed = st
-                    .committed
-                    .is_some_and(|c| c.leader_id.term == vote.leader_id().get_term());
                 let leads = st.server_state == ServerState::Leader
                     && vote.is_committed()
                     && vote.leader_id().voted_for() == Some(id);
-                (leads && own_term_committed).then(|| {
-                    let configs = st
-                        .membership_state
-                        .effective()
-                        .membership()
-                        .get_joint_config();
-                    (vote, configs.clone(), st.committed.map_or(0, |c| c.index))
-                })
+                let committed = st
+                    .committed
+                    .filter(|c| leads && c.leader_id.term == vote.leader_id().get_term())?;
+                let membership = st.membership_state.effective().membership();
+                Some((vote, membership.get_joint_config().clone(), committed.index))
             })
             .await
             .ok()??;
