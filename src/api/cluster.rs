@@ -593,15 +593,11 @@ impl Cluster for ClusterAdmin {
         if upto == 0 {
             return Err(Error::invalid("upto", "must be a positive log index").into());
         }
-        self.node
-            .raft()
-            .trigger()
-            .purge_log(upto)
-            .await
-            .map_err(|e| Error::Unavailable(format!("raft stopped: {e}")))?;
-        tracing::info!(upto, "log purge requested by an operator");
+        let purging_upto = self.node.purge_log(upto).await?;
+        tracing::info!(upto, purging_upto, "log purge requested by an operator");
         Ok(Response::new(PurgeLogResponse {
             node_id: self.node.node_id(),
+            purging_upto,
         }))
     }
 }

@@ -149,9 +149,17 @@ pub async fn run(target: &super::Target, command: ClusterCommand) -> anyhow::Res
                 .await?
                 .into_inner();
             if json_output {
-                println!("{}", json!({"node_id": r.node_id, "purging_up_to": upto}));
+                println!(
+                    "{}",
+                    json!({"node_id": r.node_id, "purging_up_to": r.purging_upto})
+                );
+            } else if r.purging_upto == 0 {
+                println!("node {}: no log entry can be purged yet", r.node_id);
             } else {
-                println!("node {} is purging its log up to {upto}", r.node_id);
+                println!(
+                    "node {} is purging its log up to {}",
+                    r.node_id, r.purging_upto
+                );
             }
             return Ok(());
         }

@@ -405,6 +405,30 @@ impl RaftNode {
         Ok(())
     }
 
+    /// Asks Raft to purge the log up to `upto`, no further than the snapshot's last index
+    /// minus `max_in_snapshot_log_to_keep` ([`purge_point`]); returns the index asked of Raft
+    /// (0: nothing can be purged yet, and nothing was asked).
+    pub async fn purge_log(&self, upto: u64) -> Result<u64, Error> {
+        let snapshot_index = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .snapshot
+            .map_or(0, |id| id.index);
+        let keep = self.inner.raft.config().max_in_snapshot_log_to_keep;
+        let point = purge_point(upto, snapshot_index, keep);
+        if point > 0 {
+            self.inner
+                .raft
+                .trigger()
+                .purge_log(point)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(point)
+    }
+
     /// The connections to peers (and the partition switch of fault tests).
     pub fn peers(&self) -> &Peers {
         &self.inner.peers
@@ -453,6 +477,15 @@ impl RaftNode {
             .map_err(Error::Unavailable)?;
         self.inner.state.flush().await.map_err(Error::Unavailable)
     }
+}
+
+/// How far an operator's purge up to `asked` may go: no further than `snapshot_index - keep`,
+/// where openraft's own purge after the next snapshot lands at the earliest. A purge point
+/// beyond it, still pending behind a replication that uses those entries when the next
+/// snapshot is built, would have openraft move its purge point backwards (a debug assertion
+/// in 0.9, `update_purge_upto`).
+fn purge_point(asked: u64, snapshot_index: u64, keep: u64) -> u64 {
+    asked.min(snapshot_index.saturating_sub(keep))
 }
 
 /// The answer to a command [`RaftNode::propose`] sent: when this node keyed it
@@ -567,5 +600,19 @@ async fn log_due(
             true
         }
         Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::purge_point;
+
+    #[test]
+    fn an_operator_purge_stops_where_the_policy_purge_after_the_next_snapshot_starts() {
+        assert_eq!(purge_point(500, 500, 20), 480);
+        assert_eq!(purge_point(100, 500, 20), 100);
+        assert_eq!(purge_point(500, 500, 0), 500);
+        assert_eq!(purge_point(500, 10, 20), 0);
+        assert_eq!(purge_point(500, 0, 0), 0);
     }
 }

@@ -16,6 +16,8 @@ use crate::proxy::{LinkMode, Proxies};
 
 /// How long one operator call may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Log entries each node keeps behind its snapshot (`raft.max_in_snapshot_log_to_keep`).
+pub const KEEP: u64 = 20;
 
 /// One node of the cluster.
 pub struct Node {
@@ -102,7 +104,7 @@ impl Cluster {
             format!(
                 "[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 800\n\
                  election_timeout_max_ms = 1600\nsnapshot_logs_since_last = 5000\n\
-                 max_in_snapshot_log_to_keep = 20\nlease_reads = {lease_reads}\n\n\
+                 max_in_snapshot_log_to_keep = {KEEP}\nlease_reads = {lease_reads}\n\n\
                  [gc]\ninterval_ms = 5000\n\n[watch]\nprogress_interval_ms = 300\n"
             ),
         )
@@ -399,11 +401,11 @@ impl Cluster {
         )
     }
 
-    /// Has node `id` build a snapshot, waits for it, then purges its log up to it.
-    pub async fn snapshot_and_purge(&self, id: u64) -> Option<u64> {
+    /// Has node `id` build a snapshot and waits for it; returns its last index.
+    pub async fn snapshot(&self, id: u64) -> Option<u64> {
         let before = self.status(id).await?.snapshot_index;
-        let mut admin = self.admin(id).await?;
-        admin
+        self.admin(id)
+            .await?
             .trigger_snapshot(TriggerSnapshotRequest {})
             .await
             .ok()?;
@@ -411,17 +413,25 @@ impl Cluster {
         while Instant::now() < deadline {
             let s = self.status(id).await?;
             if s.snapshot_index > before {
-                admin
-                    .purge_log(PurgeLogRequest {
-                        upto: s.snapshot_index,
-                    })
-                    .await
-                    .ok()?;
                 return Some(s.snapshot_index);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         None
+    }
+
+    /// Has node `id` build a snapshot, waits for it, then purges its log as far as the node
+    /// allows up to it; returns the snapshot's last index and the purge point.
+    pub async fn snapshot_and_purge(&self, id: u64) -> Option<(u64, u64)> {
+        let snapshot = self.snapshot(id).await?;
+        let purge = self
+            .admin(id)
+            .await?
+            .purge_log(PurgeLogRequest { upto: snapshot })
+            .await
+            .ok()?
+            .into_inner();
+        Some((snapshot, purge.purging_upto))
     }
 }
 
