@@ -12,45 +12,9 @@ use sessiond::proto::v1::cluster_client::ClusterClient;
 use sessiond::proto::v1::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 use common::cluster::TestCluster;
-use common::{create_request, test_config, TestNode};
-
-/// The gRPC health status of `service` on the node at `addr`.
-async fn grpc_health(addr: SocketAddr, service: &str) -> ServingStatus {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .expect("an endpoint URL")
-        .connect()
-        .await
-        .expect("health connects");
-    let mut client = HealthClient::new(channel);
-    let answer = client
-        .check(HealthCheckRequest {
-            service: service.to_owned(),
-        })
-        .await
-        .expect("health answers")
-        .into_inner();
-    ServingStatus::try_from(answer.status).expect("a known status")
-}
-
-/// Waits up to `within` until `service` on `addr` reports `wanted`.
-async fn wait_for_health(addr: SocketAddr, service: &str, wanted: ServingStatus, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let now = grpc_health(addr, service).await;
-        if now == wanted {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{addr} {service:?} still {now:?}, wanted {wanted:?} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use common::{create_request, test_config, wait_for_health, TestNode};
 
 /// GETs `path` on `addr`; returns the status code and the body.
 async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {

@@ -38,7 +38,7 @@ use crate::proto::v1::{
     PurgeLogResponse, RemoveRequest, StateDigestRequest, StateDigestResponse,
     TriggerSnapshotRequest, TriggerSnapshotResponse,
 };
-use crate::raft::RaftNode;
+use crate::raft::{raft_stopped, RaftNode};
 use crate::store::{backup, StateReader};
 use crate::Error;
 
@@ -90,7 +90,7 @@ impl ClusterAdmin {
         let committed = raft
             .with_raft_state(|s| s.committed.map(|id| id.index))
             .await
-            .map_err(|e| Error::Unavailable(format!("raft stopped: {e}")))?;
+            .map_err(raft_stopped)?;
         let m = raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
@@ -234,10 +234,7 @@ impl ClusterAdmin {
                     BACKUP_BUILD_TIMEOUT.as_secs()
                 )));
             }
-            raft.trigger()
-                .snapshot()
-                .await
-                .map_err(|e| Error::Unavailable(format!("raft stopped: {e}")))?;
+            raft.trigger().snapshot().await.map_err(raft_stopped)?;
             let wait = BACKUP_RETRIGGER.min(deadline.saturating_duration_since(Instant::now()));
             let _ = raft
                 .wait(Some(wait))
@@ -352,7 +349,7 @@ fn membership_failed(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Err
                 l.node_id
             )),
         },
-        RaftError::Fatal(f) => Error::Unavailable(format!("raft stopped: {f}")),
+        RaftError::Fatal(f) => raft_stopped(f),
     }
 }
 
@@ -578,7 +575,7 @@ impl Cluster for ClusterAdmin {
             .trigger()
             .snapshot()
             .await
-            .map_err(|e| Error::Unavailable(format!("raft stopped: {e}")))?;
+            .map_err(raft_stopped)?;
         tracing::info!("snapshot requested by an operator");
         Ok(Response::new(TriggerSnapshotResponse {
             node_id: self.node.node_id(),

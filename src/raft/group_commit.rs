@@ -23,7 +23,7 @@ use openraft::Raft;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{not_leader, unavailable, Applied, TypeConfig, WRITE_DEADLINE};
+use super::{not_leader, raft_stopped, Applied, TypeConfig, WRITE_DEADLINE};
 use crate::domain::time::restamp;
 use crate::proto::internal::{command, command_result, Command, CommandBatch, CommandResult};
 use crate::proto::SCHEMA_VERSION;
@@ -190,6 +190,6 @@ async fn write_entry(raft: &Raft<TypeConfig>, command: Command) -> Result<Applie
         Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
             Err(Error::Internal(format!("unexpected membership error: {e}")))
         }
-        Err(RaftError::Fatal(e)) => Err(unavailable(e)),
+        Err(RaftError::Fatal(e)) => Err(raft_stopped(e)),
     }
 }

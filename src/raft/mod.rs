@@ -192,14 +192,14 @@ impl RaftNode {
     /// log) and answers true; does nothing and answers false otherwise.
     pub async fn initialize_single_if_new(&self) -> Result<bool, Error> {
         let raft = &self.inner.raft;
-        if raft.is_initialized().await.map_err(unavailable)? {
+        if raft.is_initialized().await.map_err(raft_stopped)? {
             return Ok(false);
         }
         let members = BTreeMap::from([(self.inner.id, BasicNode::new(&self.inner.advertise_addr))]);
         match raft.initialize(members).await {
             Ok(()) => Ok(true),
             Err(RaftError::APIError(e)) => Err(Error::Internal(format!("initialize: {e}"))),
-            Err(RaftError::Fatal(e)) => Err(unavailable(e)),
+            Err(RaftError::Fatal(e)) => Err(raft_stopped(e)),
         }
     }
 
@@ -361,7 +361,7 @@ impl RaftNode {
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
                 Err(Error::Unavailable(format!("no quorum: {e}")))
             }
-            Err(RaftError::Fatal(e)) => Err(unavailable(e)),
+            Err(RaftError::Fatal(e)) => Err(raft_stopped(e)),
         }
     }
 
@@ -424,7 +424,7 @@ impl RaftNode {
                 .trigger()
                 .purge_log(point)
                 .await
-                .map_err(unavailable)?;
+                .map_err(raft_stopped)?;
         }
         Ok(point)
     }
@@ -510,9 +510,16 @@ fn not_leader(f: ForwardToLeader<u64, BasicNode>) -> Error {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Error {
-    Error::Unavailable(format!("raft stopped: {e}"))
+/// What a request gets once Raft has stopped on this node (on a fatal error, such as a full
+/// disk, or at shutdown). The cause is an operator's matter: it goes to the log (openraft logs
+/// it when its core stops), not to the caller.
+pub fn raft_stopped(e: impl std::fmt::Display) -> Error {
+    tracing::debug!(error = %e, "request refused: raft has stopped");
+    Error::Unavailable(RAFT_STOPPED.into())
 }
+
+/// The message of [`raft_stopped`].
+const RAFT_STOPPED: &str = "raft has stopped on this node (its log says why); try another node";
 
 /// Asks Raft for snapshot builds: when the log since the last snapshot is due for one by
 /// `schedule` (checked every [`SCHEDULE_CHECK_INTERVAL`]), and when `probe` says the state
@@ -605,7 +612,19 @@ async fn log_due(
 
 #[cfg(test)]
 mod tests {
-    use super::purge_point;
+    use super::{purge_point, raft_stopped, Error};
+
+    #[test]
+    fn a_stopped_raft_keeps_its_cause_out_of_the_answer() {
+        let cause = "when Write Apply(LogId { index: 3410 }): No space left on device";
+        match raft_stopped(cause) {
+            Error::Unavailable(message) => {
+                assert!(message.contains("raft has stopped"), "{message}");
+                assert!(!message.contains("3410") && !message.contains("space"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn an_operator_purge_stops_where_the_policy_purge_after_the_next_snapshot_starts() {

@@ -16,6 +16,9 @@ use sessiond::client::Client;
 use sessiond::config::Config;
 use sessiond::proto::v1::*;
 use sessiond::server::{self, RunningNode};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 /// A config for a test node: loopback port 0 (the OS picks a free one) and `data_dir`.
 pub fn test_config(data_dir: &Path) -> Config {
@@ -238,5 +241,44 @@ pub async fn connect(endpoint: &str) -> Client {
             Err(e) if Instant::now() > deadline => panic!("cannot connect: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
+    }
+}
+
+/// The gRPC health status of `service` on the node at `addr`.
+pub async fn grpc_health(addr: SocketAddr, service: &str) -> ServingStatus {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("an endpoint URL")
+        .connect()
+        .await
+        .expect("health connects");
+    let mut client = HealthClient::new(channel);
+    let answer = client
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .expect("health answers")
+        .into_inner();
+    ServingStatus::try_from(answer.status).expect("a known status")
+}
+
+/// Waits up to `within` until `service` on `addr` reports `wanted`.
+pub async fn wait_for_health(
+    addr: SocketAddr,
+    service: &str,
+    wanted: ServingStatus,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = grpc_health(addr, service).await;
+        if now == wanted {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} {service:?} still {now:?}, wanted {wanted:?} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
