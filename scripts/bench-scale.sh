@@ -110,8 +110,7 @@ if [ "$snapshot_index" -le "$snapshot_before" ]; then
   echo "node 1 did not build a new snapshot; logs in $work" >&2
   exit 1
 fi
-# The node purges up to the snapshot's index less the entries it keeps behind it
-# (`raft.max_in_snapshot_log_to_keep`).
+# Wait for the purge point the node answers (the snapshot's index).
 purge_point=$("$bin" cluster purge-log --endpoint "$ep1" --json "$snapshot_index" | json_field "['purging_up_to']")
 for _ in $(seq 1 1200); do
   [ "$(status "$ep1" | json_field "['purged_index']")" -ge "$purge_point" ] && break

@@ -157,7 +157,7 @@ pub async fn run(target: &super::Target, command: ClusterCommand) -> anyhow::Res
                 println!("node {}: no log entry can be purged yet", r.node_id);
             } else {
                 println!(
-                    "node {} is purging its log up to {}",
+                    "node {}: its log is purged up to {} (in the background)",
                     r.node_id, r.purging_upto
                 );
             }

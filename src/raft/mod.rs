@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
-use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 
 use coalesce::Coalescer;
 use group_commit::GroupCommit;
@@ -136,7 +136,9 @@ impl RaftNode {
             election_timeout_min: options.election_timeout_min_ms,
             election_timeout_max: options.election_timeout_max_ms,
             snapshot_policy: SnapshotPolicy::Never,
-            max_in_snapshot_log_to_keep: options.max_in_snapshot_log_to_keep,
+            // openraft's own purge after each build is off: [`schedule_builds`] asks for it
+            // ([`purge_behind`]).
+            max_in_snapshot_log_to_keep: u64::MAX,
             install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT.as_millis() as u64,
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
             max_payload_entries: MAX_PAYLOAD_ENTRIES,
@@ -167,6 +169,7 @@ impl RaftNode {
             log,
             snapshot_path,
             rebuild_probe,
+            options.max_in_snapshot_log_to_keep,
         ));
         Ok(RaftNode {
             inner: Arc::new(Inner {
@@ -405,20 +408,13 @@ impl RaftNode {
         Ok(())
     }
 
-    /// Asks Raft to purge the log up to `upto`, no further than the snapshot's last index
-    /// minus `max_in_snapshot_log_to_keep` ([`purge_point`]); returns the index asked of Raft
-    /// (0: nothing can be purged yet, and nothing was asked).
+    /// Asks Raft to purge the log up to `upto`, no further than the snapshot's last index;
+    /// returns the index the log is purged up to once that is done: at least what was purged
+    /// already (0: nothing is, and nothing can be yet).
     pub async fn purge_log(&self, upto: u64) -> Result<u64, Error> {
-        let snapshot_index = self
-            .inner
-            .raft
-            .metrics()
-            .borrow()
-            .snapshot
-            .map_or(0, |id| id.index);
-        let keep = self.inner.raft.config().max_in_snapshot_log_to_keep;
-        let point = purge_point(upto, snapshot_index, keep);
-        if point > 0 {
+        let (snapshot, purged) = snapshot_and_purged(&self.inner.raft.metrics().borrow());
+        let point = upto.min(snapshot);
+        if point > purged {
             self.inner
                 .raft
                 .trigger()
@@ -426,7 +422,7 @@ impl RaftNode {
                 .await
                 .map_err(raft_stopped)?;
         }
-        Ok(point)
+        Ok(point.max(purged))
     }
 
     /// The connections to peers (and the partition switch of fault tests).
@@ -479,13 +475,23 @@ impl RaftNode {
     }
 }
 
-/// How far an operator's purge up to `asked` may go: no further than `snapshot_index - keep`,
-/// where openraft's own purge after the next snapshot lands at the earliest. A purge point
-/// beyond it, still pending behind a replication that uses those entries when the next
-/// snapshot is built, would have openraft move its purge point backwards (a debug assertion
-/// in 0.9, `update_purge_upto`).
-fn purge_point(asked: u64, snapshot_index: u64, keep: u64) -> u64 {
-    asked.min(snapshot_index.saturating_sub(keep))
+/// The last index of this node's snapshot and of its purged log (0: none), from `m`.
+fn snapshot_and_purged(m: &RaftMetrics<u64, BasicNode>) -> (u64, u64) {
+    let index = |id: Option<openraft::LogId<u64>>| id.map_or(0, |id| id.index);
+    (index(m.snapshot), index(m.purged))
+}
+
+/// Where the log behind a snapshot ending at `snapshot` is purged, keeping `keep` entries;
+/// `None` while that is no further than `purged` (or the last point asked).
+///
+/// sessiond asks for this purge itself, through the same call as an operator's purge,
+/// instead of leaving it to openraft's policy: openraft 0.9 sets its policy point after each
+/// build without looking at a point still pending (an operator's purge waiting for a
+/// replication that uses those entries), and a lower one moved it backwards (a debug
+/// assertion in `update_purge_upto`; the Raft core stopped). Asked through
+/// `trigger().purge_log`, a lower point is ignored.
+fn purge_behind(snapshot: u64, keep: u64, purged: u64) -> Option<u64> {
+    Some(snapshot.saturating_sub(keep)).filter(|point| *point > purged)
 }
 
 /// The answer to a command [`RaftNode::propose`] sent: when this node keyed it
@@ -524,13 +530,16 @@ const RAFT_STOPPED: &str = "raft has stopped on this node (its log says why); tr
 /// Asks Raft for snapshot builds: when the log since the last snapshot is due for one by
 /// `schedule` (checked every [`SCHEDULE_CHECK_INTERVAL`]), and when `probe` says the state
 /// database is due for a rebuild (a rebuild follows a build: after a load, writes may stay
-/// too slow for the log to call for a build for a long time). Ends when Raft stops.
+/// too slow for the log to call for a build for a long time). Once a snapshot is there, asks
+/// for the purge of the log behind it but for `keep` entries ([`purge_behind`]). Ends when
+/// Raft stops.
 async fn schedule_builds(
     raft: Raft<TypeConfig>,
     schedule: SnapshotSchedule,
     log: LogStore,
     snapshot_path: PathBuf,
     mut probe: RebuildProbe,
+    keep: u64,
 ) {
     let mut metrics = raft.metrics();
     let mut rebuild_ticker = tokio::time::interval(REBUILD_PROBE_INTERVAL);
@@ -540,6 +549,8 @@ async fn schedule_builds(
     // The snapshot index a build was last asked for after, and when: Raft ignores a request
     // while a build runs, so one is asked for again only if no snapshot came of it.
     let mut asked: Option<(u64, Instant)> = None;
+    // The last purge point asked for.
+    let mut purge_asked = 0;
     loop {
         tokio::select! {
             _ = rebuild_ticker.tick() => {
@@ -565,10 +576,19 @@ async fn schedule_builds(
                 }
                 asked = Some((snapshot, Instant::now()));
             }
-            changed = metrics.changed() => match changed {
-                Ok(()) => continue,
-                Err(_) => return,
-            },
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let (snapshot, purged) = snapshot_and_purged(&metrics.borrow());
+                if let Some(point) = purge_behind(snapshot, keep, purged.max(purge_asked)) {
+                    purge_asked = point;
+                    if raft.trigger().purge_log(point).await.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
         }
         if raft.trigger().snapshot().await.is_err() {
             return;
@@ -612,7 +632,7 @@ async fn log_due(
 
 #[cfg(test)]
 mod tests {
-    use super::{purge_point, raft_stopped, Error};
+    use super::{purge_behind, raft_stopped, Error};
 
     #[test]
     fn a_stopped_raft_keeps_its_cause_out_of_the_answer() {
@@ -627,11 +647,12 @@ mod tests {
     }
 
     #[test]
-    fn an_operator_purge_stops_where_the_policy_purge_after_the_next_snapshot_starts() {
-        assert_eq!(purge_point(500, 500, 20), 480);
-        assert_eq!(purge_point(100, 500, 20), 100);
-        assert_eq!(purge_point(500, 500, 0), 500);
-        assert_eq!(purge_point(500, 10, 20), 0);
-        assert_eq!(purge_point(500, 0, 0), 0);
+    fn the_purge_behind_a_snapshot_keeps_its_entries_and_only_moves_forward() {
+        assert_eq!(purge_behind(500, 20, 0), Some(480));
+        assert_eq!(purge_behind(500, 0, 0), Some(500));
+        assert_eq!(purge_behind(500, 20, 480), None);
+        assert_eq!(purge_behind(500, 20, 490), None);
+        assert_eq!(purge_behind(10, 20, 0), None);
+        assert_eq!(purge_behind(0, 0, 0), None);
     }
 }

@@ -420,18 +420,22 @@ impl Cluster {
         None
     }
 
-    /// Has node `id` build a snapshot, waits for it, then purges its log as far as the node
-    /// allows up to it; returns the snapshot's last index and the purge point.
-    pub async fn snapshot_and_purge(&self, id: u64) -> Option<(u64, u64)> {
-        let snapshot = self.snapshot(id).await?;
-        let purge = self
+    /// Has node `id` purge its log up to `upto`; returns the point it purges up to.
+    pub async fn purge(&self, id: u64, upto: u64) -> Option<u64> {
+        let answer = self
             .admin(id)
             .await?
-            .purge_log(PurgeLogRequest { upto: snapshot })
+            .purge_log(PurgeLogRequest { upto })
             .await
-            .ok()?
-            .into_inner();
-        Some((snapshot, purge.purging_upto))
+            .ok()?;
+        Some(answer.into_inner().purging_upto)
+    }
+
+    /// Has node `id` build a snapshot, waits for it, then purges its log up to it; returns
+    /// the snapshot's last index and the purge point.
+    pub async fn snapshot_and_purge(&self, id: u64) -> Option<(u64, u64)> {
+        let snapshot = self.snapshot(id).await?;
+        Some((snapshot, self.purge(id, snapshot).await?))
     }
 }
 

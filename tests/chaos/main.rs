@@ -905,7 +905,8 @@ fn a_seed_gives_the_same_schedule_every_time() {
 
 /// The operator calls the harness relies on, against one real node: the digest covers the
 /// applied index and changes with the state, a forced snapshot advances the snapshot index,
-/// and the log is purged up to it, less the entries the node keeps behind a snapshot.
+/// the node purges its log behind it but for the entries it keeps, and an operator's purge
+/// takes the rest.
 #[test]
 fn digest_snapshot_and_purge_work_on_a_real_node() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -936,27 +937,38 @@ fn digest_snapshot_and_purge_work_on_a_real_node() {
         assert!(second.applied_index > first.applied_index);
         assert!(second.keys > first.keys);
         assert_ne!(second.digest, first.digest);
-        let (snapshot, purge) = cluster.snapshot_and_purge(1).await.expect("snapshot");
+        let snapshot = cluster.snapshot(1).await.expect("snapshot");
         assert!(snapshot >= second.applied_index);
-        assert_eq!(purge, snapshot - KEEP);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let status = cluster.status(1).await.expect("status");
-            if status.purged_index == purge {
-                break;
-            }
-            assert!(Instant::now() < deadline, "log not purged: {status:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // The node purges behind its snapshot by itself, but for the entries it keeps; an
+        // operator's purge takes the rest.
+        wait_purged(&cluster, snapshot - KEEP).await;
+        assert_eq!(cluster.purge(1, snapshot).await, Some(snapshot));
+        wait_purged(&cluster, snapshot).await;
     });
+}
+
+/// Waits up to 10 s until node 1 has purged its log up to `index` exactly.
+async fn wait_purged(cluster: &Cluster, index: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = cluster.status(1).await.expect("status");
+        if status.purged_index == index {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log not purged to {index}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Seed 5309 (lease-read run of 2026-12-06): an operator's purge up to the snapshot's index
 /// stays pending on the leader while a replication to a stalled follower uses those entries.
 /// The next build then scheduled openraft's own purge `max_in_snapshot_log_to_keep` lower, and
 /// openraft 0.9 panicked on its purge point moving backwards (a debug assertion; the Raft
-/// core stopped and the cluster never converged). The purge API now stops at the snapshot's
-/// index less the entries kept.
+/// core stopped and the cluster never converged). sessiond now asks for the purge behind
+/// each snapshot itself, through the call that never moves the point backwards.
 #[test]
 fn an_operator_purge_pending_behind_a_stalled_follower_survives_the_next_snapshot() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -974,7 +986,7 @@ fn an_operator_purge_pending_behind_a_stalled_follower_survives_the_next_snapsho
             .snapshot_and_purge(leader)
             .await
             .expect("snapshot and purge");
-        assert_eq!(purge, snapshot - KEEP);
+        assert_eq!(purge, snapshot);
         create_sessions(&cluster.url(leader), KEEP / 4).await;
         cluster.snapshot(leader).await.expect("second snapshot");
         create_sessions(&cluster.url(leader), KEEP / 4).await;
