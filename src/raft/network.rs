@@ -95,6 +95,9 @@ pub enum PeerError {
     /// The peer cannot be reached (down, partitioned, not listening).
     #[error("peer {0} unreachable: {1}")]
     Unreachable(u64, String),
+    /// The peer did not answer within the request's deadline (busy, or its link stalls).
+    #[error("peer {0} did not answer in time: {1}")]
+    TimedOut(u64, String),
     /// The peer answered with an error.
     #[error("peer {0} refused: {1}")]
     Refused(u64, Status),
@@ -274,18 +277,30 @@ impl Peers {
 
 fn status_error(target: u64, status: Status) -> PeerError {
     match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+        Code::Unavailable | Code::Unknown => {
             PeerError::Unreachable(target, status.message().to_owned())
+        }
+        Code::DeadlineExceeded | Code::Cancelled => {
+            PeerError::TimedOut(target, status.message().to_owned())
         }
         _ => PeerError::Refused(target, status),
     }
 }
 
+/// openraft stops replicating to a peer for [`PeerLink::backoff`] after an `Unreachable`
+/// error, and retries at its next heartbeat or entry after any other. A peer that only
+/// answered late (busy building a snapshot on shared cores, say) is not unreachable: with
+/// the backoff, every AppendEntries over its deadline (the heartbeat interval) stopped
+/// replication to that follower for 500 ms, and with both followers late, commits stopped
+/// (three nodes building at once during a 1M-session load: 1,391 such timeouts in 13
+/// minutes, creates p99.9 364 ms, worst 923 ms).
 impl<E: std::error::Error> From<PeerError> for RPCError<u64, BasicNode, E> {
     fn from(e: PeerError) -> Self {
         match e {
             PeerError::Unreachable(..) => RPCError::Unreachable(Unreachable::new(&e)),
-            PeerError::Refused(..) => RPCError::Network(NetworkError::new(&e)),
+            PeerError::TimedOut(..) | PeerError::Refused(..) => {
+                RPCError::Network(NetworkError::new(&e))
+            }
         }
     }
 }
@@ -410,6 +425,28 @@ impl RaftNetwork<TypeConfig> for PeerLink {
 mod tests {
     use super::*;
     use crate::proto::internal::LogEntryRecord;
+
+    fn rpc_error(status: Status) -> RPCError<u64, BasicNode, RaftError<u64>> {
+        status_error(2, status).into()
+    }
+
+    #[test]
+    fn only_a_peer_that_cannot_be_reached_gets_the_backoff() {
+        assert!(matches!(
+            rpc_error(Status::unavailable("connection refused")),
+            RPCError::Unreachable(_)
+        ));
+        for late in [
+            Status::cancelled("Timeout expired"),
+            Status::deadline_exceeded("deadline"),
+        ] {
+            assert!(matches!(rpc_error(late), RPCError::Network(_)));
+        }
+        assert!(matches!(
+            rpc_error(Status::permission_denied("not a member")),
+            RPCError::Network(_)
+        ));
+    }
 
     fn message_with_entries(sizes: &[usize]) -> AppendEntriesMessage {
         AppendEntriesMessage {
