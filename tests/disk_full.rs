@@ -1,9 +1,9 @@
 //! A full disk on a node (ENOSPC). The real binary runs on a data directory in a small tmpfs
 //! and takes creates until the disk is full. Then: writes are refused with UNAVAILABLE and a
 //! message that names no internal detail (the cause goes to the node's log), gRPC health
-//! says NOT_SERVING, and once the node is restarted with space again, every create it
-//! acknowledged is there and new writes are taken. Mounting the tmpfs needs root (`.ci/run`
-//! runs as root).
+//! says NOT_SERVING and `/healthz` fails, and once the node is restarted with space again,
+//! every create it acknowledged is there and new writes are taken. Mounting the tmpfs needs
+//! root (`.ci/run` runs as root).
 
 mod common;
 
@@ -15,7 +15,9 @@ use sessiond::proto::v1::session_authority_client::SessionAuthorityClient;
 use sessiond::proto::v1::*;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use common::{connect, create_request, lookup_by_id, wait_for_health, ServerProcess};
+use common::{
+    connect, create_request, free_port, http_get, lookup_by_id, wait_for_health, ServerProcess,
+};
 
 /// Size of the tmpfs that fills: a few thousand sessions.
 const SMALL: &str = "size=12m";
@@ -67,15 +69,14 @@ async fn create_until_refused(endpoint: String, writer: usize) -> (Vec<String>, 
         .expect("connects");
     let mut acknowledged = Vec::new();
     let deadline = Instant::now() + FILL_WITHIN;
-    for i in 0.. {
+    loop {
         assert!(Instant::now() < deadline, "the disk did not fill in time");
-        let request = create_request("full", &format!("user-{writer}-{i}"));
-        match client.create_session(request).await {
+        let user = format!("user-{writer}-{}", acknowledged.len());
+        match client.create_session(create_request("full", &user)).await {
             Ok(r) => acknowledged.push(r.into_inner().session.expect("a session").session_id),
             Err(status) => return (acknowledged, status),
         }
     }
-    unreachable!("the loop returns")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,7 +85,8 @@ async fn a_full_disk_stops_writes_and_a_restart_with_space_keeps_every_acknowled
     let disk = Tmpfs::mount(&dir.path().join("disk"), SMALL);
     let data = disk.0.join("data");
     let log = dir.path().join("sessiond.log");
-    let server = ServerProcess::spawn(&data, &log, &[]);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let server = ServerProcess::spawn(&data, &log, &["--metrics-listen", &metrics]);
     let endpoint = server.endpoint();
 
     let writers: Vec<_> = (0..WRITERS)
@@ -120,6 +122,11 @@ async fn a_full_disk_stops_writes_and_a_restart_with_space_keeps_every_acknowled
         Duration::from_secs(10),
     )
     .await;
+    let (liveness, _) = http_get(metrics.parse().unwrap(), "/healthz").await;
+    assert_eq!(
+        liveness, 503,
+        "/healthz fails, so an orchestrator restarts the node"
+    );
 
     server.kill9();
     disk.resize(ROOMY);

@@ -10,35 +10,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use sessiond::proto::v1::cluster_client::ClusterClient;
 use sessiond::proto::v1::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use common::cluster::TestCluster;
-use common::{create_request, test_config, wait_for_health, TestNode};
-
-/// GETs `path` on `addr`; returns the status code and the body.
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connects");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("sent");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("an answer");
-    let code = response
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("a status line");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
-}
+use common::{create_request, http_get, test_config, wait_for_health, TestNode};
 
 const SERVICES: [&str; 2] = ["", "sessiond.v1.SessionAuthority"];
 

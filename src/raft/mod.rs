@@ -359,7 +359,7 @@ impl RaftNode {
                     Error::Unavailable("leadership not confirmed by a quorum in time".into())
                 })?;
         match confirmed {
-            Ok(read_log_id) => Ok(read_log_id.map_or(0, |id| id.index)),
+            Ok(read_log_id) => Ok(index(read_log_id)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f)),
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
                 Err(Error::Unavailable(format!("no quorum: {e}")))
@@ -477,8 +477,12 @@ impl RaftNode {
 
 /// The last index of this node's snapshot and of its purged log (0: none), from `m`.
 fn snapshot_and_purged(m: &RaftMetrics<u64, BasicNode>) -> (u64, u64) {
-    let index = |id: Option<openraft::LogId<u64>>| id.map_or(0, |id| id.index);
     (index(m.snapshot), index(m.purged))
+}
+
+/// The index of `id` (0: none).
+fn index(id: Option<openraft::LogId<u64>>) -> u64 {
+    id.map_or(0, |id| id.index)
 }
 
 /// Where the log behind a snapshot ending at `snapshot` is purged, keeping `keep` entries;
@@ -565,7 +569,6 @@ async fn schedule_builds(
             _ = log_ticker.tick() => {
                 let (applied, snapshot) = {
                     let m = metrics.borrow();
-                    let index = |id: Option<openraft::LogId<u64>>| id.map_or(0, |id| id.index);
                     (index(m.last_applied), index(m.snapshot))
                 };
                 let just_asked = asked
