@@ -12,6 +12,7 @@
 
 use super::authority::{now_ms, unexpected_result, Authority, Idempotency};
 use super::{convert, validate};
+use crate::domain::format::founded_family;
 use crate::proto::internal::{command, command_result, CommandResult, CreateSession};
 use crate::proto::v1::{CreateSessionOutcome, CreateSessionRequest, CreateSessionResponse};
 use crate::token::{self, Fingerprint, IdKind, RawToken, TokenKind, TokenPair};
@@ -64,13 +65,16 @@ pub async fn handle(
         fingerprint.clone(),
     );
     let join_family = !request.family_id.is_empty();
+    let session_id = token::mint_id(IdKind::Session);
+    let family_id = if join_family {
+        request.family_id.clone()
+    } else {
+        founded_family(&session_id)
+            .ok_or_else(|| Error::Internal("a minted session id has no family pair".into()))?
+    };
     let command = CreateSession {
-        session_id: token::mint_id(IdKind::Session),
-        family_id: if join_family {
-            request.family_id.clone()
-        } else {
-            token::mint_id(IdKind::Family)
-        },
+        session_id,
+        family_id,
         join_family,
         tenant: request.tenant.clone(),
         user_id: request.user_id.clone(),

@@ -14,6 +14,7 @@
 
 use super::validate;
 use crate::config::Config;
+use crate::domain::format::RecordFormat;
 use crate::proto::internal::{command, Command};
 use crate::proto::v1::{RevocationReason, RevokeScope};
 use crate::proto::SCHEMA_VERSION;
@@ -134,6 +135,14 @@ pub fn check(config: &Config, command: &mut Command, now_ms: i64) -> Result<(), 
             c.limit = c.limit.clamp(1, config.gc.batch_limit.max(1));
             c.dedup_retention_ms = policy.dedup_retention_ms;
             c.event_retention_ms = config.gc.event_retention_ms;
+        }
+        Some(command::Kind::SetRecordFormat(c)) => {
+            if RecordFormat::from_number(c.format.into()).is_none() {
+                return Err(Error::invalid(
+                    "command.set_record_format.format",
+                    "not a record format this node knows",
+                ));
+            }
         }
     }
     Ok(())

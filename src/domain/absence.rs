@@ -3,9 +3,7 @@
 //! never written again once absent: both are freshly minted), so a proposer that finds it
 //! true after a read barrier can answer as the state machine would have.
 
-use super::records::load;
-use super::{keys, StateError, StateRead};
-use crate::proto::internal::SessionRecord;
+use super::{keys, sessions, StateError, StateRead};
 
 /// Whether no refresh token with this hash is known (a Rotate of it is INVALID_TOKEN).
 pub fn refresh_token_unknown(state: &impl StateRead, hash: &[u8]) -> Result<bool, StateError> {
@@ -18,10 +16,7 @@ pub fn session_missing(
     tenant: &str,
     session_id: &str,
 ) -> Result<bool, StateError> {
-    Ok(
-        load::<SessionRecord>(state, &keys::session(session_id))?
-            .is_none_or(|s| s.tenant != tenant),
-    )
+    Ok(sessions::stored(state, session_id.as_bytes())?.is_none_or(|s| s.tenant != tenant))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! CreateSession: a new session in a new family, or joining an existing family; enforces the
 //! tenant's per-user session limit by revoking the user's oldest active sessions.
 
-use super::records::{load, store};
+use super::format::{self, RecordFormat};
+use super::records::store;
 use super::sessions::{self, Revocation};
 use super::{keys, query, StateError, StateWrite};
 use crate::proto::internal::{
@@ -28,7 +29,7 @@ pub fn apply(
         }))
     };
     if command.join_family {
-        match load::<FamilyRecord>(state, &keys::family(&command.family_id))? {
+        match sessions::family(state, &command.family_id)? {
             Some(f) if f.tenant != command.tenant || f.user_id != command.user_id => {
                 return refused(CreateSessionOutcome::FamilyMissing)
             }
@@ -36,11 +37,16 @@ pub fn apply(
             Some(f) if sessions::family_revoked(state, &f)? => {
                 return refused(CreateSessionOutcome::FamilyRevoked)
             }
-            Some(_) => {}
+            // An implicit family keeps its record from now on: the joined session may
+            // outlive its founder.
+            Some(f) => sessions::keep_family_record(state, &f)?,
         }
     }
     let created_seq = sessions::next_created_seq(state)?;
-    if !command.join_family {
+    let implicit = format::current(state)? == RecordFormat::Compact
+        && format::founded_family(&command.session_id).as_deref()
+            == Some(command.family_id.as_str());
+    if !command.join_family && !implicit {
         store(
             state,
             keys::family(&command.family_id),

@@ -5,14 +5,14 @@
 //!
 //! | tag | key | value |
 //! | --- | --- | --- |
-//! | `s` | session id | `SessionRecord` |
-//! | `f` | family id | `FamilyRecord` |
-//! | `m` | family id, session id | session id (family members) |
+//! | `s` | session id | `SessionRecord` (compact format: without the ids the key implies) |
+//! | `f` | family id | `FamilyRecord` (compact format: only for a family with joined members or revoked) |
+//! | `m` | family id, session id | session id, empty in the compact format (family members; there the founder is implicit) |
 //! | `r` | refresh-token hash | `RefreshTokenRecord` |
 //! | `h` | session id, generation | retired refresh-token hash of the session |
 //! | `a` | access-token hash | `AccessTokenRecord` |
 //! | `A` | expiry, access-token hash | empty (access-token expiry index) |
-//! | `u` | tenant, user, created at, session id | session id (a user's sessions, oldest first) |
+//! | `u` | tenant, user, created at, session id | session id, empty in the compact format (a user's sessions, oldest first) |
 //! | `x` | expiry, session id | empty (session expiry index) |
 //! | `n` | tenant | u64: sessions neither revoked nor collected |
 //! | `c` | tenant | u64: replays detected in the tenant |
@@ -26,6 +26,7 @@
 //! | `w` | tenant, user | `WatermarkRecord`: the user's revoked-before watermark |
 //! | `N` | tenant, user | u64 count + u64 tenant epoch: the user's sessions neither revoked nor collected |
 //! | `T` | | i64: the latest time any command was applied with (cluster time never goes back) |
+//! | `V` | | u64: the record format (absent: 1, the legacy format; see [`super::format`]) |
 
 /// Tag of session records.
 const SESSION: u8 = b's';
@@ -69,6 +70,8 @@ const USER_WATERMARK: u8 = b'w';
 const USER_LIVE: u8 = b'N';
 /// Tag of the latest applied command time.
 const APPLIED_TIME: u8 = b'T';
+/// Tag of the record format.
+const RECORD_FORMAT: u8 = b'V';
 
 /// A key being built: a tag followed by parts.
 struct Key(Vec<u8>);
@@ -145,6 +148,11 @@ pub fn family_member(family_id: &str, session_id: &str) -> Vec<u8> {
         .done()
 }
 
+/// The session id at the end of a family member's key (whatever the value holds).
+pub fn member_of_family_entry(key: &[u8]) -> Option<&[u8]> {
+    skip_part(key.get(1..)?)
+}
+
 /// A refresh-token hash in the index.
 pub fn refresh(hash: &[u8]) -> Vec<u8> {
     Key::new(REFRESH).raw(hash).done()
@@ -193,6 +201,18 @@ pub fn user_session(tenant: &str, user_id: &str, created_at_ms: i64, session_id:
         .time(created_at_ms)
         .raw(session_id.as_bytes())
         .done()
+}
+
+/// The session id at the end of a user index key (whatever the value holds).
+pub fn session_of_user_entry(key: &[u8]) -> Option<&[u8]> {
+    let after_user = skip_part(skip_part(key.get(1..)?)?)?;
+    after_user.get(8..)
+}
+
+/// What follows the length-prefixed part at the start of `bytes`.
+fn skip_part(bytes: &[u8]) -> Option<&[u8]> {
+    let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    bytes.get(4usize.checked_add(len)?..)
 }
 
 /// Prefix of the session expiry index.
@@ -316,6 +336,11 @@ pub fn applied_time() -> Vec<u8> {
     vec![APPLIED_TIME]
 }
 
+/// The state's record format.
+pub fn record_format() -> Vec<u8> {
+    vec![RECORD_FORMAT]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +376,20 @@ mod tests {
     }
 
     #[test]
+    fn index_keys_name_their_session() {
+        for (tenant, user) in [("", ""), ("acme", "u\u{e9}"), ("t", "a-long-user-name")] {
+            let key = user_session(tenant, user, -7, "sid_x");
+            assert_eq!(session_of_user_entry(&key), Some(&b"sid_x"[..]));
+        }
+        assert_eq!(
+            member_of_family_entry(&family_member("fam_x", "sid_y")),
+            Some(&b"sid_y"[..])
+        );
+        assert_eq!(session_of_user_entry(&[USER_SESSION, 0, 0, 0, 9]), None);
+        assert_eq!(member_of_family_entry(&[FAMILY_MEMBER, 0, 0, 0, 9]), None);
+    }
+
+    #[test]
     fn user_index_is_ordered_by_creation() {
         assert!(user_session("t", "u", 5, "sid_b") < user_session("t", "u", 6, "sid_a"));
     }
@@ -379,6 +418,7 @@ mod tests {
             user_watermark("", ""),
             user_live("", ""),
             applied_time(),
+            record_format(),
         ] {
             assert_ne!(key[0], 0);
         }

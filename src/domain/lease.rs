@@ -51,6 +51,6 @@ pub fn apply(
         },
     };
     session.lease = Some(lease.clone());
-    sessions::update(state, sessions::effective_expiry(&session), &session);
+    sessions::update(state, sessions::effective_expiry(&session), &session)?;
     result(LeaseOutcome::Acquired, Some(lease))
 }

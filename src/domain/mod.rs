@@ -9,6 +9,7 @@
 pub mod absence;
 mod create;
 pub mod events;
+pub mod format;
 mod gc;
 mod keys;
 mod lease;
@@ -109,6 +110,7 @@ fn apply_numbering_events(
         Some(command::Kind::Touch(c)) => touch::apply(c, now, state)?,
         Some(command::Kind::Revoke(c)) => revoke::apply(c, now, state, &mut events)?,
         Some(command::Kind::CollectGarbage(c)) => gc::apply(c, now, state)?,
+        Some(command::Kind::SetRecordFormat(c)) => format::apply(c, state)?,
         Some(command::Kind::Batch(_)) => unreachable!("batches are applied above"),
     };
     events::retain(state, revision, *next_event, &events);
@@ -191,7 +193,7 @@ fn first_result(
         _ => return Ok(Some(result)),
     };
     if let Some(recorded) = session.as_mut() {
-        if let Some(now) = records::load(state, &keys::session(&recorded.session_id))? {
+        if let Some(now) = sessions::stored(state, recorded.session_id.as_bytes())? {
             *recorded = now;
         }
     }

@@ -2,7 +2,7 @@
 //! isolation is enforced here: a record of another tenant is reported as absent.
 
 use super::records::{counter, load};
-use super::sessions::load as load_session;
+use super::sessions::{load as load_session, user_entry_session};
 use super::{keys, StateError, StateRead};
 use crate::proto::internal::{AccessTokenRecord, RefreshTokenRecord, SessionRecord};
 use crate::proto::v1::SessionStatus;
@@ -114,12 +114,12 @@ pub fn list_user_sessions(
     loop {
         let entries = state.scan_prefix(&prefix, after.as_deref(), batch)?;
         let exhausted = entries.len() < batch;
-        for (key, session_id) in entries {
+        for (key, _) in entries {
             if scanned == MAX_ROWS_SCANNED_PER_PAGE {
                 return Ok(page_ending_at(sessions, &prefix, after));
             }
             scanned += 1;
-            let Some(session) = load_session(state, &session_id)? else {
+            let Some(session) = load_session(state, user_entry_session(&key)?)? else {
                 after = Some(key);
                 continue;
             };
@@ -162,8 +162,8 @@ pub fn user_session_records(
     limit: usize,
 ) -> Result<Vec<SessionRecord>, StateError> {
     let mut sessions = Vec::new();
-    for (_, session_id) in state.scan_prefix(&keys::user_sessions(tenant, user_id), None, limit)? {
-        if let Some(session) = load_session(state, &session_id)? {
+    for (key, _) in state.scan_prefix(&keys::user_sessions(tenant, user_id), None, limit)? {
+        if let Some(session) = load_session(state, user_entry_session(&key)?)? {
             sessions.push(session);
         }
     }
@@ -234,13 +234,14 @@ pub fn revoked_sessions(
     loop {
         let entries = state.scan_prefix(&prefix, after.as_deref(), batch)?;
         let exhausted = entries.len() < batch;
-        for (key, session_id) in entries {
+        for (key, _) in entries {
             if scanned == MAX_ROWS_SCANNED_PER_PAGE {
                 return Ok(page_ending_at(sessions, &prefix, after));
             }
             scanned += 1;
+            let session = load_session(state, user_entry_session(&key)?)?;
             after = Some(key);
-            let Some(session) = load_session(state, &session_id)? else {
+            let Some(session) = session else {
                 continue;
             };
             if session.revoked && super::sessions::effective_expiry(&session) > now_ms {

@@ -8,11 +8,11 @@
 //! watermarks (`sessions::load`), so the covered sessions read as revoked at once; sessions
 //! created later are not covered.
 
-use super::records::{load, store};
+use super::records::store;
 use super::sessions::{self, Revocation};
 use super::{keys, StateError, StateWrite};
 use crate::proto::internal::{
-    command_result, FamilyRecord, RevocationEvent, Revoke, RevokeResult, WatermarkRecord,
+    command_result, RevocationEvent, Revoke, RevokeResult, WatermarkRecord,
 };
 use crate::proto::v1::{RevocationReason, RevokeScope};
 use crate::proto::SCHEMA_VERSION;
@@ -43,8 +43,7 @@ pub fn apply(
             }
         }
         RevokeScope::Family => {
-            let family = load::<FamilyRecord>(state, &keys::family(&command.id))?;
-            let family_tenant = family.map(|f| f.tenant);
+            let family_tenant = sessions::family(state, &command.id)?.map(|f| f.tenant);
             if family_tenant.as_deref() == Some(command.tenant.as_str()) {
                 sessions::revoke_family(state, &command.id, revocation, events)?
             } else {

@@ -124,7 +124,7 @@ pub fn apply(
             access_expires_at_ms,
         );
     }
-    sessions::update(state, previous_expiry, &session);
+    sessions::update(state, previous_expiry, &session)?;
     Ok(wrap(RotateResult {
         outcome: RotateOutcome::Rotated as i32,
         access_expires_at_ms,
@@ -152,7 +152,7 @@ pub fn deduplicated(
     else {
         return Ok(false);
     };
-    let Some(session) = load::<SessionRecord>(state, &keys::session(&token.session_id))? else {
+    let Some(session) = sessions::stored(state, token.session_id.as_bytes())? else {
         return Ok(false);
     };
     if session.revoked || token.successor_hash != session.current_refresh_hash {

@@ -7,6 +7,7 @@
 //! every session, and a session it covers reads as revoked everywhere (lookups, rotation,
 //! touch, leases, listings, the session limit, GC's counters).
 
+use super::format::{self, RecordFormat};
 use super::records::{add_to_counter, counter, load as load_record, store};
 use super::{keys, StateError, StateRead, StateWrite};
 use crate::proto::internal::{
@@ -37,8 +38,7 @@ pub fn load(
     state: &impl StateRead,
     session_id: &[u8],
 ) -> Result<Option<SessionRecord>, StateError> {
-    let Some(mut session) = load_record::<SessionRecord>(state, &keys::session_bytes(session_id))?
-    else {
+    let Some(mut session) = stored(state, session_id)? else {
         return Ok(None);
     };
     if !session.revoked {
@@ -55,6 +55,120 @@ pub fn load(
         }
     }
     Ok(Some(session))
+}
+
+/// The session record stored under `session_id`, as written (no watermark applied), with
+/// the ids a compact record leaves out filled in.
+pub fn stored(
+    state: &impl StateRead,
+    session_id: &[u8],
+) -> Result<Option<SessionRecord>, StateError> {
+    let Some(mut session) = load_record::<SessionRecord>(state, &keys::session_bytes(session_id))?
+    else {
+        return Ok(None);
+    };
+    if session.session_id.is_empty() {
+        session.session_id = String::from_utf8(session_id.to_vec())
+            .map_err(|_| StateError::Corrupt("a session id is not UTF-8".into()))?;
+    }
+    if session.family_id.is_empty() {
+        session.family_id = format::founded_family(&session.session_id)
+            .ok_or_else(|| StateError::Corrupt("a session record has no family".into()))?;
+    }
+    Ok(Some(session))
+}
+
+/// Stores `session` in the state's record format (compact: without the session id, and
+/// without the family id when the session founded it).
+fn put(state: &mut impl StateWrite, session: &SessionRecord) -> Result<(), StateError> {
+    let key = keys::session(&session.session_id);
+    if format::current(state)? == RecordFormat::Legacy {
+        store(state, key, session);
+        return Ok(());
+    }
+    let founded = format::founded_family(&session.session_id);
+    let compact = SessionRecord {
+        session_id: String::new(),
+        family_id: if founded.as_deref() == Some(session.family_id.as_str()) {
+            String::new()
+        } else {
+            session.family_id.clone()
+        },
+        ..session.clone()
+    };
+    store(state, key, &compact);
+    Ok(())
+}
+
+/// The family `family_id`: its record, or, without one, the implicit family of its founding
+/// session (compact format) while that session exists.
+pub fn family(state: &impl StateRead, family_id: &str) -> Result<Option<FamilyRecord>, StateError> {
+    if let Some(family) = load_record::<FamilyRecord>(state, &keys::family(family_id))? {
+        return Ok(Some(family));
+    }
+    Ok(
+        implicit_founder(state, family_id)?.map(|founder| FamilyRecord {
+            schema_version: SCHEMA_VERSION,
+            family_id: family_id.to_owned(),
+            tenant: founder.tenant,
+            user_id: founder.user_id,
+            created_at_ms: founder.created_at_ms,
+            created_seq: founder.created_seq,
+            ..Default::default()
+        }),
+    )
+}
+
+/// Stores the family's record if it has none yet (an implicit family gains one when a
+/// session joins it or it is revoked).
+pub fn keep_family_record(
+    state: &mut impl StateWrite,
+    family: &FamilyRecord,
+) -> Result<(), StateError> {
+    let key = keys::family(&family.family_id);
+    if state.get(&key)?.is_none() {
+        store(state, key, family);
+    }
+    Ok(())
+}
+
+/// The session that founded `family_id` and is a member without a member entry, if it
+/// exists: the session paired with the family id ([`format::founder`]) whose family it is.
+fn implicit_founder(
+    state: &impl StateRead,
+    family_id: &str,
+) -> Result<Option<SessionRecord>, StateError> {
+    let Some(founder) = format::founder(family_id) else {
+        return Ok(None);
+    };
+    Ok(stored(state, founder.as_bytes())?.filter(|s| s.family_id == family_id))
+}
+
+/// The ids of the family's members, in id order: its member entries and its implicit
+/// founder (a legacy family's founder has both).
+fn members(state: &impl StateRead, family_id: &str) -> Result<Vec<Vec<u8>>, StateError> {
+    let mut ids = Vec::new();
+    for (key, _) in state.scan_prefix(&keys::family_members(family_id), None, usize::MAX)? {
+        ids.push(member_id(&key)?.to_vec());
+    }
+    if let Some(founder) = implicit_founder(state, family_id)? {
+        ids.push(founder.session_id.into_bytes());
+        ids.sort_unstable();
+        ids.dedup();
+    }
+    Ok(ids)
+}
+
+/// The session id of a member entry.
+fn member_id(key: &[u8]) -> Result<&[u8], StateError> {
+    keys::member_of_family_entry(key)
+        .ok_or_else(|| StateError::Corrupt("family member key too short".into()))
+}
+
+/// The session id of a user index entry.
+pub fn user_entry_session(key: &[u8]) -> Result<&[u8], StateError> {
+    keys::session_of_user_entry(key)
+        .ok_or_else(|| StateError::Corrupt("user index key too short".into()))
 }
 
 /// Whether the family is revoked, on its own or by a watermark of its tenant or user.
@@ -159,6 +273,14 @@ fn add_live(
 
 /// Stores a new session with its indexes and current refresh-token hash.
 pub fn insert(state: &mut impl StateWrite, session: &SessionRecord) -> Result<(), StateError> {
+    let legacy = format::current(state)? == RecordFormat::Legacy;
+    let index_value = || {
+        if legacy {
+            session.session_id.as_bytes().to_vec()
+        } else {
+            Vec::new()
+        }
+    };
     state.put(
         keys::user_session(
             &session.tenant,
@@ -166,12 +288,16 @@ pub fn insert(state: &mut impl StateWrite, session: &SessionRecord) -> Result<()
             session.created_at_ms,
             &session.session_id,
         ),
-        session.session_id.as_bytes().to_vec(),
+        index_value(),
     );
-    state.put(
-        keys::family_member(&session.family_id, &session.session_id),
-        session.session_id.as_bytes().to_vec(),
-    );
+    let founder =
+        format::founded_family(&session.session_id).as_deref() == Some(&session.family_id);
+    if legacy || !founder {
+        state.put(
+            keys::family_member(&session.family_id, &session.session_id),
+            index_value(),
+        );
+    }
     state.put(
         keys::session_expiry(effective_expiry(session), &session.session_id),
         Vec::new(),
@@ -186,13 +312,17 @@ pub fn insert(state: &mut impl StateWrite, session: &SessionRecord) -> Result<()
             ..Default::default()
         },
     );
-    store(state, keys::session(&session.session_id), session);
+    put(state, session)?;
     add_live(state, session, 1)
 }
 
 /// Stores a changed session, moving its expiry-index entry if its expiry moved from
 /// `previous_expiry`.
-pub fn update(state: &mut impl StateWrite, previous_expiry: i64, session: &SessionRecord) {
+pub fn update(
+    state: &mut impl StateWrite,
+    previous_expiry: i64,
+    session: &SessionRecord,
+) -> Result<(), StateError> {
     let expiry = effective_expiry(session);
     if expiry != previous_expiry {
         state.delete(&keys::session_expiry(previous_expiry, &session.session_id));
@@ -201,7 +331,7 @@ pub fn update(state: &mut impl StateWrite, previous_expiry: i64, session: &Sessi
             Vec::new(),
         );
     }
-    store(state, keys::session(&session.session_id), session);
+    put(state, session)
 }
 
 /// Indexes an access token of `session_id` (its expiry capped at the session's).
@@ -248,7 +378,7 @@ pub fn revoke(
     session.revoked_at_ms = revocation.at_ms;
     session.revocation_reason = revocation.reason as i32;
     session.lease = None;
-    store(state, keys::session(&session.session_id), session);
+    put(state, session)?;
     add_live(state, session, -1)?;
     events.push(RevocationEvent {
         tenant: session.tenant.clone(),
@@ -270,18 +400,16 @@ pub fn revoke_family(
     revocation: Revocation,
     events: &mut Vec<RevocationEvent>,
 ) -> Result<u64, StateError> {
-    let family_key = keys::family(family_id);
-    if let Some(mut family) = load_record::<FamilyRecord>(state, &family_key)? {
+    if let Some(mut family) = family(state, family_id)? {
         if !family.revoked {
             family.revoked = true;
             family.revoked_at_ms = revocation.at_ms;
             family.revocation_reason = revocation.reason as i32;
-            store(state, family_key, &family);
+            store(state, keys::family(family_id), &family);
         }
     }
-    let members = state.scan_prefix(&keys::family_members(family_id), None, usize::MAX)?;
     let mut revoked = 0;
-    for (_, session_id) in members {
+    for session_id in members(state, family_id)? {
         if let Some(mut session) = load(state, &session_id)? {
             if revoke(state, &mut session, revocation, events)? {
                 revoked += 1;
@@ -310,7 +438,9 @@ pub fn remove(state: &mut impl StateWrite, session: &SessionRecord) -> Result<()
     }
     state.delete(&keys::family_member(&session.family_id, id));
     let members = keys::family_members(&session.family_id);
-    if state.scan_prefix(&members, None, 1)?.is_empty() {
+    if state.scan_prefix(&members, None, 1)?.is_empty()
+        && implicit_founder(state, &session.family_id)?.is_none()
+    {
         state.delete(&keys::family(&session.family_id));
     }
     if !session.revoked {

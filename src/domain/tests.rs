@@ -6,6 +6,7 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::domain::events::Position;
+use crate::domain::format::RecordFormat;
 use crate::proto::internal::{
     command, command_result, AcquireLease, CollectGarbage, CreateSession, LeaseResult,
     RevocationEvent, Revoke, Rotate, RotateResult, SessionRecord, Touch,
@@ -17,6 +18,26 @@ use crate::proto::v1::{
 
 const HOUR: i64 = 3_600_000;
 const GRACE: i64 = 10_000;
+
+/// An empty state in `format`.
+fn state_in(format: RecordFormat) -> MemoryState {
+    let mut state = MemoryState::new();
+    set_format(&mut state, format);
+    state
+}
+
+/// Moves `state` to `format` as a SetRecordFormat command would, without using a revision.
+fn set_format(state: &mut MemoryState, format: RecordFormat) {
+    let command = crate::proto::internal::SetRecordFormat {
+        format: format.number(),
+    };
+    format::apply(&command, state).unwrap();
+}
+
+/// The format a property test runs in.
+fn any_format() -> impl Strategy<Value = RecordFormat> {
+    prop_oneof![Just(RecordFormat::Legacy), Just(RecordFormat::Compact)]
+}
 
 /// A deterministic stand-in for a minted token hash.
 fn hash(seed: u64) -> Vec<u8> {
@@ -31,9 +52,14 @@ struct World {
 }
 
 impl World {
+    /// A world in the format of a new cluster.
     fn new() -> Self {
+        Self::in_format(RecordFormat::NEWEST)
+    }
+
+    fn in_format(format: RecordFormat) -> Self {
         World {
-            state: MemoryState::new(),
+            state: state_in(format),
             revision: 0,
             minted: 0,
         }
@@ -626,7 +652,7 @@ fn garbage_collection_removes_expired_sessions_with_every_index_entry() {
         .state
         .entries()
         .keys()
-        .filter(|k| !matches!(k[0], b'n' | b'c' | b'C' | b'E' | b'K' | b'T'))
+        .filter(|k| !matches!(k[0], b'n' | b'c' | b'C' | b'E' | b'K' | b'T' | b'V'))
         .collect();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
     assert_eq!(
@@ -800,6 +826,62 @@ fn access_tokens_resolve_to_their_session_within_the_tenant_only() {
         .is_none());
 }
 
+#[test]
+fn the_compact_format_keeps_a_lone_family_in_its_founder_and_no_id_twice() {
+    let mut legacy = World::in_format(RecordFormat::Legacy);
+    let mut compact = World::in_format(RecordFormat::Compact);
+    let (founder, _) = legacy.create(0);
+    assert_eq!(compact.create(0).0, founder);
+    let tag_count = |w: &World, tag: u8| w.state.entries().keys().filter(|k| k[0] == tag).count();
+    for tag in [b'f', b'm'] {
+        assert_eq!(tag_count(&legacy, tag), 1);
+        assert_eq!(
+            tag_count(&compact, tag),
+            0,
+            "a lone family has no {}",
+            tag as char
+        );
+    }
+    let user_entry = |w: &World| {
+        let key = keys::user_session("t", "u", 0, &founder.session_id);
+        w.state.get(&key).unwrap().unwrap()
+    };
+    assert_eq!(user_entry(&legacy), founder.session_id.as_bytes());
+    assert!(user_entry(&compact).is_empty());
+    let record = |w: &World| {
+        let bytes = w
+            .state
+            .get(&keys::session(&founder.session_id))
+            .unwrap()
+            .unwrap();
+        records::decode::<SessionRecord>(&bytes).unwrap()
+    };
+    assert_eq!(record(&legacy), founder);
+    assert!(record(&compact).session_id.is_empty() && record(&compact).family_id.is_empty());
+    assert_eq!(compact.session(&founder.session_id), Some(founder.clone()));
+
+    // A session joins: the family gets its record and the joiner a member entry; the
+    // founder stays implicit, and the family outlives it.
+    let (joined, _) = compact.create_in(0, "t", "u", Some(&founder.family_id), 0);
+    let joiner = created(&joined).session.clone().unwrap();
+    assert_eq!(tag_count(&compact, b'f'), 1);
+    let members = compact
+        .state
+        .scan_prefix(&keys::family_members(&founder.family_id), None, 9);
+    let members: Vec<_> = members.unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        members,
+        [keys::family_member(&founder.family_id, &joiner.session_id)]
+    );
+    compact.revoke(1, "t", RevokeScope::Session, &founder.session_id);
+    compact.touch(HOUR - 1, "t", &joiner.session_id);
+    compact.collect(HOUR + 1, 100);
+    assert!(compact.session(&founder.session_id).is_none());
+    assert!(compact.session(&joiner.session_id).is_some());
+    let family = sessions::family(&compact.state, &founder.family_id).unwrap();
+    assert_eq!(family.map(|f| f.created_seq), Some(founder.created_seq));
+}
+
 // ------------------------------------------------------------------ property tests
 
 /// One step of a random workload over a small pool of sessions and tokens.
@@ -962,14 +1044,82 @@ fn workload(steps: &[Step]) -> Vec<Command> {
     steps.iter().filter_map(|s| w.command(s)).collect()
 }
 
+/// Everything the queries say about the sessions, families and tokens `commands` minted, at
+/// `now_ms`, as text (equal answers, equal text).
+fn answers(state: &MemoryState, commands: &[Command], now_ms: i64) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut hashes = Vec::new();
+    for command in commands {
+        match &command.kind {
+            Some(command::Kind::CreateSession(c)) => {
+                let family = sessions::family(state, &c.family_id).unwrap();
+                let revoked = family
+                    .as_ref()
+                    .map(|f| sessions::family_revoked(state, f).unwrap());
+                seen.push(format!("{family:?} {revoked:?}"));
+                let session = query::session_by_id(state, "t", &c.session_id).unwrap();
+                seen.push(format!("{session:?}"));
+                hashes.push(c.refresh_hash.clone());
+                hashes.push(c.access_hash.clone());
+            }
+            Some(command::Kind::Rotate(c)) => hashes.push(c.new_refresh_hash.clone()),
+            _ => {}
+        }
+    }
+    for hash in &hashes {
+        let by_refresh = query::session_by_refresh_hash(state, "t", hash).unwrap();
+        let by_access = query::access_token(state, "t", hash).unwrap();
+        seen.push(format!("{by_refresh:?} {by_access:?}"));
+    }
+    for user in ["user0", "user1", "user2"] {
+        let page = query::list_user_sessions(state, "t", user, true, now_ms, 1000, None).unwrap();
+        let active = query::count_active(state, "t", Some(user), now_ms).unwrap();
+        let live = sessions::user_live(state, "t", user).unwrap();
+        seen.push(format!("{:?} {active} {live}", page.sessions));
+    }
+    let revoked = query::revoked_sessions(state, "t", now_ms, 1000, None).unwrap();
+    let tenant = query::count_active(state, "t", None, now_ms).unwrap();
+    seen.push(format!("{:?} {tenant}", revoked.sessions));
+    seen
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// The record formats are two layouts of one state: the same commands give the same
+    /// results, and every query the same answers, in either; a legacy state switched to the
+    /// compact format part-way (its legacy records kept) answers as if it had stayed legacy.
+    #[test]
+    fn both_record_formats_answer_alike(
+        steps in proptest::collection::vec(step(), 1..120),
+        switch_at in 0usize..120,
+    ) {
+        let commands = workload(&steps);
+        let mut legacy = state_in(RecordFormat::Legacy);
+        let mut compact = state_in(RecordFormat::Compact);
+        let mut switched = state_in(RecordFormat::Legacy);
+        for (i, command) in commands.iter().enumerate() {
+            if i == switch_at {
+                set_format(&mut switched, RecordFormat::Compact);
+            }
+            let revision = i as u64 + 1;
+            let expected = apply(command, revision, &mut legacy).unwrap();
+            prop_assert_eq!(&apply(command, revision, &mut compact).unwrap(), &expected);
+            prop_assert_eq!(&apply(command, revision, &mut switched).unwrap(), &expected);
+            let seen = answers(&legacy, &commands[..=i], command.now_ms);
+            prop_assert_eq!(&answers(&compact, &commands[..=i], command.now_ms), &seen);
+            prop_assert_eq!(&answers(&switched, &commands[..=i], command.now_ms), &seen);
+        }
+    }
 
     /// Invariant 1: each refresh token yields at most one successor; grace retries return
     /// that same successor.
     #[test]
-    fn a_refresh_token_is_redeemed_at_most_once(steps in proptest::collection::vec(step(), 1..120)) {
-        let mut state = MemoryState::new();
+    fn a_refresh_token_is_redeemed_at_most_once(
+        steps in proptest::collection::vec(step(), 1..120),
+        format in any_format(),
+    ) {
+        let mut state = state_in(format);
         let mut successors: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
         for (i, command) in workload(&steps).iter().enumerate() {
             let result = apply(command, i as u64 + 1, &mut state).unwrap();
@@ -994,8 +1144,11 @@ proptest! {
 
     /// Invariant 3 (in the state machine): a revoked session is never active again.
     #[test]
-    fn a_revoked_session_never_becomes_active_again(steps in proptest::collection::vec(step(), 1..120)) {
-        let mut state = MemoryState::new();
+    fn a_revoked_session_never_becomes_active_again(
+        steps in proptest::collection::vec(step(), 1..120),
+        format in any_format(),
+    ) {
+        let mut state = state_in(format);
         let mut revoked = std::collections::BTreeSet::new();
         for (i, command) in workload(&steps).iter().enumerate() {
             let result = apply(command, i as u64 + 1, &mut state).unwrap();
@@ -1012,10 +1165,13 @@ proptest! {
     /// Invariant 5: replicas applying the same commands hold byte-identical state, and the
     /// domain never writes the store's reserved key prefix.
     #[test]
-    fn replicas_applying_the_same_commands_are_byte_identical(steps in proptest::collection::vec(step(), 1..120)) {
+    fn replicas_applying_the_same_commands_are_byte_identical(
+        steps in proptest::collection::vec(step(), 1..120),
+        format in any_format(),
+    ) {
         let commands = workload(&steps);
-        let mut a = MemoryState::new();
-        let mut b = MemoryState::new();
+        let mut a = state_in(format);
+        let mut b = state_in(format);
         for (i, command) in commands.iter().enumerate() {
             let ra = apply(command, i as u64 + 1, &mut a).unwrap();
             let encoded = prost::Message::encode_to_vec(command);
@@ -1034,10 +1190,11 @@ proptest! {
     fn batched_commands_apply_as_if_one_after_another(
         steps in proptest::collection::vec(step(), 1..120),
         sizes in proptest::collection::vec(1usize..8, 1..40),
+        format in any_format(),
     ) {
         let commands = workload(&steps);
-        let mut alone = MemoryState::new();
-        let mut batched = MemoryState::new();
+        let mut alone = state_in(format);
+        let mut batched = state_in(format);
         let mut rest = commands.as_slice();
         let (mut revision, mut alone_revision) = (0, 0);
         for size in sizes.iter().cycle() {

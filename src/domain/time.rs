@@ -45,7 +45,10 @@ pub fn restamp(command: &mut Command, now_ms: i64) {
             }
         }
         Some(
-            command::Kind::Touch(_) | command::Kind::Revoke(_) | command::Kind::CollectGarbage(_),
+            command::Kind::Touch(_)
+            | command::Kind::Revoke(_)
+            | command::Kind::CollectGarbage(_)
+            | command::Kind::SetRecordFormat(_),
         )
         | None => {}
     }

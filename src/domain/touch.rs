@@ -29,6 +29,6 @@ pub fn apply(
     }
     let previous_expiry = sessions::effective_expiry(&session);
     session.last_seen_at_ms = session.last_seen_at_ms.max(now_ms);
-    sessions::update(state, previous_expiry, &session);
+    sessions::update(state, previous_expiry, &session)?;
     result(TouchOutcome::Touched, Some(session))
 }

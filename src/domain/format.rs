@@ -1,0 +1,158 @@
+//! Record formats: how a state lays out sessions, families and their indexes.
+//!
+//! - **Legacy** (format 1, every state written before formats existed): a session record
+//!   repeats its session and family ids; every family has a record (`f`) and every member,
+//!   its founder included, an entry in the family's member index (`m`); the member index and
+//!   the user index hold the session id again as their value.
+//! - **Compact** (format 2): a family founded by a session whose ids pair up (`sid_X` founds
+//!   `fam_X`, as this version mints them) has no record and no member entry while the founder
+//!   is its only member: the founder's session record says everything the family record did.
+//!   The family gets its record when a session joins it or when it is revoked, and joined
+//!   sessions get member entries; the founder stays implicit. Session records leave out the
+//!   ids their key implies, and index entries hold no value.
+//!
+//! Reading does not depend on the format: every reader takes ids from keys, fills in what a
+//! compact record leaves out, and finds a family with or without its record. So a state
+//! holds records of both formats after a switch, and a node reads a legacy data directory as
+//! it is. Writing depends on it, and the format is part of the replicated state (key `V`),
+//! so that replicas write alike. A cluster moves to the compact format by one
+//! [`SetRecordFormat`] command, which a node of an older version refuses by name (it stops
+//! applying until upgraded) instead of writing records the others would not.
+
+use super::records::counter;
+use super::{keys, StateError, StateRead, StateWrite};
+use crate::proto::internal::{command_result, RecordFormatResult, SetRecordFormat};
+
+/// Prefix of session ids.
+const SESSION_PREFIX: &str = "sid_";
+/// Prefix of family ids.
+const FAMILY_PREFIX: &str = "fam_";
+
+/// A record format (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RecordFormat {
+    /// Format 1: every family has a record, every id is repeated in values.
+    Legacy = 1,
+    /// Format 2: implicit one-session families, no repeated ids.
+    Compact = 2,
+}
+
+impl RecordFormat {
+    /// The format a new cluster is created with.
+    pub const NEWEST: RecordFormat = RecordFormat::Compact;
+
+    /// The format numbered `number`, if this binary knows it.
+    pub fn from_number(number: u64) -> Option<Self> {
+        match number {
+            1 => Some(RecordFormat::Legacy),
+            2 => Some(RecordFormat::Compact),
+            _ => None,
+        }
+    }
+
+    /// The format's number.
+    pub fn number(self) -> u32 {
+        self as u32
+    }
+}
+
+/// The state's record format. A number this binary does not know (written by a newer
+/// version) is [`StateError::Unsupported`].
+pub fn current(state: &impl StateRead) -> Result<RecordFormat, StateError> {
+    match counter(state, &keys::record_format())? {
+        0 => Ok(RecordFormat::Legacy),
+        n => RecordFormat::from_number(n).ok_or_else(|| unknown(n)),
+    }
+}
+
+/// Applies a SetRecordFormat command: the state's format becomes the later of its own and
+/// the one asked for.
+pub fn apply(
+    command: &SetRecordFormat,
+    state: &mut impl StateWrite,
+) -> Result<command_result::Kind, StateError> {
+    let asked = match command.format {
+        0 => None,
+        n => Some(RecordFormat::from_number(u64::from(n)).ok_or_else(|| unknown(n.into()))?),
+    };
+    let now = current(state)?;
+    let format = asked.map_or(now, |asked| asked.max(now));
+    if format != now {
+        state.put(
+            keys::record_format(),
+            u64::from(format.number()).to_be_bytes().to_vec(),
+        );
+    }
+    Ok(command_result::Kind::SetRecordFormat(RecordFormatResult {
+        format: format.number(),
+    }))
+}
+
+fn unknown(number: u64) -> StateError {
+    StateError::Unsupported(format!(
+        "record format {number} (this binary writes formats up to {}); upgrade this node",
+        RecordFormat::NEWEST.number()
+    ))
+}
+
+/// The id of the family a session founds when it is created without joining one: `fam_`
+/// followed by the session id's random part. None for an id not of the minted form.
+pub fn founded_family(session_id: &str) -> Option<String> {
+    let random = session_id.strip_prefix(SESSION_PREFIX)?;
+    Some(format!("{FAMILY_PREFIX}{random}"))
+}
+
+/// The session that founded `family_id` if its ids pair up ([`founded_family`]).
+pub fn founder(family_id: &str) -> Option<String> {
+    let random = family_id.strip_prefix(FAMILY_PREFIX)?;
+    Some(format!("{SESSION_PREFIX}{random}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::MemoryState;
+
+    fn set(state: &mut MemoryState, format: u32) -> Result<u32, StateError> {
+        match apply(&SetRecordFormat { format }, state)? {
+            command_result::Kind::SetRecordFormat(r) => Ok(r.format),
+            other => panic!("unexpected result {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_state_without_a_format_is_legacy_and_formats_only_go_up() {
+        let mut state = MemoryState::new();
+        assert_eq!(current(&state).unwrap(), RecordFormat::Legacy);
+        assert_eq!(set(&mut state, 1).unwrap(), 1);
+        assert!(state.entries().is_empty(), "the legacy format needs no key");
+        assert_eq!(set(&mut state, 2).unwrap(), 2);
+        assert_eq!(current(&state).unwrap(), RecordFormat::Compact);
+        assert_eq!(set(&mut state, 1).unwrap(), 2);
+        assert_eq!(set(&mut state, 0).unwrap(), 2);
+        assert_eq!(current(&state).unwrap(), RecordFormat::Compact);
+    }
+
+    #[test]
+    fn an_unknown_format_is_refused_by_name_and_changes_nothing() {
+        let mut state = MemoryState::new();
+        match set(&mut state, 3) {
+            Err(StateError::Unsupported(message)) => {
+                assert!(message.starts_with("record format 3"), "{message}")
+            }
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+        assert!(state.entries().is_empty());
+        state.put(keys::record_format(), 9u64.to_be_bytes().to_vec());
+        assert!(matches!(current(&state), Err(StateError::Unsupported(_))));
+    }
+
+    #[test]
+    fn founder_and_founded_family_pair_up_minted_ids_only() {
+        let family = founded_family("sid_abc").unwrap();
+        assert_eq!(family, "fam_abc");
+        assert_eq!(founder(&family).as_deref(), Some("sid_abc"));
+        assert_eq!(founded_family("abc"), None);
+        assert_eq!(founder("sid_abc"), None);
+    }
+}
