@@ -32,11 +32,10 @@ use crate::api::Authority;
 use crate::auth::layer::AuthLayer;
 use crate::auth::Authenticator;
 use crate::config::{Config, LogFormat, TlsConfig};
-use crate::domain::format::RecordFormat;
 use crate::metrics::layer::RpcMetricsLayer;
 use crate::metrics::sampler;
 use crate::proto::internal::raft_transport_server::RaftTransportServer;
-use crate::proto::internal::{command, command_result, CollectGarbage, SetRecordFormat};
+use crate::proto::internal::{command, command_result, CollectGarbage};
 use crate::proto::v1::cluster_server::ClusterServer;
 use crate::proto::v1::session_authority_server::SessionAuthorityServer;
 use crate::raft::network::MAX_PEER_MESSAGE_BYTES;
@@ -221,17 +220,19 @@ pub async fn start(config: Config) -> Result<RunningNode, Error> {
     .await?;
     // Only a node that just made itself a one-node cluster waits for its leader (itself);
     // a restarted node serves at once, or it could not hear the leader it has to find.
-    let created = config.bootstrap && node.initialize_single_if_new().await?;
-    if created {
+    // A cluster created here writes its records in the newest format from its first entry.
+    if config.bootstrap && node.initialize_single_if_new().await? {
         wait_for_leader(&node).await;
+        let format = crate::api::cluster::compact_records(&node).await?;
+        tracing::info!(
+            record_format = format.record_format,
+            "new cluster: records are written in the compact format"
+        );
     }
 
     let config = Arc::new(config);
     let (stop, stopped) = watch::channel(false);
     let authority = Authority::new(node.clone(), config.clone(), stopped.clone());
-    if created {
-        adopt_newest_record_format(&authority).await?;
-    }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let (health, verdict_seen) = crate::health::start(
@@ -400,31 +401,6 @@ async fn wait_for_leader(node: &RaftNode) {
         .await;
     if waited.is_err() {
         tracing::warn!("no leader yet; requests get UNAVAILABLE until one is elected");
-    }
-}
-
-/// Moves the state of the cluster this node just created to the newest record format,
-/// before any client can write to it.
-async fn adopt_newest_record_format(authority: &Authority) -> Result<(), Error> {
-    let command = SetRecordFormat {
-        format: RecordFormat::NEWEST.number(),
-    };
-    let applied = authority
-        .propose(
-            now_ms(),
-            Vec::new(),
-            command::Kind::SetRecordFormat(command),
-        )
-        .await?;
-    match applied.result.kind {
-        Some(command_result::Kind::SetRecordFormat(r)) => {
-            tracing::info!(
-                format = r.format,
-                "new cluster: records in the compact format"
-            );
-            Ok(())
-        }
-        _ => Err(crate::api::authority::unexpected_result()),
     }
 }
 

@@ -8,7 +8,8 @@ mod common;
 use common::*;
 use sessiond::proto::internal::raft_transport_client::RaftTransportClient;
 use sessiond::proto::internal::{
-    command, CollectGarbage, Command, CommandBatch, CreateSession, ProposeMessage, Touch,
+    command, CollectGarbage, Command, CommandBatch, CreateSession, ProposeMessage, SetRecordFormat,
+    Touch,
 };
 use sessiond::proto::v1::*;
 use sessiond::proto::SCHEMA_VERSION;
@@ -124,6 +125,13 @@ async fn malformed_internal_proposals_are_refused_and_change_nothing() {
                     expires_at_ms: i64::MAX,
                     ..good_create.clone()
                 }),
+            ),
+        ),
+        (
+            "a record format this node does not know",
+            at(
+                now,
+                command::Kind::SetRecordFormat(SetRecordFormat { format: 9 }),
             ),
         ),
         (

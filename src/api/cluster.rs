@@ -28,16 +28,18 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{audit, Principal};
+use crate::domain::format::{self, RecordFormat};
 use crate::domain::StateRead;
-use crate::proto::internal::SnapshotRecord;
+use crate::proto::internal::{command, command_result, Command, SetRecordFormat, SnapshotRecord};
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::cluster_server::Cluster;
 use crate::proto::v1::{
     backup_chunk, AddLearnerRequest, BackupChunk, BackupInfo, BackupRequest, ClusterStatusRequest,
-    ClusterStatusResponse, Member, MemberRole, MembershipResponse, PromoteRequest, PurgeLogRequest,
-    PurgeLogResponse, RemoveRequest, StateDigestRequest, StateDigestResponse,
-    TriggerSnapshotRequest, TriggerSnapshotResponse,
+    ClusterStatusResponse, CompactRecordsRequest, CompactRecordsResponse, Member, MemberRole,
+    MembershipResponse, PromoteRequest, PurgeLogRequest, PurgeLogResponse, RemoveRequest,
+    StateDigestRequest, StateDigestResponse, TriggerSnapshotRequest, TriggerSnapshotResponse,
 };
+use crate::proto::SCHEMA_VERSION;
 use crate::raft::{raft_stopped, RaftNode};
 use crate::store::{backup, StateReader};
 use crate::Error;
@@ -130,6 +132,7 @@ impl ClusterAdmin {
             purged_index: m.purged.map_or(0, |id| id.index),
             members,
             changing: membership.get_joint_config().len() > 1,
+            record_format: format::current(self.node.state())?.number(),
         })
     }
 
@@ -582,6 +585,16 @@ impl Cluster for ClusterAdmin {
         }))
     }
 
+    async fn compact_records(
+        &self,
+        request: Request<CompactRecordsRequest>,
+    ) -> Result<Response<CompactRecordsResponse>, Status> {
+        let principal = Principal::of(&request)?.clone();
+        let response = compact_records(&self.node).await?;
+        audit::record_format_set(&principal, response.record_format, response.revision);
+        Ok(Response::new(response))
+    }
+
     async fn purge_log(
         &self,
         request: Request<PurgeLogRequest>,
@@ -596,5 +609,29 @@ impl Cluster for ClusterAdmin {
             node_id: self.node.node_id(),
             purging_upto,
         }))
+    }
+}
+
+/// Moves the cluster's state to the newest record format through the log (see
+/// [`crate::domain::format`]); answers the format it is in afterwards and the command's
+/// revision. Changes nothing on a state already there.
+pub async fn compact_records(node: &RaftNode) -> Result<CompactRecordsResponse, Error> {
+    let command = Command {
+        schema_version: SCHEMA_VERSION,
+        now_ms: crate::clock::now_ms(),
+        kind: Some(command::Kind::SetRecordFormat(SetRecordFormat {
+            format: RecordFormat::NEWEST.number(),
+        })),
+        ..Default::default()
+    };
+    let applied = node.propose(command).await?;
+    match applied.result.kind {
+        Some(command_result::Kind::SetRecordFormat(r)) => Ok(CompactRecordsResponse {
+            record_format: r.format,
+            revision: applied.revision,
+        }),
+        _ => Err(Error::Internal(
+            "a record format command applied as another kind".into(),
+        )),
     }
 }

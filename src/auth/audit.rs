@@ -72,6 +72,19 @@ pub fn membership_changed(principal: &Principal, action: &str, node_id: u64, add
     );
 }
 
+/// The cluster moved to another record format at an operator's request.
+pub fn record_format_set(principal: &Principal, record_format: u32, revision: u64) {
+    tracing::info!(
+        target: TARGET,
+        event = "record_format_set",
+        principal = %principal.name,
+        role = role(principal),
+        record_format,
+        revision,
+        "record format set"
+    );
+}
+
 /// A backup of the node's state sent to an operator.
 pub fn backup_started(principal: &Principal, last_index: u64, bytes: u64) {
     tracing::info!(

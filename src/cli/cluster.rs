@@ -9,8 +9,9 @@ use serde_json::json;
 use crate::client::{connect_transport, Transport};
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::{
-    AddLearnerRequest, ClusterStatusRequest, ClusterStatusResponse, MemberRole, PromoteRequest,
-    PurgeLogRequest, RemoveRequest, StateDigestRequest, TriggerSnapshotRequest,
+    AddLearnerRequest, ClusterStatusRequest, ClusterStatusResponse, CompactRecordsRequest,
+    MemberRole, PromoteRequest, PurgeLogRequest, RemoveRequest, StateDigestRequest,
+    TriggerSnapshotRequest,
 };
 
 /// Cluster subcommands.
@@ -51,6 +52,8 @@ pub enum ClusterCommand {
         /// The last log index to purge.
         upto: u64,
     },
+    /// Move the cluster to the compact record format (once every node runs this version).
+    CompactRecords,
 }
 
 /// How often add-learner reports the learner's progress.
@@ -163,6 +166,24 @@ pub async fn run(target: &super::Target, command: ClusterCommand) -> anyhow::Res
             }
             return Ok(());
         }
+        ClusterCommand::CompactRecords => {
+            let r = client
+                .compact_records(CompactRecordsRequest {})
+                .await?
+                .into_inner();
+            if json_output {
+                println!(
+                    "{}",
+                    json!({"record_format": r.record_format, "revision": r.revision})
+                );
+            } else {
+                println!(
+                    "the cluster writes record format {} (as of revision {})",
+                    r.record_format, r.revision
+                );
+            }
+            return Ok(());
+        }
         ClusterCommand::AddLearner {
             node_id,
             addr,
@@ -231,6 +252,7 @@ fn to_json(done: &str, s: &ClusterStatusResponse) -> serde_json::Value {
         "snapshot_index": s.snapshot_index,
         "purged_index": s.purged_index,
         "changing": s.changing,
+        "record_format": s.record_format,
         "members": s.members.iter().map(|m| json!({
             "node_id": m.node_id,
             "addr": m.addr,
@@ -251,7 +273,7 @@ fn render(s: &ClusterStatusResponse) -> String {
     };
     let mut out = format!(
         "answered by node {}; leader {leader}; term {}{}\n\
-         log {} / committed {} / applied {} / snapshot {} / purged {}\n",
+         log {} / committed {} / applied {} / snapshot {} / purged {}; record format {}\n",
         s.node_id,
         s.term,
         if s.changing {
@@ -264,6 +286,7 @@ fn render(s: &ClusterStatusResponse) -> String {
         s.applied_index,
         s.snapshot_index,
         s.purged_index,
+        s.record_format,
     );
     out.push_str(&format!(
         "{:>6}  {:<24} {:<24} {:<8} {:>8} {:>8}\n",
