@@ -420,6 +420,58 @@ mod tests {
         assert_eq!(applied.map(|id| id.index), Some(next - 1));
     }
 
+    /// What garbage collection deletes after a snapshot comes off the live data the rebuild
+    /// policy sees, until the next snapshot measures it again; other deletions do not.
+    #[tokio::test]
+    async fn collected_keys_lower_the_live_data_until_the_next_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), TEST_SLED).unwrap();
+        let creates: Vec<_> = (1..=100).map(|i| create_entry(i, i as u32)).collect();
+        store.state_machine.apply(creates).await.unwrap();
+        let mut builder = store.state_machine.get_snapshot_builder().await;
+        builder.build_snapshot().await.unwrap();
+        let live = store.state_machine.live_estimate();
+        assert!(live > 0);
+        let at = |index: u64, now_ms: i64, kind: command::Kind| codec::Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command {
+                schema_version: SCHEMA_VERSION,
+                now_ms,
+                kind: Some(kind),
+                ..Default::default()
+            }),
+        };
+        let revoke = command::Kind::Revoke(crate::proto::internal::Revoke {
+            tenant: "t".into(),
+            scope: crate::proto::v1::RevokeScope::Session as i32,
+            id: format!("sid_{:022}", 1),
+            ..Default::default()
+        });
+        store
+            .state_machine
+            .apply([at(101, 2_000, revoke)])
+            .await
+            .unwrap();
+        assert_eq!(store.state_machine.live_estimate(), live);
+        let collect = command::Kind::CollectGarbage(crate::proto::internal::CollectGarbage {
+            limit: 1_000,
+            ..Default::default()
+        });
+        store
+            .state_machine
+            .apply([at(102, 20_000_000, collect)])
+            .await
+            .unwrap();
+        let after = store.state_machine.live_estimate();
+        assert!(
+            after < live / 10,
+            "{after} of {live} left after collecting every session"
+        );
+        builder.build_snapshot().await.unwrap();
+        let measured = store.state_machine.live_estimate();
+        assert!(measured > after && measured < live / 2, "{measured}");
+    }
+
     /// A rebuild the writes outrun (more written keys to carry over than it may hold) is
     /// given up with every write kept, and no rebuild is due or tried until the back-off
     /// ends; then one is due (but not while a build runs), and the next build rebuilds.

@@ -10,6 +10,7 @@
 //! The fill itself sleeps as long as it works, so that it takes at most half of a core from
 //! the applies beside it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// No rebuild starts for this long after a give-up ...
@@ -40,6 +41,11 @@ pub struct RebuildPolicy {
     /// A database is rebuilt once its files take this many times what a fresh copy of the
     /// live data would.
     pub factor: f64,
+    /// The factor while writes are quiet (at most `quiet_keys_per_sec`): a rebuild then
+    /// competes with no apply, so a smaller saving pays for it.
+    pub quiet_factor: f64,
+    /// Most keys written per second that count as quiet.
+    pub quiet_keys_per_sec: f64,
     /// Most written keys a rebuild holds to carry over; past it the rebuild is given up.
     pub max_tracked_keys: usize,
 }
@@ -77,6 +83,48 @@ pub enum Decision {
     },
 }
 
+/// Keys garbage collection deleted since the current snapshot's point in time, against the
+/// snapshot's key count: what the live data lost since the snapshot measured it. Without
+/// it, a state whose idempotency records (a third of a freshly loaded state's bytes) or
+/// expired sessions were collected would count as large as before, and its files would
+/// keep their garbage until the log brought the next build.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// Keys in the current snapshot (0: unknown, as after a restart until the next build).
+    snapshot_keys: AtomicU64,
+    /// Keys deleted by garbage collection since the snapshot's point in time.
+    deleted: AtomicU64,
+}
+
+impl Collected {
+    /// A snapshot's copy starts: deletions from now on count against it.
+    pub fn restart(&self) {
+        self.deleted.store(0, Ordering::Relaxed);
+    }
+
+    /// The current snapshot holds `keys` keys (a build that started at the last
+    /// [`Self::restart`], or an install, which also starts the count again).
+    pub fn since_snapshot(&self, keys: u64) {
+        self.snapshot_keys.store(keys, Ordering::Relaxed);
+    }
+
+    /// Garbage collection deleted `keys` more keys.
+    pub fn add(&self, keys: u64) {
+        self.deleted.fetch_add(keys, Ordering::Relaxed);
+    }
+
+    /// `live` bytes of the snapshot less the share of its keys collected since, at the
+    /// snapshot's mean bytes per key.
+    pub fn live_after(&self, live: u64) -> u64 {
+        let keys = self.snapshot_keys.load(Ordering::Relaxed);
+        if keys == 0 {
+            return live;
+        }
+        let kept = keys.saturating_sub(self.deleted.load(Ordering::Relaxed));
+        (live as f64 * kept as f64 / keys as f64) as u64
+    }
+}
+
 /// What the policy learns from rebuilds and installs: how fast rebuilds fill, how large a
 /// fresh copy is for its live data, and the give-ups in a row.
 #[derive(Debug)]
@@ -107,14 +155,25 @@ impl RebuildHistory {
 impl RebuildPolicy {
     /// Whether files taking `on_disk` bytes outgrew `live` bytes of live data (0: unknown),
     /// given what a fresh copy took the last time.
+    /// At the lower of the two factors: whether a build should prepare for a rebuild.
     pub fn outgrown(&self, on_disk: u64, live: u64, history: &RebuildHistory) -> bool {
-        let fresh = live as f64 * history.fresh_per_live;
-        live > 0 && on_disk >= self.min_bytes && on_disk as f64 > fresh * self.factor
+        self.outgrown_by(self.factor.min(self.quiet_factor), on_disk, live, history)
     }
 
-    /// Decides at `now`, having observed `seen`, whether to rebuild.
+    fn outgrown_by(&self, factor: f64, on_disk: u64, live: u64, history: &RebuildHistory) -> bool {
+        let fresh = live as f64 * history.fresh_per_live;
+        live > 0 && on_disk >= self.min_bytes && on_disk as f64 > fresh * factor
+    }
+
+    /// Decides at `now`, having observed `seen`, whether to rebuild: past the quiet factor
+    /// if the writes were quiet, past the factor otherwise.
     pub fn decide(&self, seen: Observation, history: &RebuildHistory, now: Instant) -> Decision {
-        if !self.outgrown(seen.on_disk, seen.live, history) {
+        let factor = if seen.written_keys_per_sec <= self.quiet_keys_per_sec {
+            self.quiet_factor
+        } else {
+            self.factor
+        };
+        if !self.outgrown_by(factor, seen.on_disk, seen.live, history) {
             return Decision::NotNeeded;
         }
         if let Some(left) = history
@@ -195,6 +254,8 @@ mod tests {
         RebuildPolicy {
             min_bytes: 64 * MIB,
             factor: 2.0,
+            quiet_factor: 2.0,
+            quiet_keys_per_sec: 0.0,
             max_tracked_keys: 100_000,
         }
     }
@@ -223,6 +284,50 @@ mod tests {
         assert_eq!(decide(seen(100, 50, 0.0)), Decision::NotNeeded);
         assert_eq!(decide(seen(100, 0, 0.0)), Decision::NotNeeded);
         assert_eq!(decide(seen(101, 50, 0.0)), Decision::Rebuild);
+    }
+
+    #[test]
+    fn quiet_writes_lower_the_factor() {
+        let history = history();
+        let now = Instant::now();
+        let policy = RebuildPolicy {
+            quiet_factor: 1.25,
+            quiet_keys_per_sec: 100.0,
+            ..policy()
+        };
+        // 140 MiB of files for 100 MiB of live data: past the quiet factor, not the other.
+        assert!(policy.outgrown(140 * MIB, 100 * MIB, &history));
+        assert_eq!(
+            policy.decide(seen(140, 100, 100.0), &history, now),
+            Decision::Rebuild
+        );
+        assert_eq!(
+            policy.decide(seen(140, 100, 101.0), &history, now),
+            Decision::NotNeeded
+        );
+        assert_eq!(
+            policy.decide(seen(120, 100, 0.0), &history, now),
+            Decision::NotNeeded
+        );
+    }
+
+    #[test]
+    fn collected_keys_take_their_share_off_the_snapshots_live_data() {
+        let collected = Collected::default();
+        collected.add(5);
+        assert_eq!(
+            collected.live_after(700),
+            700,
+            "no snapshot count yet: as measured"
+        );
+        collected.restart();
+        collected.since_snapshot(7_000);
+        collected.add(2_000);
+        assert_eq!(collected.live_after(700 * MIB), 500 * MIB);
+        collected.add(9_000);
+        assert_eq!(collected.live_after(700 * MIB), 0);
+        collected.restart();
+        assert_eq!(collected.live_after(700 * MIB), 700 * MIB);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use tokio::sync::broadcast;
 
 use super::codec::{self, Entry};
 use super::generation::{Generation, Generations, SledOptions};
-use super::rebuild::{Decision, Observation, RebuildHistory, RebuildPolicy};
+use super::rebuild::{Collected, Decision, Observation, RebuildHistory, RebuildPolicy};
 use super::snapshot::{self, sync_dir, SnapshotFile, SnapshotReader, SnapshotWriter};
 use super::TypeConfig;
 use crate::domain::{self, StateEntry, StateError, StateRead, StateWrite};
@@ -64,12 +64,15 @@ const BUILDING_FILE: &str = "building.snap.tmp";
 const BUILD_CHUNK: usize = 1_000;
 /// When the state database is rebuilt from a new snapshot: once its files take 1.5 times
 /// what a fresh copy of the live data would (so a rebuild saves at least a third; loading
-/// 1M sessions through applies left 1.8 times a fresh copy), and not below 64 MiB (sled's
-/// fixed overhead dominates there). A rebuild holds at most 250,000 written keys to carry
-/// over (~30 MB).
+/// 1M sessions through applies left 1.8 times a fresh copy), 1.25 times while writes are
+/// quiet (at most 100 keys a second: a node at rest, whose rebuild slows nothing), and not
+/// below 64 MiB (sled's fixed overhead dominates there). A rebuild holds at most 250,000
+/// written keys to carry over (~30 MB).
 const REBUILD_POLICY: RebuildPolicy = RebuildPolicy {
     min_bytes: 64 * 1024 * 1024,
     factor: 1.5,
+    quiet_factor: 1.25,
+    quiet_keys_per_sec: 100.0,
     max_tracked_keys: 250_000,
 };
 
@@ -87,6 +90,11 @@ impl<'t> Overlay<'t> {
             tree,
             writes: BTreeMap::new(),
         }
+    }
+
+    /// How many keys the pending writes delete.
+    fn deleted(&self) -> u64 {
+        self.writes.values().filter(|v| v.is_none()).count() as u64
     }
 
     /// The keys written so far.
@@ -182,6 +190,17 @@ impl StateWrite for Overlay<'_> {
 
     fn delete(&mut self, key: &[u8]) {
         self.writes.insert(key.to_vec(), None);
+    }
+}
+
+/// Whether `command` is, or holds, a garbage collection (whose deletions remove data for
+/// good, where other commands' deletions come with writes of their own).
+fn collects_garbage(command: &crate::proto::internal::Command) -> bool {
+    use crate::proto::internal::command::Kind;
+    match &command.kind {
+        Some(Kind::CollectGarbage(_)) => true,
+        Some(Kind::Batch(batch)) => batch.commands.iter().any(collects_garbage),
+        _ => false,
     }
 }
 
@@ -331,6 +350,8 @@ struct Shared {
     /// Keys written by applies since the start (for the write rate a rebuild must keep up
     /// with).
     keys_written: AtomicU64,
+    /// What garbage collection removed since the current snapshot's point in time.
+    collected: Collected,
     snapshot_dir: PathBuf,
     snapshots_built: AtomicU64,
     /// Longest wait of an apply for the commit lock since the current build started, in µs
@@ -402,6 +423,7 @@ impl StateMachine {
                 history: RebuildHistory::new(sled.compression),
             }),
             keys_written: AtomicU64::new(0),
+            collected: Collected::default(),
             snapshot_dir: snapshot_dir.to_path_buf(),
             snapshots_built: AtomicU64::new(0),
             worst_apply_wait_us: AtomicU64::new(0),
@@ -418,6 +440,8 @@ impl StateMachine {
         rebuilds.policy = RebuildPolicy {
             min_bytes: 0,
             factor: 0.0,
+            quiet_factor: 0.0,
+            quiet_keys_per_sec: 0.0,
             max_tracked_keys,
         };
         rebuilds.history.assume_instant_fill();
@@ -435,6 +459,12 @@ impl StateMachine {
     pub(crate) fn as_if_building<T>(&self, during: impl FnOnce() -> T) -> T {
         let _building = self.shared.building.lock().unwrap();
         during()
+    }
+
+    /// The live data as the rebuild policy sees it now.
+    #[cfg(test)]
+    pub(crate) fn live_estimate(&self) -> u64 {
+        self.shared.live_estimate()
     }
 
     /// A probe telling when the state database is due for a rebuild.
@@ -501,7 +531,7 @@ impl RebuildProbe {
         }
         let seen = Observation {
             on_disk: generation.db.size_on_disk().unwrap_or(0),
-            live: snapshot::live_bytes(&self.shared.snapshot_path()).unwrap_or(0),
+            live: self.shared.live_estimate(),
             written_keys_per_sec: written.saturating_sub(before) as f64
                 / now.duration_since(then).as_secs_f64().max(0.001),
         };
@@ -557,6 +587,13 @@ fn header_log_id(header: &SnapshotRecord) -> Option<LogId<u64>> {
 impl Shared {
     fn generation(&self) -> Arc<Generation> {
         live_generation(&self.live)
+    }
+
+    /// The live data now, as far as the rebuild policy can tell without reading the state:
+    /// the current snapshot's, less what garbage collection removed since.
+    fn live_estimate(&self) -> u64 {
+        let live = snapshot::live_bytes(&self.snapshot_path()).unwrap_or(0);
+        self.collected.live_after(live)
     }
 
     fn snapshot_path(&self) -> PathBuf {
@@ -619,6 +656,7 @@ impl Shared {
         let (applied, membership) = {
             let _commit = lock(&self.commit)?;
             generation.start_copy();
+            self.collected.restart();
             if let Some(candidate) = &mut candidate {
                 generation.start_tracking(candidate.policy.max_tracked_keys);
                 candidate.written_before = self.keys_written.load(Ordering::Relaxed);
@@ -639,7 +677,7 @@ impl Shared {
         generation: &Generation,
     ) -> Result<Option<RebuildCandidate>, StorageError<u64>> {
         let on_disk = generation.db.size_on_disk().unwrap_or(0);
-        let live = snapshot::live_bytes(&self.snapshot_path()).unwrap_or(0);
+        let live = self.live_estimate();
         let rebuilds = lock(&self.rebuilds)?;
         let policy = rebuilds.policy;
         Ok(policy
@@ -719,6 +757,7 @@ impl Shared {
         let written = self.copy_to(generation, &tmp, &header);
         generation.stop_copy();
         let entries = written?;
+        self.collected.since_snapshot(entries);
         generation.db.flush().map_err(sm_write_err)?;
         let bytes = std::fs::metadata(&tmp).map_or(0, |m| m.len());
         crate::metrics::SNAPSHOT_BUILD_SECONDS.observe(started.elapsed().as_secs_f64());
@@ -735,7 +774,10 @@ impl Shared {
         let file = std::fs::File::open(&path).map_err(snapshot_err)?;
         if path == tmp {
             std::fs::remove_file(&tmp).map_err(snapshot_err)?;
-        } else if candidate.map_or(Ok(false), |c| self.rebuild_now(c))? {
+        } else if candidate.map_or(Ok(false), |c| {
+            let live = snapshot::live_bytes(&path).unwrap_or(c.live);
+            self.rebuild_now(RebuildCandidate { live, ..c })
+        })? {
             let snapshot = std::fs::File::open(&path).map_err(snapshot_err)?;
             let rebuilt = self.rebuild(generation, snapshot);
             let mut rebuilds = lock(&self.rebuilds)?;
@@ -840,7 +882,7 @@ impl Shared {
             Ok(())
         });
         let took = started.elapsed();
-        let switched = filled.and_then(|()| self.switch_to_rebuilt(old, new));
+        let switched = filled.and_then(|_| self.switch_to_rebuilt(old, new));
         match switched {
             Ok(true) => {
                 self.generations.remove(old.number).map_err(sm_write_err)?;
@@ -950,18 +992,22 @@ impl Shared {
         }
         let old = self.generation();
         let generation = self.new_generation()?;
-        if let Err(e) = fill(
+        let entries = match fill(
             &generation,
             &mut reader,
             &header,
             INSTALL_FILL_BATCH,
             |_| Ok(()),
         ) {
-            let number = generation.number;
-            drop(generation);
-            let _ = self.generations.remove(number);
-            return Err(e);
-        }
+            Ok(entries) => entries,
+            Err(e) => {
+                let number = generation.number;
+                drop(generation);
+                let _ = self.generations.remove(number);
+                return Err(e);
+            }
+        };
+        self.collected.since_snapshot(entries);
         let fresh = generation.db.size_on_disk().unwrap_or(0);
         let live = snapshot::live_bytes(path).unwrap_or(0);
         lock(&self.rebuilds)?.history.filled(live, fresh);
@@ -1036,7 +1082,7 @@ fn fill(
     header: &SnapshotRecord,
     batch_keys: usize,
     mut after_batch: impl FnMut(&[u8]) -> Result<(), StorageError<u64>>,
-) -> Result<(), StorageError<u64>> {
+) -> Result<u64, StorageError<u64>> {
     let mut written = 0;
     let mut pending = sled::Batch::default();
     while let Some((key, value)) = reader.next_entry().map_err(sm_read_err)? {
@@ -1066,7 +1112,7 @@ fn fill(
     }
     generation.tree.apply_batch(batch).map_err(sm_write_err)?;
     generation.db.flush().map_err(sm_write_err)?;
-    Ok(())
+    Ok(written as u64)
 }
 
 fn snapshot_meta(header: &SnapshotRecord) -> SnapshotMeta<u64, BasicNode> {
@@ -1115,11 +1161,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut last_applied = None;
         let mut membership = None;
         let mut published = Vec::new();
+        let mut collected_keys = 0;
         for entry in entries {
             last_applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => results.push(none_result()),
                 EntryPayload::Normal(command) => {
+                    let deleted_before = collects_garbage(&command).then(|| overlay.deleted());
                     let result = domain::apply(&command, entry.log_id.index, &mut overlay)
                         .map_err(|e| {
                             StorageError::from(StorageIOError::apply(
@@ -1127,6 +1175,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 AnyError::error(e),
                             ))
                         })?;
+                    if let Some(before) = deleted_before {
+                        collected_keys += overlay.deleted().saturating_sub(before);
+                    }
                     if !result.events.is_empty() {
                         published.push(Arc::new(AppliedRevocations {
                             revision: entry.log_id.index,
@@ -1170,6 +1221,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 );
             }
             generation.tree.apply_batch(batch).map_err(sm_write_err)?;
+            shared.collected.add(collected_keys);
         }
         shared
             .feed
