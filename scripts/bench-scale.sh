@@ -6,8 +6,9 @@
 # long a restart takes until the node serves linearizable reads again, how long a new
 # learner takes to catch up (by snapshot: the log behind it is purged), the disk at rest
 # (the load's idempotency records collected and the state database rebuilt, SETTLE_SECS at
-# most), and the worst wait of an apply for the commit lock while a snapshot was built (from
-# the node's log). Writes
+# most; then once more after a restart, which compacts the log database), and the worst
+# wait of an apply for the commit lock while a snapshot was built (from the node's log).
+# Writes
 # scale.json and scale.md under $RESULTS (default bench-results/scale-<timestamp>).
 # Uses free loopback ports and a temporary directory; stops exactly what it started.
 set -euo pipefail
@@ -155,8 +156,10 @@ echo "learner disk $learner_disk_bytes bytes (log $learner_log_bytes, state $lea
 
 # At rest: the idempotency records of the load expire (sessions.dedup_retention_ms) and are
 # collected; once writes are quiet the node asks for a build and rebuilds its state database
-# (the files a full-speed load left). Wait for that rebuild (at most SETTLE_SECS), then
-# count the disk again.
+# (the files a full-speed load left). Wait for that rebuild (at most SETTLE_SECS), then for
+# the log database to stop shrinking (sled frees the segments of the entries purged behind
+# the last build over minutes: no change for LOG_STILL_SECS, default 120, at most
+# LOG_SETTLE_SECS, default 900), then count the disk again.
 settle_secs=${SETTLE_SECS:-1800}
 rebuilt_before=$(grep -c 'state database rebuilt' "$work/node1.log" || true)
 settle_started=$(now)
@@ -168,6 +171,20 @@ for _ in $(seq 1 "$settle_secs"); do
   fi
   sleep 1
 done
+log_still_secs=${LOG_STILL_SECS:-120}
+smallest_log=$(part_bytes log)
+still=0
+for _ in $(seq 1 $((${LOG_SETTLE_SECS:-900} / 5))); do
+  [ "$still" -ge "$log_still_secs" ] && break
+  sleep 5
+  log_now=$(part_bytes log)
+  if [ "$log_now" -lt "$smallest_log" ]; then
+    smallest_log=$log_now
+    still=0
+  else
+    still=$((still + 5))
+  fi
+done
 settle_took=$(since "$settle_started")
 rest_disk_bytes=$(du -sb "$work/node1" | cut -f1)
 rest_log_bytes=$(part_bytes log)
@@ -175,6 +192,18 @@ rest_state_bytes=$(part_bytes state)
 rest_snapshot_bytes=$(part_bytes snapshots)
 rest_hwm_kb=$(hwm "$node1")
 echo "at rest (rebuilt: $settled, after ${settle_took}s): disk $rest_disk_bytes bytes (log $rest_log_bytes, state $rest_state_bytes, snapshots $rest_snapshot_bytes)"
+
+# The same after a restart: sled never shrinks the log database, which keeps the size the
+# log reached under the load; a node compacts it at start once it outgrew what it holds.
+kill -TERM "$node1"
+wait "$node1" 2>/dev/null || true
+start_node1
+wait_serving "$ep1"
+restarted_disk_bytes=$(du -sb "$work/node1" | cut -f1)
+restarted_log_bytes=$(part_bytes log)
+restarted_state_bytes=$(part_bytes state)
+restarted_snapshot_bytes=$(part_bytes snapshots)
+echo "at rest after a restart: disk $restarted_disk_bytes bytes (log $restarted_log_bytes, state $restarted_state_bytes, snapshots $restarted_snapshot_bytes)"
 
 worst_apply_wait_ms=$( (grep -ho 'worst_apply_wait_ms=[0-9.]*' "$work"/node1.log || true) | cut -d= -f2 | sort -g | tail -1)
 rebuilds=$(grep -c 'state database rebuilt' "$work/node1.log" || true)
@@ -212,6 +241,11 @@ out = {
   "rest_log_bytes": $rest_log_bytes,
   "rest_state_bytes": $rest_state_bytes,
   "rest_snapshot_bytes": $rest_snapshot_bytes,
+  "rest_restarted_disk_bytes": $restarted_disk_bytes,
+  "rest_restarted_disk_bytes_per_session": $restarted_disk_bytes / $sessions,
+  "rest_restarted_log_bytes": $restarted_log_bytes,
+  "rest_restarted_state_bytes": $restarted_state_bytes,
+  "rest_restarted_snapshot_bytes": $restarted_snapshot_bytes,
   "peak_rss_after_learner_mib": $rest_hwm_kb / 1024,
   "rss_mib": $rss_kb / 1024,
   "rss_after_restart_mib": $rss_after_restart_kb / 1024,
@@ -235,7 +269,8 @@ rows = [
   ("disk (data dir, log + state + snapshot)", f"{out['disk_bytes']/2**20:,.0f} MiB = {out['disk_bytes_per_session']:,.0f} bytes/session (log {out['log_bytes']/2**20:,.0f}, state {out['state_bytes']/2**20:,.0f}, snapshots {out['snapshot_bytes']/2**20:,.0f} MiB)"),
   ("disk after a snapshot and a log purge", f"{out['after_purge_disk_bytes']/2**20:,.0f} MiB = {out['after_purge_disk_bytes_per_session']:,.0f} bytes/session (log {out['after_purge_log_bytes']/2**20:,.0f}, state {out['after_purge_state_bytes']/2**20:,.0f}, snapshots {out['after_purge_snapshot_bytes']/2**20:,.0f} MiB)"),
   ("disk of the learner after its install", f"{out['learner_disk_bytes']/2**20:,.0f} MiB = {out['learner_disk_bytes_per_session']:,.0f} bytes/session (log {out['learner_log_bytes']/2**20:,.0f}, state {out['learner_state_bytes']/2**20:,.0f}, snapshots {out['learner_snapshot_bytes']/2**20:,.0f} MiB)"),
-  ("disk at rest: idempotency records collected, state rebuilt ({}) {:.0f} s after the learner".format("yes" if out['rest_rebuilt'] else "no", out['rest_after_secs']), f"{out['rest_disk_bytes']/2**20:,.0f} MiB = {out['rest_disk_bytes_per_session']:,.0f} bytes/session (log {out['rest_log_bytes']/2**20:,.0f}, state {out['rest_state_bytes']/2**20:,.0f}, snapshots {out['rest_snapshot_bytes']/2**20:,.0f} MiB)"),
+  ("disk at rest: idempotency records collected, state rebuilt ({}), log settled; {:.0f} s after the learner".format("yes" if out['rest_rebuilt'] else "no", out['rest_after_secs']), f"{out['rest_disk_bytes']/2**20:,.0f} MiB = {out['rest_disk_bytes_per_session']:,.0f} bytes/session (log {out['rest_log_bytes']/2**20:,.0f}, state {out['rest_state_bytes']/2**20:,.0f}, snapshots {out['rest_snapshot_bytes']/2**20:,.0f} MiB)"),
+  ("disk at rest after a restart (the log database compacted at start)", f"{out['rest_restarted_disk_bytes']/2**20:,.0f} MiB = {out['rest_restarted_disk_bytes_per_session']:,.0f} bytes/session (log {out['rest_restarted_log_bytes']/2**20:,.0f}, state {out['rest_restarted_state_bytes']/2**20:,.0f}, snapshots {out['rest_restarted_snapshot_bytes']/2**20:,.0f} MiB)"),
   ("RSS after load / after restart", f"{out['rss_mib']:,.0f} MiB / {out['rss_after_restart_mib']:,.0f} MiB"),
   ("peak RSS: load / restart / build + send / learner install / leader until at rest", f"{out['peak_rss_load_mib']:,.0f} / {out['peak_rss_restart_mib']:,.0f} / {out['peak_rss_build_and_send_mib']:,.0f} / {out['peak_rss_learner_receive_and_install_mib']:,.0f} / {out['peak_rss_after_learner_mib']:,.0f} MiB"),
   ("worst apply wait during a snapshot build ({} builds, {} state rebuilds, {} postponed)".format(out['snapshot_builds'], out['state_rebuilds'], out['state_rebuilds_postponed']), f"{out['worst_apply_wait_during_build_ms']:.1f} ms"),

@@ -1,7 +1,8 @@
 //! Durable storage for one node, under its data directory:
 //!
 //! - `log/`: the Raft log, vote and commit point, in their own sled database with group
-//!   commit ([`log`]); log churn (appends, then purges) never touches the state files.
+//!   commit ([`log`]); log churn (appends, then purges) never touches the state files, and
+//!   a log database that outgrew what it holds is compacted at start ([`log_compaction`]).
 //! - `state/gen-<n>/`: the state machine, one sled database per generation; `state/CURRENT`
 //!   names the live one ([`generation`], [`state_machine`]).
 //! - `snapshots/current.snap`: the newest snapshot, a streamed, checksummed file
@@ -15,6 +16,7 @@ pub mod backup;
 pub mod codec;
 pub mod generation;
 pub mod log;
+mod log_compaction;
 mod migrate;
 pub mod rebuild;
 pub mod snapshot;
@@ -51,6 +53,10 @@ pub(crate) const SLOW_STORAGE: std::time::Duration = std::time::Duration::from_m
 
 /// sled page cache of the log database: it holds the entries since the last snapshot.
 const LOG_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// The log database's directory, under the data directory.
+const LOG_DIR: &str = "log";
+/// No log database smaller than this is compacted at start ([`log_compaction`]).
+const LOG_COMPACTION_MIN_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The opened storage of a node.
 pub struct Store {
@@ -69,9 +75,16 @@ impl Store {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             Error::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
         })?;
+        log_compaction::compact_if_outgrown(
+            data_dir,
+            LOG_DIR,
+            LOG_CACHE_BYTES,
+            sled,
+            LOG_COMPACTION_MIN_BYTES,
+        )?;
         let db = generation::open_db(
             sled::Config::new()
-                .path(data_dir.join("log"))
+                .path(data_dir.join(LOG_DIR))
                 .cache_capacity(LOG_CACHE_BYTES),
             sled.compression,
         )
