@@ -64,7 +64,8 @@ pub enum IdKind {
 }
 
 impl IdKind {
-    fn prefix(self) -> &'static str {
+    /// The prefix every id of this kind starts with.
+    pub fn prefix(self) -> &'static str {
         match self {
             IdKind::Session => "sid_",
             IdKind::Family => "fam_",

@@ -43,7 +43,8 @@ pub fn apply(
         }
     }
     let created_seq = sessions::next_created_seq(state)?;
-    let implicit = format::current(state)? == RecordFormat::Compact
+    let record_format = format::current(state)?;
+    let implicit = record_format == RecordFormat::Compact
         && format::founded_family(&command.session_id).as_deref()
             == Some(command.family_id.as_str());
     if !command.join_family && !implicit {
@@ -79,7 +80,7 @@ pub fn apply(
         created_seq,
         ..Default::default()
     };
-    sessions::insert(state, &session)?;
+    sessions::insert(state, &session, record_format)?;
     let access_expires_at_ms = if command.access_hash.is_empty() {
         0
     } else {

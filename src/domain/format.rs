@@ -22,11 +22,7 @@
 use super::records::counter;
 use super::{keys, StateError, StateRead, StateWrite};
 use crate::proto::internal::{command_result, RecordFormatResult, SetRecordFormat};
-
-/// Prefix of session ids.
-const SESSION_PREFIX: &str = "sid_";
-/// Prefix of family ids.
-const FAMILY_PREFIX: &str = "fam_";
+use crate::token::IdKind;
 
 /// A record format (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -98,14 +94,14 @@ fn unknown(number: u64) -> StateError {
 /// The id of the family a session founds when it is created without joining one: `fam_`
 /// followed by the session id's random part. None for an id not of the minted form.
 pub fn founded_family(session_id: &str) -> Option<String> {
-    let random = session_id.strip_prefix(SESSION_PREFIX)?;
-    Some(format!("{FAMILY_PREFIX}{random}"))
+    let random = session_id.strip_prefix(IdKind::Session.prefix())?;
+    Some(format!("{}{random}", IdKind::Family.prefix()))
 }
 
 /// The session that founded `family_id` if its ids pair up ([`founded_family`]).
 pub fn founder(family_id: &str) -> Option<String> {
-    let random = family_id.strip_prefix(FAMILY_PREFIX)?;
-    Some(format!("{SESSION_PREFIX}{random}"))
+    let random = family_id.strip_prefix(IdKind::Family.prefix())?;
+    Some(format!("{}{random}", IdKind::Session.prefix()))
 }
 
 #[cfg(test)]

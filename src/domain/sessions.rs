@@ -81,10 +81,17 @@ pub fn stored(
 /// Stores `session` in the state's record format (compact: without the session id, and
 /// without the family id when the session founded it).
 fn put(state: &mut impl StateWrite, session: &SessionRecord) -> Result<(), StateError> {
+    let format = format::current(state)?;
+    put_in(state, session, format);
+    Ok(())
+}
+
+/// [`put`] in `format`.
+fn put_in(state: &mut impl StateWrite, session: &SessionRecord, format: RecordFormat) {
     let key = keys::session(&session.session_id);
-    if format::current(state)? == RecordFormat::Legacy {
+    if format == RecordFormat::Legacy {
         store(state, key, session);
-        return Ok(());
+        return;
     }
     let founded = format::founded_family(&session.session_id);
     let compact = SessionRecord {
@@ -97,7 +104,6 @@ fn put(state: &mut impl StateWrite, session: &SessionRecord) -> Result<(), State
         ..session.clone()
     };
     store(state, key, &compact);
-    Ok(())
 }
 
 /// The family `family_id`: its record, or, without one, the implicit family of its founding
@@ -271,9 +277,14 @@ fn add_live(
     set_user_live(state, &session.tenant, &session.user_id, count)
 }
 
-/// Stores a new session with its indexes and current refresh-token hash.
-pub fn insert(state: &mut impl StateWrite, session: &SessionRecord) -> Result<(), StateError> {
-    let legacy = format::current(state)? == RecordFormat::Legacy;
+/// Stores a new session with its indexes and current refresh-token hash, in the state's
+/// record `format`.
+pub fn insert(
+    state: &mut impl StateWrite,
+    session: &SessionRecord,
+    format: RecordFormat,
+) -> Result<(), StateError> {
+    let legacy = format == RecordFormat::Legacy;
     let index_value = || {
         if legacy {
             session.session_id.as_bytes().to_vec()
@@ -312,7 +323,7 @@ pub fn insert(state: &mut impl StateWrite, session: &SessionRecord) -> Result<()
             ..Default::default()
         },
     );
-    put(state, session)?;
+    put_in(state, session, format);
     add_live(state, session, 1)
 }
 

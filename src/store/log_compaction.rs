@@ -187,8 +187,16 @@ mod tests {
         compression: false,
     };
 
+    /// Opens the database at `path` once the previous handle's background threads let go
+    /// of its lock.
     fn open(path: &Path) -> sled::Db {
-        sled::Config::new().path(path).open().unwrap()
+        for _ in 0..200 {
+            if let Ok(db) = sled::Config::new().path(path).open() {
+                return db;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{} stayed locked", path.display());
     }
 
     fn marked(path: &Path, mark: &str) {
