@@ -13,6 +13,9 @@ use sessiond::proto::v1::cluster_client::ClusterClient;
 use sessiond::proto::v1::*;
 use tonic::transport::Channel;
 
+/// The record format this version writes.
+const NEWEST: u32 = sessiond::domain::format::RecordFormat::NEWEST as u32;
+
 async fn admin_client(node: &TestNode) -> ClusterClient<Channel> {
     ClusterClient::connect(format!("http://{}", node.node.addr()))
         .await
@@ -91,7 +94,7 @@ async fn a_new_cluster_writes_compact_records_from_its_first_session() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(test_config(dir.path())).await;
     let mut admin = admin_client(&node).await;
-    assert_eq!(record_format(&mut admin).await, 2);
+    assert_eq!(record_format(&mut admin).await, NEWEST);
     let (founder, _) = create(&node, &mut admin, "alice", "").await;
     let random = founder.session_id.strip_prefix("sid_").unwrap();
     assert_eq!(founder.family_id, format!("fam_{random}"));
@@ -106,7 +109,7 @@ async fn a_new_cluster_writes_compact_records_from_its_first_session() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(moved.record_format, 2, "asking again changes nothing");
+    assert_eq!(moved.record_format, NEWEST, "asking again changes nothing");
     node.stop().await;
 }
 
@@ -127,9 +130,9 @@ async fn an_old_data_directory_keeps_its_format_until_an_operator_moves_it() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(moved.record_format, 2);
+    assert_eq!(moved.record_format, NEWEST);
     assert!(moved.revision > 0);
-    assert_eq!(record_format(&mut admin).await, 2);
+    assert_eq!(record_format(&mut admin).await, NEWEST);
     let (compact, compact_keys) = create(&node, &mut admin, "carol", "").await;
     assert_eq!(
         compact_keys + 2,

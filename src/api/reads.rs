@@ -59,8 +59,8 @@ pub async fn lookup(
         LookupKey::Session(id) => (query::session_by_id(state, tenant, &id)?, None),
         LookupKey::Refresh(hash) => {
             match query::session_by_refresh_hash(state, tenant, hash.as_bytes())? {
-                Some((session, record)) => {
-                    let token_state = if record.retired {
+                Some((session, retired)) => {
+                    let token_state = if retired {
                         RefreshTokenState::Retired
                     } else {
                         RefreshTokenState::Current

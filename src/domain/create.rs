@@ -44,7 +44,7 @@ pub fn apply(
     }
     let created_seq = sessions::next_created_seq(state)?;
     let record_format = format::current(state)?;
-    let implicit = record_format == RecordFormat::Compact
+    let implicit = record_format != RecordFormat::Legacy
         && format::founded_family(&command.session_id).as_deref()
             == Some(command.family_id.as_str());
     if !command.join_family && !implicit {

@@ -10,12 +10,18 @@
 //!   The family gets its record when a session joins it or when it is revoked, and joined
 //!   sessions get member entries; the founder stays implicit. Session records leave out the
 //!   ids their key implies, and index entries hold no value.
+//! - **Compact rotations** (format 3): format 2, and a rotation no longer rewrites the
+//!   retired token's record. A token is retired when its generation is below its session's
+//!   (formats 1 and 2 mark it); what a retry of the last rotation needs (when, and the
+//!   successor sealed under the retired token) is kept in the session record, replaced by
+//!   the next rotation. A rotation writes one record less, and every retired token stays as
+//!   small as it was issued (formats 1 and 2 add its successor's hash and seal to it).
 //!
 //! Reading does not depend on the format: every reader takes ids from keys, fills in what a
 //! compact record leaves out, and finds a family with or without its record. So a state
 //! holds records of both formats after a switch, and a node reads a legacy data directory as
 //! it is. Writing depends on it, and the format is part of the replicated state (key `V`),
-//! so that replicas write alike. A cluster moves to the compact format by one
+//! so that replicas write alike. A cluster moves to a newer format by one
 //! [`SetRecordFormat`] command, which a node of an older version refuses by name (it stops
 //! applying until upgraded) instead of writing records the others would not.
 
@@ -31,17 +37,20 @@ pub enum RecordFormat {
     Legacy = 1,
     /// Format 2: implicit one-session families, no repeated ids.
     Compact = 2,
+    /// Format 3: format 2, with retired tokens left as issued.
+    CompactRotations = 3,
 }
 
 impl RecordFormat {
     /// The format a new cluster is created with.
-    pub const NEWEST: RecordFormat = RecordFormat::Compact;
+    pub const NEWEST: RecordFormat = RecordFormat::CompactRotations;
 
     /// The format numbered `number`, if this binary knows it.
     pub fn from_number(number: u64) -> Option<Self> {
         match number {
             1 => Some(RecordFormat::Legacy),
             2 => Some(RecordFormat::Compact),
+            3 => Some(RecordFormat::CompactRotations),
             _ => None,
         }
     }
@@ -127,14 +136,17 @@ mod tests {
         assert_eq!(set(&mut state, 1).unwrap(), 2);
         assert_eq!(set(&mut state, 0).unwrap(), 2);
         assert_eq!(current(&state).unwrap(), RecordFormat::Compact);
+        assert_eq!(set(&mut state, 3).unwrap(), 3);
+        assert_eq!(set(&mut state, 2).unwrap(), 3);
+        assert_eq!(current(&state).unwrap(), RecordFormat::CompactRotations);
     }
 
     #[test]
     fn an_unknown_format_is_refused_by_name_and_changes_nothing() {
         let mut state = MemoryState::new();
-        match set(&mut state, 3) {
+        match set(&mut state, 4) {
             Err(StateError::Unsupported(message)) => {
-                assert!(message.starts_with("record format 3"), "{message}")
+                assert!(message.starts_with("record format 4"), "{message}")
             }
             other => panic!("expected Unsupported, got {other:?}"),
         }

@@ -44,26 +44,24 @@ pub fn tenant_of_refresh_hash(
 }
 
 /// The session a refresh-token hash belongs to (current or retired), if it belongs to
-/// `tenant`, with the token's index record (marked retired when the session's current token
-/// is another one).
+/// `tenant`, and whether the token is retired: it is when the session's current token is
+/// another one (whatever the record format wrote in the token's own record).
 pub fn session_by_refresh_hash(
     state: &impl StateRead,
     tenant: &str,
     hash: &[u8],
-) -> Result<Option<(SessionRecord, RefreshTokenRecord)>, StateError> {
-    let Some(mut token) = load::<RefreshTokenRecord>(state, &keys::refresh(hash))? else {
+) -> Result<Option<(SessionRecord, bool)>, StateError> {
+    let Some(token) = load::<RefreshTokenRecord>(state, &keys::refresh(hash))? else {
         return Ok(None);
     };
     let Some(session) = session_by_id(state, tenant, &token.session_id)? else {
         return Ok(None);
     };
     // The two records are read one after the other (the store isolates single reads only):
-    // a session whose current token is another one proves this token was retired, even if
-    // its own record was read before the rotation that retired it.
-    if session.current_refresh_hash != hash {
-        token.retired = true;
-    }
-    Ok(Some((session, token)))
+    // the session's current hash decides, even if the token's own record was read before
+    // the rotation that retired it.
+    let retired = session.current_refresh_hash != hash;
+    Ok(Some((session, retired)))
 }
 
 /// The access token's record and its session (None if the session was collected). A token

@@ -10,11 +10,13 @@
 //! id gets the first answer however late it comes ([`deduplicated`]), on the same condition
 //! as a grace retry: the successor must still be the session's current token.
 
+use super::format::{self, RecordFormat};
 use super::records::{add_to_counter, load, store};
 use super::sessions::{self, Revocation};
 use super::{keys, query, StateError, StateRead, StateWrite};
 use crate::proto::internal::{
-    command_result, RefreshTokenRecord, RevocationEvent, Rotate, RotateResult, SessionRecord,
+    command_result, LastRotation, RefreshTokenRecord, RevocationEvent, Rotate, RotateResult,
+    SessionRecord,
 };
 use crate::proto::v1::{RevocationReason, RevokeScope, RotateOutcome, SessionStatus};
 use crate::proto::SCHEMA_VERSION;
@@ -44,10 +46,10 @@ pub fn apply(
         return Ok(wrap(outcome(RotateOutcome::Revoked, Some(session))));
     }
 
-    if token.retired {
+    if let Some(retired) = retirement(&token, &session, state)? {
         let within_grace = command.grace_ms > 0
-            && now_ms.saturating_sub(token.retired_at_ms) <= command.grace_ms
-            && constant_time_eq(&token.successor_hash, &session.current_refresh_hash);
+            && now_ms.saturating_sub(retired.at_ms) <= command.grace_ms
+            && retired.successor_is_current;
         if within_grace {
             if status == SessionStatus::Expired {
                 return Ok(wrap(outcome(RotateOutcome::Expired, Some(session))));
@@ -55,8 +57,8 @@ pub fn apply(
             return Ok(wrap(RotateResult {
                 outcome: RotateOutcome::Rotated as i32,
                 retried: true,
-                sealed_successor: token.sealed_successor,
-                access_expires_at_ms: token.successor_access_expires_at_ms,
+                sealed_successor: retired.sealed_successor,
+                access_expires_at_ms: retired.successor_access_expires_at_ms,
                 session: Some(session),
                 ..Default::default()
             }));
@@ -85,12 +87,20 @@ pub fn apply(
     } else {
         command.access_expires_at_ms.min(session.expires_at_ms)
     };
-    token.retired = true;
-    token.retired_at_ms = now_ms;
-    token.successor_hash = command.new_refresh_hash.clone();
-    token.sealed_successor = command.sealed_successor.clone();
-    token.successor_access_expires_at_ms = access_expires_at_ms;
-    store(state, token_key, &token);
+    if format::current(state)? >= RecordFormat::CompactRotations {
+        session.last_rotation = Some(LastRotation {
+            retired_at_ms: now_ms,
+            sealed_successor: command.sealed_successor.clone(),
+            successor_access_expires_at_ms: access_expires_at_ms,
+        });
+    } else {
+        token.retired = true;
+        token.retired_at_ms = now_ms;
+        token.successor_hash = command.new_refresh_hash.clone();
+        token.sealed_successor = command.sealed_successor.clone();
+        token.successor_access_expires_at_ms = access_expires_at_ms;
+        store(state, token_key, &token);
+    }
     state.put(
         keys::retired(&session.session_id, token.generation),
         command.presented_hash.clone(),
@@ -125,6 +135,7 @@ pub fn apply(
         );
     }
     sessions::update(state, previous_expiry, &session)?;
+    session.last_rotation = None;
     Ok(wrap(RotateResult {
         outcome: RotateOutcome::Rotated as i32,
         access_expires_at_ms,
@@ -155,12 +166,70 @@ pub fn deduplicated(
     let Some(session) = sessions::stored(state, token.session_id.as_bytes())? else {
         return Ok(false);
     };
-    if session.revoked || token.successor_hash != session.current_refresh_hash {
+    if session.revoked {
         return Ok(false);
     }
-    first.sealed_successor = token.sealed_successor;
-    first.session = Some(session);
-    Ok(true)
+    match retirement(&token, &session, state)? {
+        Some(retired) if retired.successor_is_current => {
+            first.sealed_successor = retired.sealed_successor;
+            first.session = Some(session);
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// How a refresh token was retired, as far as a retry of its rotation needs to know.
+struct Retirement {
+    at_ms: i64,
+    /// Whether the successor it was redeemed for is still the session's current token.
+    successor_is_current: bool,
+    sealed_successor: Vec<u8>,
+    successor_access_expires_at_ms: i64,
+}
+
+/// The retirement of `token` (a token of `session`), or None while it is current. Formats 1
+/// and 2 mark a retired token's record; format 3 leaves it as issued, so a token whose
+/// generation is below its session's is retired, and only the session's last rotation (the
+/// generation just before the current one) is kept for retries.
+fn retirement(
+    token: &RefreshTokenRecord,
+    session: &SessionRecord,
+    state: &impl StateRead,
+) -> Result<Option<Retirement>, StateError> {
+    if token.retired {
+        return Ok(Some(Retirement {
+            at_ms: token.retired_at_ms,
+            successor_is_current: constant_time_eq(
+                &token.successor_hash,
+                &session.current_refresh_hash,
+            ),
+            sealed_successor: token.sealed_successor.clone(),
+            successor_access_expires_at_ms: token.successor_access_expires_at_ms,
+        }));
+    }
+    if token.generation >= session.generation {
+        return Ok(None);
+    }
+    let last = if token.generation.saturating_add(1) == session.generation {
+        sessions::last_rotation(state, &session.session_id)?
+    } else {
+        None
+    };
+    Ok(Some(match last {
+        Some(last) => Retirement {
+            at_ms: last.retired_at_ms,
+            successor_is_current: true,
+            sealed_successor: last.sealed_successor,
+            successor_access_expires_at_ms: last.successor_access_expires_at_ms,
+        },
+        None => Retirement {
+            at_ms: 0,
+            successor_is_current: false,
+            sealed_successor: Vec::new(),
+            successor_access_expires_at_ms: 0,
+        },
+    }))
 }
 
 /// Compares lease ids (bearer capabilities) in time independent of where they differ.

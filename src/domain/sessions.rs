@@ -11,8 +11,8 @@ use super::format::{self, RecordFormat};
 use super::records::{add_to_counter, counter, load as load_record, store};
 use super::{keys, StateError, StateRead, StateWrite};
 use crate::proto::internal::{
-    AccessTokenRecord, FamilyRecord, RefreshTokenRecord, RevocationEvent, SessionRecord,
-    WatermarkRecord,
+    AccessTokenRecord, FamilyRecord, LastRotation, RefreshTokenRecord, RevocationEvent,
+    SessionRecord, WatermarkRecord,
 };
 use crate::proto::v1::{RevocationReason, RevokeScope};
 use crate::proto::SCHEMA_VERSION;
@@ -58,7 +58,8 @@ pub fn load(
 }
 
 /// The session record stored under `session_id`, as written (no watermark applied), with
-/// the ids a compact record leaves out filled in.
+/// the ids a compact record leaves out filled in, and without its last rotation (see
+/// [`last_rotation`]): no answer carries that.
 pub fn stored(
     state: &impl StateRead,
     session_id: &[u8],
@@ -67,6 +68,7 @@ pub fn stored(
     else {
         return Ok(None);
     };
+    session.last_rotation = None;
     if session.session_id.is_empty() {
         session.session_id = String::from_utf8(session_id.to_vec())
             .map_err(|_| StateError::Corrupt("a session id is not UTF-8".into()))?;
@@ -78,10 +80,33 @@ pub fn stored(
     Ok(Some(session))
 }
 
+/// The last rotation of the session, as record format 3 keeps it in the session record
+/// (None in older formats, and before the session's first rotation in format 3).
+pub fn last_rotation(
+    state: &impl StateRead,
+    session_id: &str,
+) -> Result<Option<LastRotation>, StateError> {
+    Ok(
+        load_record::<SessionRecord>(state, &keys::session(session_id))?
+            .and_then(|s| s.last_rotation),
+    )
+}
+
 /// Stores `session` in the state's record format (compact: without the session id, and
-/// without the family id when the session founded it).
+/// without the family id when the session founded it). Its stored last rotation is kept
+/// unless `session` brings one: readers never see it, so writers carry it over.
 fn put(state: &mut impl StateWrite, session: &SessionRecord) -> Result<(), StateError> {
     let format = format::current(state)?;
+    if format >= RecordFormat::CompactRotations && session.last_rotation.is_none() {
+        if let Some(kept) = last_rotation(state, &session.session_id)? {
+            let whole = SessionRecord {
+                last_rotation: Some(kept),
+                ..session.clone()
+            };
+            put_in(state, &whole, format);
+            return Ok(());
+        }
+    }
     put_in(state, session, format);
     Ok(())
 }
