@@ -3,7 +3,7 @@
 //! membership, digest, snapshot, purge). Only processes started here are signalled, by pid;
 //! dropping the cluster kills them all (also when a check panics).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -52,13 +52,18 @@ pub struct Cluster {
 /// A loopback port that is free now and that the kernel will not hand out as the source
 /// port of an outgoing connection before the node binds it (possibly much later): it is
 /// drawn below Linux's ephemeral range (32768 and up), where a port found by binding port 0
-/// could be taken by any client connection meanwhile.
+/// could be taken by any client connection meanwhile. No port is handed out twice in one
+/// run: a schedule draws every node's ports before it starts any, and two draws of the same
+/// free port would leave one node unable to bind.
 fn free_port() -> u16 {
     use rand::Rng;
+    static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
     let mut rng = rand::rng();
     loop {
         let port = rng.random_range(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && HANDED_OUT.lock().expect("port set lock").insert(port)
+        {
             return port;
         }
     }
