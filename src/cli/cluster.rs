@@ -52,7 +52,7 @@ pub enum ClusterCommand {
         /// The last log index to purge.
         upto: u64,
     },
-    /// Move the cluster to the compact record format (once every node runs this version).
+    /// Move the cluster to the newest record format (once every node runs this version).
     CompactRecords,
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
+use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 
 use coalesce::Coalescer;
@@ -96,6 +97,9 @@ struct Inner {
     leader_read_indexes: Arc<Coalescer<Result<u64, Error>>>,
     /// How long a lease read may trust a quorum's acceptance (`None`: lease reads off).
     lease: Option<Duration>,
+    /// The last log index this node held when it started: the floor of every read index it
+    /// names as leader (see [`RaftNode::read_index_here`]).
+    last_log_at_start: u64,
 }
 
 /// How long a request waits for a leader (elected, or reachable) before UNAVAILABLE.
@@ -150,6 +154,13 @@ impl RaftNode {
         let rebuild_probe = store.state_machine.rebuild_probe();
         let snapshot_path = store.state_machine.current_snapshot_path();
         let log = store.log.clone();
+        let last_log_at_start = log
+            .clone()
+            .get_log_state()
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot read the log: {e}")))?
+            .last_log_id
+            .map_or(0, |id| id.index);
         let peers = Peers::new(&options.cluster_id, options.node_id, options.peer_tls);
         let raft = Raft::new(
             options.node_id,
@@ -187,6 +198,7 @@ impl RaftNode {
                 lease: options.lease_reads.then(|| {
                     lease::lease_duration(Duration::from_millis(options.election_timeout_max_ms))
                 }),
+                last_log_at_start,
             }),
         })
     }
@@ -319,9 +331,19 @@ impl RaftNode {
     /// As leader: confirms leadership with a quorum, waits until the read index is applied
     /// here, and returns it. Concurrent calls share one quorum round that starts after all
     /// of them arrived.
+    ///
+    /// The read index is never below the last log index this node held when it started. A
+    /// leader that restarts before another is elected resumes leading in its old term
+    /// (openraft 0.9), and then names as read index the larger of the first entry of that
+    /// term and the commit index it restarted with, which may be behind entries it
+    /// committed, and whose writes it acknowledged, before it stopped; a read there would
+    /// miss them (chaos seed 5800: a refresh token issued just before the leader was killed
+    /// was then refused as unknown). Every entry it committed is in its log, so waiting until
+    /// that log is applied closes the gap; a leader elected later proposes an entry past it.
     pub async fn read_index_here(&self) -> Result<u64, Error> {
         let node = self.clone();
-        self.inner
+        let index = self
+            .inner
             .leader_read_indexes
             .join(move || {
                 let node = node.clone();
@@ -332,7 +354,18 @@ impl RaftNode {
                 Err(Error::Internal(
                     "leadership confirmation task failed".into(),
                 ))
-            })
+            })?;
+        let floor = self.inner.last_log_at_start;
+        if index >= floor {
+            return Ok(index);
+        }
+        self.inner
+            .raft
+            .wait(Some(LEADER_DEADLINE))
+            .applied_index_at_least(Some(floor), "log held at start applied")
+            .await
+            .map(|_| floor)
+            .map_err(|e| Error::Unavailable(format!("not caught up: {e}")))
     }
 
     /// One quorum round of [`RaftNode::read_index_here`], or none while this node holds a
