@@ -882,11 +882,14 @@ fn random_fault_schedules_keep_the_invariants() {
 /// and 4 left a node SIGKILLed during a snapshot install unable to start again ("Failed to
 /// get log entries [0, 64)"), and seeds 3 and 1 made a watcher on a node that installed a
 /// snapshot miss revocations without RESYNC_REQUIRED (which of the two a run shows depends
-/// on timing).
-const REGRESSION_SEEDS: &[u64] = &[1, 3, 4];
+/// on timing). On commit 458a16c seed 5800 (one run in three) had a leader killed right
+/// after it acknowledged a rotation restart before another was elected, and name a read
+/// index behind that rotation: the successor token was then refused as unknown.
+const REGRESSION_SEEDS: &[u64] = &[1, 3, 4, 5800];
 
-/// The regression schedules (`scripts/chaos.sh --regressions`): every invariant holds (they
-/// fail on 1782221, before storage format 2).
+/// The regression schedules (`scripts/chaos.sh --regressions`): every invariant holds (the
+/// first three fail on 1782221, before storage format 2; 5800 fails now and then on
+/// 458a16c).
 #[test]
 #[ignore = "runs real processes for minutes: scripts/chaos.sh --regressions"]
 fn regression_schedules() {
