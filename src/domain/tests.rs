@@ -1657,3 +1657,41 @@ fn a_token_read_before_its_rotation_is_reported_retired_when_the_session_moved_o
     assert_eq!(session.generation, 1);
     assert!(retired);
 }
+
+/// The state bytes (keys and values, idempotency records and events aside) each rotation of
+/// one session adds in `format`, with a seal the size of a real one without access token.
+fn bytes_per_rotation(format: RecordFormat) -> usize {
+    let mut w = World::in_format(format);
+    let (_, mut token) = w.create(0);
+    let bytes = |w: &World| {
+        w.data()
+            .iter()
+            .filter(|(k, _)| !matches!(k.first(), Some(b'd' | b'D' | b'e' | b'E')))
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+    };
+    let before = bytes(&w);
+    for i in 0..20 {
+        let successor = w.mint();
+        let kind = command::Kind::Rotate(Rotate {
+            presented_hash: token.clone(),
+            new_refresh_hash: successor.clone(),
+            sealed_successor: vec![7; 104],
+            grace_ms: GRACE,
+            ..Default::default()
+        });
+        w.run(10 + i, b"", kind);
+        token = successor;
+    }
+    (bytes(&w) - before) / 20
+}
+
+#[test]
+fn compact_rotations_keep_half_the_bytes_per_rotation() {
+    let compact = bytes_per_rotation(RecordFormat::Compact);
+    let rotations = bytes_per_rotation(RecordFormat::CompactRotations);
+    assert!(
+        rotations * 2 <= compact + 10,
+        "format 3 keeps {rotations} bytes per rotation, format 2 {compact}"
+    );
+}
