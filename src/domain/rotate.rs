@@ -87,7 +87,8 @@ pub fn apply(
     } else {
         command.access_expires_at_ms.min(session.expires_at_ms)
     };
-    if format::current(state)? >= RecordFormat::CompactRotations {
+    let record_format = format::current(state)?;
+    if record_format >= RecordFormat::CompactRotations {
         session.last_rotation = Some(LastRotation {
             retired_at_ms: now_ms,
             sealed_successor: command.sealed_successor.clone(),
@@ -134,7 +135,7 @@ pub fn apply(
             access_expires_at_ms,
         );
     }
-    sessions::update(state, previous_expiry, &session)?;
+    sessions::update_in(state, previous_expiry, &session, record_format)?;
     session.last_rotation = None;
     Ok(wrap(RotateResult {
         outcome: RotateOutcome::Rotated as i32,

@@ -97,6 +97,15 @@ pub fn last_rotation(
 /// unless `session` brings one: readers never see it, so writers carry it over.
 fn put(state: &mut impl StateWrite, session: &SessionRecord) -> Result<(), StateError> {
     let format = format::current(state)?;
+    put_keeping(state, session, format)
+}
+
+/// [`put`] in `format`, read by the caller.
+fn put_keeping(
+    state: &mut impl StateWrite,
+    session: &SessionRecord,
+    format: RecordFormat,
+) -> Result<(), StateError> {
     if format >= RecordFormat::CompactRotations && session.last_rotation.is_none() {
         if let Some(kept) = last_rotation(state, &session.session_id)? {
             let whole = SessionRecord {
@@ -359,6 +368,17 @@ pub fn update(
     previous_expiry: i64,
     session: &SessionRecord,
 ) -> Result<(), StateError> {
+    let format = format::current(state)?;
+    update_in(state, previous_expiry, session, format)
+}
+
+/// [`update`] in the state's record `format`, which the caller has read already.
+pub fn update_in(
+    state: &mut impl StateWrite,
+    previous_expiry: i64,
+    session: &SessionRecord,
+    format: RecordFormat,
+) -> Result<(), StateError> {
     let expiry = effective_expiry(session);
     if expiry != previous_expiry {
         state.delete(&keys::session_expiry(previous_expiry, &session.session_id));
@@ -367,7 +387,7 @@ pub fn update(
             Vec::new(),
         );
     }
-    put(state, session)
+    put_keeping(state, session, format)
 }
 
 /// Indexes an access token of `session_id` (its expiry capped at the session's).

@@ -76,6 +76,12 @@ impl World {
         entries
     }
 
+    /// The session record as stored, undecorated (no ids filled in, nothing stripped).
+    fn stored_record(&self, session_id: &str) -> SessionRecord {
+        let bytes = self.state.get(&keys::session(session_id)).unwrap().unwrap();
+        records::decode::<SessionRecord>(&bytes).unwrap()
+    }
+
     fn mint(&mut self) -> Vec<u8> {
         self.minted += 1;
         hash(self.minted)
@@ -850,14 +856,7 @@ fn the_compact_format_keeps_a_lone_family_in_its_founder_and_no_id_twice() {
     };
     assert_eq!(user_entry(&legacy), founder.session_id.as_bytes());
     assert!(user_entry(&compact).is_empty());
-    let record = |w: &World| {
-        let bytes = w
-            .state
-            .get(&keys::session(&founder.session_id))
-            .unwrap()
-            .unwrap();
-        records::decode::<SessionRecord>(&bytes).unwrap()
-    };
+    let record = |w: &World| w.stored_record(&founder.session_id);
     assert_eq!(record(&legacy), founder);
     assert!(record(&compact).session_id.is_empty() && record(&compact).family_id.is_empty());
     assert_eq!(compact.session(&founder.session_id), Some(founder.clone()));
@@ -908,14 +907,7 @@ fn compact_rotations_leave_the_retired_token_as_issued_and_keep_the_last_rotatio
     assert_eq!(token_record(&rotations, &first), (issued_len, issued));
     let (marked_len, marked) = token_record(&compact, &first);
     assert!(marked.retired && marked_len > issued_len);
-    let stored = |w: &World| {
-        let bytes = w
-            .state
-            .get(&keys::session(&session.session_id))
-            .unwrap()
-            .unwrap();
-        records::decode::<SessionRecord>(&bytes).unwrap()
-    };
+    let stored = |w: &World| w.stored_record(&session.session_id);
     let last = stored(&rotations)
         .last_rotation
         .expect("the last rotation is kept");
