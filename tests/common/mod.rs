@@ -176,6 +176,15 @@ impl ServerProcess {
         self.child.wait().expect("child reaped");
     }
 
+    /// Sends SIGSTOP (`paused`) or SIGCONT to the process.
+    pub fn pause(&self, paused: bool) {
+        let signal = if paused { "-STOP" } else { "-CONT" };
+        Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+    }
+
     /// Sends SIGTERM and waits up to 30 s for a graceful exit.
     pub fn terminate(mut self) {
         let pid = self.child.id().to_string();
