@@ -16,6 +16,11 @@
 //!   successor sealed under the retired token) is kept in the session record, replaced by
 //!   the next rotation. A rotation writes one record less, and every retired token stays as
 //!   small as it was issued (formats 1 and 2 add its successor's hash and seal to it).
+//! - **Chained retirements** (format 4): format 3, and a rotation no longer adds the retired
+//!   hash to the session's retired-token index (`h`): the successor's token record names
+//!   its predecessor instead, so removing a session walks that chain from its current
+//!   token. A rotation writes one key less. Entries that formats 1 to 3 put in the index
+//!   are still removed with their session.
 //!
 //! Reading does not depend on the format: every reader takes ids from keys, fills in what a
 //! compact record leaves out, and finds a family with or without its record. So a state
@@ -39,11 +44,13 @@ pub enum RecordFormat {
     Compact = 2,
     /// Format 3: format 2, with retired tokens left as issued.
     CompactRotations = 3,
+    /// Format 4: format 3, with each token naming its predecessor instead of an index entry.
+    ChainedRetirements = 4,
 }
 
 impl RecordFormat {
     /// The format a new cluster is created with.
-    pub const NEWEST: RecordFormat = RecordFormat::CompactRotations;
+    pub const NEWEST: RecordFormat = RecordFormat::ChainedRetirements;
 
     /// The format numbered `number`, if this binary knows it.
     pub fn from_number(number: u64) -> Option<Self> {
@@ -51,6 +58,7 @@ impl RecordFormat {
             1 => Some(RecordFormat::Legacy),
             2 => Some(RecordFormat::Compact),
             3 => Some(RecordFormat::CompactRotations),
+            4 => Some(RecordFormat::ChainedRetirements),
             _ => None,
         }
     }
@@ -139,14 +147,16 @@ mod tests {
         assert_eq!(set(&mut state, 3).unwrap(), 3);
         assert_eq!(set(&mut state, 2).unwrap(), 3);
         assert_eq!(current(&state).unwrap(), RecordFormat::CompactRotations);
+        assert_eq!(set(&mut state, 4).unwrap(), 4);
+        assert_eq!(current(&state).unwrap(), RecordFormat::ChainedRetirements);
     }
 
     #[test]
     fn an_unknown_format_is_refused_by_name_and_changes_nothing() {
         let mut state = MemoryState::new();
-        match set(&mut state, 4) {
+        match set(&mut state, 5) {
             Err(StateError::Unsupported(message)) => {
-                assert!(message.starts_with("record format 4"), "{message}")
+                assert!(message.starts_with("record format 5"), "{message}")
             }
             other => panic!("expected Unsupported, got {other:?}"),
         }

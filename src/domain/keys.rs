@@ -9,7 +9,7 @@
 //! | `f` | family id | `FamilyRecord` (compact format: only for a family with joined members or revoked) |
 //! | `m` | family id, session id | session id, empty in the compact format (family members; there the founder is implicit) |
 //! | `r` | refresh-token hash | `RefreshTokenRecord` |
-//! | `h` | session id, generation | retired refresh-token hash of the session |
+//! | `h` | session id, generation | retired refresh-token hash of the session (formats 1–3) |
 //! | `a` | access-token hash | `AccessTokenRecord` |
 //! | `A` | expiry, access-token hash | empty (access-token expiry index) |
 //! | `u` | tenant, user, created at, session id | session id, empty in the compact format (a user's sessions, oldest first) |

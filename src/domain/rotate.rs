@@ -102,10 +102,15 @@ pub fn apply(
         token.successor_access_expires_at_ms = access_expires_at_ms;
         store(state, token_key, &token);
     }
-    state.put(
-        keys::retired(&session.session_id, token.generation),
-        command.presented_hash.clone(),
-    );
+    let predecessor_hash = if record_format >= RecordFormat::ChainedRetirements {
+        command.presented_hash.clone()
+    } else {
+        state.put(
+            keys::retired(&session.session_id, token.generation),
+            command.presented_hash.clone(),
+        );
+        Vec::new()
+    };
 
     session.generation += 1;
     session.current_refresh_hash = command.new_refresh_hash.clone();
@@ -124,6 +129,7 @@ pub fn apply(
             schema_version: SCHEMA_VERSION,
             session_id: session.session_id.clone(),
             generation: session.generation,
+            predecessor_hash,
             ..Default::default()
         },
     );

@@ -80,8 +80,8 @@ pub fn stored(
     Ok(Some(session))
 }
 
-/// The last rotation of the session, as record format 3 keeps it in the session record
-/// (None in older formats, and before the session's first rotation in format 3).
+/// The last rotation of the session, as record formats 3 and 4 keep it in the session record
+/// (None in older formats, and before the session's first rotation).
 pub fn last_rotation(
     state: &impl StateRead,
     session_id: &str,
@@ -475,6 +475,28 @@ pub fn revoke_family(
     Ok(revoked)
 }
 
+/// Deletes the refresh-token record of `hash`, a token of `session_id`, and those of the
+/// predecessors it names one after another (format 4; a record written by an older format
+/// names none, and the retired-token index holds the rest).
+fn remove_token_chain(
+    state: &mut impl StateWrite,
+    session_id: &str,
+    hash: &[u8],
+) -> Result<(), StateError> {
+    let mut key = keys::refresh(hash);
+    while let Some(token) = load_record::<RefreshTokenRecord>(state, &key)? {
+        if token.session_id != session_id {
+            break;
+        }
+        state.delete(&key);
+        if token.predecessor_hash.is_empty() {
+            break;
+        }
+        key = keys::refresh(&token.predecessor_hash);
+    }
+    Ok(())
+}
+
 /// Deletes a session (as read by [`load`]) with everything that points to it; deletes its
 /// family with its last member.
 pub fn remove(state: &mut impl StateWrite, session: &SessionRecord) -> Result<(), StateError> {
@@ -487,7 +509,7 @@ pub fn remove(state: &mut impl StateWrite, session: &SessionRecord) -> Result<()
         id,
     ));
     state.delete(&keys::session_expiry(effective_expiry(session), id));
-    state.delete(&keys::refresh(&session.current_refresh_hash));
+    remove_token_chain(state, id, &session.current_refresh_hash)?;
     for (key, hash) in state.scan_prefix(&keys::retired_of(id), None, usize::MAX)? {
         state.delete(&keys::refresh(&hash));
         state.delete(&key);

@@ -39,7 +39,8 @@ fn any_format() -> impl Strategy<Value = RecordFormat> {
     prop_oneof![
         Just(RecordFormat::Legacy),
         Just(RecordFormat::Compact),
-        Just(RecordFormat::CompactRotations)
+        Just(RecordFormat::CompactRotations),
+        Just(RecordFormat::ChainedRetirements)
     ]
 }
 
@@ -1165,10 +1166,14 @@ proptest! {
     ) {
         let commands = workload(&steps);
         let mut legacy = state_in(RecordFormat::Legacy);
-        let mut others: Vec<MemoryState> = [RecordFormat::Compact, RecordFormat::CompactRotations]
-            .into_iter()
-            .map(state_in)
-            .collect();
+        let mut others: Vec<MemoryState> = [
+            RecordFormat::Compact,
+            RecordFormat::CompactRotations,
+            RecordFormat::ChainedRetirements,
+        ]
+        .into_iter()
+        .map(state_in)
+        .collect();
         others.push(state_in(first));
         let switched = others.len() - 1;
         let (at_a, at_b, to_a, to_b) = switches;
@@ -1686,4 +1691,70 @@ fn compact_rotations_keep_half_the_bytes_per_rotation() {
         rotations * 2 <= compact + 10,
         "format 3 keeps {rotations} bytes per rotation, format 2 {compact}"
     );
+    let chained = bytes_per_rotation(RecordFormat::ChainedRetirements);
+    assert!(
+        chained < rotations,
+        "format 4 keeps {chained} bytes per rotation, format 3 {rotations}"
+    );
+}
+
+/// The keys a rotation of one session adds in `format`.
+fn keys_written_per_rotation(format: RecordFormat) -> usize {
+    let mut w = World::in_format(format);
+    let (_, first) = w.create(0);
+    let before = w.data().len();
+    w.rotate(10, &first, "");
+    w.data().len() - before
+}
+
+#[test]
+fn chained_retirements_write_one_key_less_per_rotation_and_remove_the_whole_chain() {
+    assert_eq!(
+        keys_written_per_rotation(RecordFormat::ChainedRetirements) + 1,
+        keys_written_per_rotation(RecordFormat::CompactRotations)
+    );
+    // A session rotated in format 3, then in format 4 after a switch: its token records are
+    // found through the retired-token index and through the chain, and all of them go
+    // with the session.
+    let mut w = World::in_format(RecordFormat::CompactRotations);
+    let (session, first) = w.create(0);
+    let mut tokens = vec![first];
+    for i in 0..3 {
+        let (_, next) = w.rotate(1 + i, tokens.last().unwrap(), "");
+        tokens.push(next);
+    }
+    set_format(&mut w.state, RecordFormat::ChainedRetirements);
+    for i in 0..3 {
+        let (_, next) = w.rotate(10 + i, tokens.last().unwrap(), "");
+        tokens.push(next);
+    }
+    let (other, other_token) = w.create(20);
+    let chained = w
+        .state
+        .get(&keys::refresh(tokens.last().unwrap()))
+        .unwrap()
+        .map(|bytes| records::decode::<RefreshTokenRecord>(&bytes).unwrap())
+        .unwrap();
+    assert_eq!(chained.predecessor_hash, tokens[tokens.len() - 2]);
+    for token in &tokens {
+        assert!(w.state.get(&keys::refresh(token)).unwrap().is_some());
+    }
+
+    let removed = sessions::load(&w.state, session.session_id.as_bytes())
+        .unwrap()
+        .unwrap();
+    sessions::remove(&mut w.state, &removed).unwrap();
+    for token in &tokens {
+        assert!(
+            w.state.get(&keys::refresh(token)).unwrap().is_none(),
+            "a token record outlived its session"
+        );
+    }
+    assert!(w
+        .state
+        .scan_prefix(&keys::retired_of(&session.session_id), None, 10)
+        .unwrap()
+        .is_empty());
+    assert!(w.session(&other.session_id).is_some());
+    assert!(w.state.get(&keys::refresh(&other_token)).unwrap().is_some());
 }
