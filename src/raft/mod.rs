@@ -294,19 +294,23 @@ impl RaftNode {
     async fn confirm_read_index_and_catch_up(&self) -> Result<(), Error> {
         let deadline = Instant::now() + LEADER_DEADLINE;
         loop {
-            let (id, addr) = match self.read_index_here().await {
-                Ok(_) => return Ok(()),
-                Err(Error::NotLeader {
-                    leader_id: Some(id),
-                    leader_addr: Some(addr),
-                }) if id != self.inner.id => (id, addr),
-                Err(Error::NotLeader { .. }) => {
-                    self.pause_before_retry(deadline, "no leader is known")
-                        .await?;
-                    continue;
-                }
-                Err(e) => return Err(e),
+            let leader = match self.other_leader() {
+                Some(leader) => leader,
+                None => match self.read_index_here().await {
+                    Ok(_) => return Ok(()),
+                    Err(Error::NotLeader {
+                        leader_id: Some(id),
+                        leader_addr: Some(addr),
+                    }) if id != self.inner.id => (id, addr),
+                    Err(Error::NotLeader { .. }) => {
+                        self.pause_before_retry(deadline, "no leader is known")
+                            .await?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
             };
+            let (id, addr) = leader;
             match self.inner.peers.read_index(id, &addr).await {
                 Ok(index) => {
                     let wait = deadline.saturating_duration_since(Instant::now());
@@ -326,6 +330,19 @@ impl RaftNode {
                 }
             }
         }
+    }
+
+    /// The leader this node's Raft metrics name, with its peer address, when that is another
+    /// node: a follower then asks it for the read index at once, without first asking its
+    /// own Raft core (two rounds through it that end in "forward to the leader"). Metrics
+    /// may lag a change of leader; the node asked must still prove that it leads, so a
+    /// stale answer here costs a retry, never a stale read.
+    fn other_leader(&self) -> Option<(u64, String)> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader.filter(|l| *l != self.inner.id)?;
+        let node = metrics.membership_config.membership().get_node(&leader)?;
+        Some((leader, node.addr.clone()))
     }
 
     /// As leader: confirms leadership with a quorum, waits until the read index is applied
