@@ -227,17 +227,11 @@ impl RaftNode {
         let node_keyed = command.request_key.is_empty();
         let deadline = Instant::now() + LEADER_DEADLINE;
         loop {
-            let leader = match self.propose_here(command.clone()).await {
-                Err(Error::NotLeader {
-                    leader_id: Some(id),
-                    leader_addr: Some(addr),
-                }) if id != self.inner.id => (id, addr),
-                Err(Error::NotLeader { .. }) => {
-                    self.pause_before_retry(deadline, "no leader is known")
-                        .await?;
-                    continue;
-                }
-                done => return done.map(|applied| own_answer(applied, node_keyed)),
+            let attempt = self.propose_here(command.clone()).await;
+            let leader = match self.leader_after(attempt, deadline).await? {
+                Here::Done(done) => return done.map(|applied| own_answer(applied, node_keyed)),
+                Here::Forward(id, addr) => (id, addr),
+                Here::Retry => continue,
             };
             if node_keyed && command.request_key.is_empty() {
                 command.request_key = rand::random::<[u8; 32]>().to_vec();
@@ -294,23 +288,17 @@ impl RaftNode {
     async fn confirm_read_index_and_catch_up(&self) -> Result<(), Error> {
         let deadline = Instant::now() + LEADER_DEADLINE;
         loop {
-            let leader = match self.other_leader() {
+            let (id, addr) = match self.other_leader() {
                 Some(leader) => leader,
-                None => match self.read_index_here().await {
-                    Ok(_) => return Ok(()),
-                    Err(Error::NotLeader {
-                        leader_id: Some(id),
-                        leader_addr: Some(addr),
-                    }) if id != self.inner.id => (id, addr),
-                    Err(Error::NotLeader { .. }) => {
-                        self.pause_before_retry(deadline, "no leader is known")
-                            .await?;
-                        continue;
+                None => {
+                    let attempt = self.read_index_here().await;
+                    match self.leader_after(attempt, deadline).await? {
+                        Here::Done(done) => return done.map(|_| ()),
+                        Here::Forward(id, addr) => (id, addr),
+                        Here::Retry => continue,
                     }
-                    Err(e) => return Err(e),
-                },
+                }
             };
-            let (id, addr) = leader;
             match self.inner.peers.read_index(id, &addr).await {
                 Ok(index) => {
                     let wait = deadline.saturating_duration_since(Instant::now());
@@ -329,6 +317,28 @@ impl RaftNode {
                         .await?;
                 }
             }
+        }
+    }
+
+    /// Sorts out an attempt made on this node: answered (with a result or an error other than
+    /// "not the leader"), to be forwarded to the other leader it names, or (no other leader
+    /// known) to be made again after a pause, unless `deadline` is too near.
+    async fn leader_after<T>(
+        &self,
+        attempt: Result<T, Error>,
+        deadline: Instant,
+    ) -> Result<Here<T>, Error> {
+        match attempt {
+            Err(Error::NotLeader {
+                leader_id: Some(id),
+                leader_addr: Some(addr),
+            }) if id != self.inner.id => Ok(Here::Forward(id, addr)),
+            Err(Error::NotLeader { .. }) => {
+                self.pause_before_retry(deadline, "no leader is known")
+                    .await?;
+                Ok(Here::Retry)
+            }
+            done => Ok(Here::Done(done)),
         }
     }
 
@@ -568,6 +578,16 @@ fn not_leader(f: ForwardToLeader<u64, BasicNode>) -> Error {
         leader_id: f.leader_id,
         leader_addr: f.leader_node.map(|n| n.addr),
     }
+}
+
+/// What became of an attempt made on this node ([`RaftNode::leader_after`]).
+enum Here<T> {
+    /// Answered here.
+    Done(Result<T, Error>),
+    /// Another node leads: its id and peer address.
+    Forward(u64, String),
+    /// No other leader is known yet; try again.
+    Retry,
 }
 
 /// What a request gets once Raft has stopped on this node (on a fatal error, such as a full
