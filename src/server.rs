@@ -430,7 +430,7 @@ async fn collect_garbage_periodically(authority: Authority, mut stopped: watch::
                     Some(command_result::Kind::CollectGarbage(r)) => {
                         crate::metrics::GC_COLLECTIONS.inc();
                         crate::metrics::GC_REMOVED.inc_by(r.removed);
-                        if r.removed >= u64::from(gc.batch_limit) {
+                        if r.more || r.removed >= u64::from(gc.batch_limit) {
                             continue;
                         }
                         if r.removed > 0 {

@@ -191,6 +191,23 @@ pub fn request_key(scope: &[u8], operation: &str, request_id: &str) -> TokenHash
     TokenHash(hasher.finalize().into())
 }
 
+/// What a client's `request_id` tells of when the request was made: a UUIDv7's timestamp, in
+/// ms since the epoch; 0 for any other id. It only places the request's dedup record beside
+/// those of requests made about the same time ([`crate::domain`] record format 5): an id that
+/// lies about its time costs its own record a worse place, nothing else.
+pub fn request_time_ms(request_id: &str) -> u64 {
+    let Ok(id) = uuid::Uuid::try_parse(request_id) else {
+        return 0;
+    };
+    match (id.get_version(), id.get_timestamp()) {
+        (Some(uuid::Version::SortRand), Some(time)) => {
+            let (seconds, nanos) = time.to_unix();
+            seconds * 1000 + u64::from(nanos / 1_000_000)
+        }
+        _ => 0,
+    }
+}
+
 /// A digest of a request's canonical parameters, to tell a retry (same parameters) from a
 /// reuse of its request id for another request. Each part is length-prefixed, so no two
 /// different parameter lists digest alike by concatenation.
@@ -428,6 +445,22 @@ mod tests {
             .unwrap();
         assert_eq!(unseal("material", b"", &legacy), Some(pair));
         assert_eq!(unseal("material", b"bound", &legacy), None);
+    }
+
+    #[test]
+    fn a_request_id_tells_its_time_only_as_a_uuid_v7() {
+        let id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix_time(
+            1_765_000_000,
+            123_000_000,
+            0,
+            0,
+        ));
+        assert_eq!(request_time_ms(&id.to_string()), 1_765_000_000_123);
+        assert_eq!(request_time_ms(&id.simple().to_string()), 1_765_000_000_123);
+        let v4 = "9b2f6c1e-8d7a-4c3b-a1e2-3f4d5c6b7a89";
+        assert_eq!(request_time_ms(v4), 0);
+        assert_eq!(request_time_ms("retry-42"), 0);
+        assert_eq!(request_time_ms(""), 0);
     }
 
     #[test]

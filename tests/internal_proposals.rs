@@ -22,6 +22,7 @@ fn at(now_ms: i64, kind: command::Kind) -> Command {
         now_ms,
         request_key: Vec::new(),
         request_fingerprint: Vec::new(),
+        request_time_ms: 0,
         kind: Some(kind),
     }
 }

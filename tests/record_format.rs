@@ -125,6 +125,13 @@ async fn an_old_data_directory_keeps_its_format_until_an_operator_moves_it() {
     // The first create also writes counters the fixture predates.
     create(&node, &mut admin, "dave", "").await;
     let (legacy, legacy_keys) = create(&node, &mut admin, "bob", "").await;
+    let mut before_switch = create_request("acme", "erin");
+    before_switch.request_id = uuid::Uuid::now_v7().to_string();
+    let first = node
+        .client
+        .create_session(before_switch.clone())
+        .await
+        .unwrap();
     let moved = admin
         .compact_records(CompactRecordsRequest {})
         .await
@@ -133,6 +140,12 @@ async fn an_old_data_directory_keeps_its_format_until_an_operator_moves_it() {
     assert_eq!(moved.record_format, NEWEST);
     assert!(moved.revision > 0);
     assert_eq!(record_format(&mut admin).await, NEWEST);
+    let retried = node.client.create_session(before_switch).await.unwrap();
+    assert_eq!(
+        retried.session.unwrap().session_id,
+        first.session.unwrap().session_id,
+        "a create retried across the switch (its record keyed the old way) is not applied twice"
+    );
     let (compact, compact_keys) = create(&node, &mut admin, "carol", "").await;
     assert_eq!(
         compact_keys + 2,

@@ -99,6 +99,7 @@ impl Authority {
             now_ms,
             request_key: idempotency.key,
             request_fingerprint: idempotency.fingerprint,
+            request_time_ms: idempotency.time_ms,
             kind: Some(kind),
         };
         let mut applied = self.node.propose(command).await?;
@@ -158,11 +159,14 @@ impl Authority {
     }
 }
 
-/// A request's idempotency key and fingerprint, or none (the client sent no request id).
+/// A request's idempotency key, fingerprint and time, or none (the client sent no request
+/// id).
 #[derive(Debug, Default)]
 pub struct Idempotency {
     key: Vec<u8>,
     fingerprint: Vec<u8>,
+    /// What the request id tells of the request's time ([`token::request_time_ms`]).
+    time_ms: u64,
 }
 
 impl Idempotency {
@@ -175,6 +179,7 @@ impl Idempotency {
         Idempotency {
             key: token::request_key(scope, operation, request_id).to_vec(),
             fingerprint,
+            time_ms: token::request_time_ms(request_id),
         }
     }
 }

@@ -186,9 +186,10 @@ pub async fn connect_transport(
     Ok(InterceptedService::new(channel, Credentials::new(options)))
 }
 
-/// A fresh idempotency key for a write the caller sent without one.
+/// A fresh request id for a write the caller sent without one: a UUIDv7, whose time lets
+/// the cluster keep the dedup records of requests made close in time together.
 fn fresh_request_id() -> String {
-    format!("auto-{:032x}", rand::random::<u128>())
+    uuid::Uuid::now_v7().to_string()
 }
 
 impl Client {

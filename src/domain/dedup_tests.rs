@@ -1,9 +1,12 @@
 //! Tests of idempotent retries: the first result (revision included) for the same request
-//! key and fingerprint, nothing for another fingerprint, and rotations retried however late.
+//! key and fingerprint, nothing for another fingerprint, rotations retried however late, and
+//! records keyed by the request's time (record format 5), a switch to them included.
 
 use super::*;
+use crate::domain::format::RecordFormat;
 use crate::proto::internal::{
-    CreateSession, FamilyRecord, Revoke, Rotate, RotateResult, SessionRecord,
+    CollectGarbage, CreateSession, FamilyRecord, Revoke, Rotate, RotateResult, SessionRecord,
+    SetRecordFormat,
 };
 use crate::proto::v1::{RevocationReason, RevokeScope, RotateOutcome};
 
@@ -30,12 +33,25 @@ impl World {
         fingerprint: &[u8],
         kind: command::Kind,
     ) -> CommandResult {
+        self.run_timed(now_ms, key, 0, fingerprint, kind)
+    }
+
+    /// [`World::run`] for a request whose id tells its time, `time_ms`.
+    fn run_timed(
+        &mut self,
+        now_ms: i64,
+        key: &[u8],
+        time_ms: u64,
+        fingerprint: &[u8],
+        kind: command::Kind,
+    ) -> CommandResult {
         self.revision += 1;
         let command = Command {
             schema_version: SCHEMA_VERSION,
             now_ms,
             request_key: key.to_vec(),
             request_fingerprint: fingerprint.to_vec(),
+            request_time_ms: time_ms,
             kind: Some(kind),
         };
         apply(&command, self.revision, &mut self.state).expect("apply")
@@ -299,4 +315,127 @@ fn a_rotation_is_remembered_without_its_session() {
     assert!(kept.session.is_none());
     let retry = w.rotate(2_000, KEY, b"refresh-0", 2);
     assert_eq!(rotated(&retry).session.as_ref(), Some(&w.session()));
+}
+
+// Record format 5: dedup records keyed by the request's time first (see `super::dedup`).
+
+const RETENTION_MS: i64 = 60_000;
+
+impl World {
+    fn in_format(format: RecordFormat) -> Self {
+        let mut world = World::new();
+        world.set_format(format, 0);
+        world
+    }
+
+    fn set_format(&mut self, format: RecordFormat, now_ms: i64) {
+        let kind = command::Kind::SetRecordFormat(SetRecordFormat {
+            format: format.number(),
+        });
+        self.run(now_ms, b"", b"", kind);
+    }
+
+    /// Creates session `n` by a request with `key`, made at `time_ms`, applied at `now_ms`.
+    fn create_timed(&mut self, n: u32, key: &[u8], time_ms: u64, now_ms: i64) -> CommandResult {
+        let kind = command::Kind::CreateSession(CreateSession {
+            session_id: format!("sid_{n}"),
+            family_id: format!("fam_{n}"),
+            tenant: "t".into(),
+            user_id: format!("u{n}"),
+            expires_at_ms: 100_000_000,
+            refresh_hash: format!("refresh-{n}").into_bytes(),
+            ..Default::default()
+        });
+        self.run_timed(now_ms, key, time_ms, b"create", kind)
+    }
+
+    fn collect(&mut self, now_ms: i64, limit: u32) {
+        let kind = command::Kind::CollectGarbage(CollectGarbage {
+            limit,
+            dedup_retention_ms: RETENTION_MS,
+            event_retention_ms: 0,
+        });
+        self.run(now_ms, b"", b"", kind);
+    }
+
+    /// The revisions of the dedup records, in key order.
+    fn record_revisions(&self) -> Vec<u64> {
+        self.state
+            .entries()
+            .iter()
+            .filter(|(key, _)| key.starts_with(&keys::dedup(&[])))
+            .map(|(_, value)| records::decode::<DedupRecord>(value).unwrap().revision)
+            .collect()
+    }
+
+    fn untimed_until(&self) -> Option<i64> {
+        dedup::untimed_until(&self.state).unwrap()
+    }
+}
+
+fn key(byte: u8) -> [u8; 32] {
+    [byte; 32]
+}
+
+#[test]
+fn timed_keys_keep_records_in_request_time_order_and_retries_find_them() {
+    let mut w = World::in_format(RecordFormat::TimedRequests);
+    let late = w.create_timed(1, &key(1), 3_000, 10_000);
+    let early = w.create_timed(2, &key(9), 2_000, 10_001);
+    let middle = w.create_timed(3, &key(5), 2_500, 10_002);
+    assert!(!late.deduplicated && !early.deduplicated && !middle.deduplicated);
+    assert_eq!(
+        w.record_revisions(),
+        vec![3, 4, 2],
+        "records in request time order"
+    );
+    let retry = w.create_timed(2, &key(9), 2_000, 10_003);
+    assert!(retry.deduplicated);
+    assert_eq!(retry.first_revision, 3);
+    assert_eq!(w.untimed_until(), None);
+}
+
+#[test]
+fn a_retry_across_the_switch_to_timed_keys_gets_the_first_result() {
+    let mut w = World::in_format(RecordFormat::ChainedRetirements);
+    assert!(!w.create_timed(1, &key(1), 900, 1_000).deduplicated);
+    w.set_format(RecordFormat::TimedRequests, 2_000);
+    assert_eq!(w.untimed_until(), Some(2_000));
+
+    let retry = w.create_timed(1, &key(1), 900, 3_000);
+    assert!(
+        retry.deduplicated,
+        "a retry across the switch must not apply twice"
+    );
+    assert_eq!(retry.first_revision, 2);
+    w.create_timed(2, &key(2), 2_900, 3_000);
+
+    w.collect(1_000 + RETENTION_MS, 10);
+    assert_eq!(w.record_revisions().len(), 1, "the untimed record expired");
+    assert_eq!(w.untimed_until(), None);
+    let retry = w.create_timed(2, &key(2), 2_900, 1_000 + RETENTION_MS);
+    assert!(retry.deduplicated, "the timed record outlives the marker");
+}
+
+#[test]
+fn the_marker_stays_while_an_untimed_record_remains() {
+    let mut w = World::in_format(RecordFormat::ChainedRetirements);
+    w.create_timed(1, &key(1), 0, 1_000);
+    w.create_timed(2, &key(2), 0, 1_100);
+    w.set_format(RecordFormat::TimedRequests, 1_200);
+    w.collect(1_100 + RETENTION_MS, 1);
+    assert_eq!(w.untimed_until(), Some(1_200));
+    assert!(
+        w.create_timed(2, &key(2), 0, 1_100 + RETENTION_MS)
+            .deduplicated
+    );
+    w.collect(1_100 + RETENTION_MS, 1);
+    assert_eq!(w.untimed_until(), None);
+}
+
+#[test]
+fn a_state_without_dedup_records_switches_without_a_marker() {
+    let mut w = World::in_format(RecordFormat::ChainedRetirements);
+    w.set_format(RecordFormat::TimedRequests, 5_000);
+    assert_eq!(w.untimed_until(), None);
 }

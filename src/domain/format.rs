@@ -21,6 +21,10 @@
 //!   its predecessor instead, so removing a session walks that chain from its current
 //!   token. A rotation writes one key less. Entries that formats 1 to 3 put in the index
 //!   are still removed with their session.
+//! - **Timed requests** (format 5): format 4, and an idempotency record's key starts with the
+//!   request's time, so that the records of requests made close in time share leaves
+//!   instead of each landing on a random one ([`super::dedup`]). A retry across the switch
+//!   still finds the record its first attempt left under the untimed key.
 //!
 //! Reading does not depend on the format: every reader takes ids from keys, fills in what a
 //! compact record leaves out, and finds a family with or without its record. So a state
@@ -46,11 +50,13 @@ pub enum RecordFormat {
     CompactRotations = 3,
     /// Format 4: format 3, with each token naming its predecessor instead of an index entry.
     ChainedRetirements = 4,
+    /// Format 5: format 4, with idempotency records keyed by the request's time first.
+    TimedRequests = 5,
 }
 
 impl RecordFormat {
     /// The format a new cluster is created with.
-    pub const NEWEST: RecordFormat = RecordFormat::ChainedRetirements;
+    pub const NEWEST: RecordFormat = RecordFormat::TimedRequests;
 
     /// The format numbered `number`, if this binary knows it.
     pub fn from_number(number: u64) -> Option<Self> {
@@ -59,6 +65,7 @@ impl RecordFormat {
             2 => Some(RecordFormat::Compact),
             3 => Some(RecordFormat::CompactRotations),
             4 => Some(RecordFormat::ChainedRetirements),
+            5 => Some(RecordFormat::TimedRequests),
             _ => None,
         }
     }
@@ -78,19 +85,23 @@ pub fn current(state: &impl StateRead) -> Result<RecordFormat, StateError> {
     }
 }
 
-/// Applies a SetRecordFormat command: the state's format becomes the later of its own and
-/// the one asked for.
+/// Applies a SetRecordFormat command stamped `now_ms`: the state's format becomes the later
+/// of its own and the one asked for.
 pub fn apply(
     command: &SetRecordFormat,
+    now_ms: i64,
     state: &mut impl StateWrite,
 ) -> Result<command_result::Kind, StateError> {
     let asked = match command.format {
         0 => None,
         n => Some(RecordFormat::from_number(u64::from(n)).ok_or_else(|| unknown(n.into()))?),
     };
-    let now = current(state)?;
-    let format = asked.map_or(now, |asked| asked.max(now));
-    if format != now {
+    let was = current(state)?;
+    let format = asked.map_or(was, |asked| asked.max(was));
+    if was < RecordFormat::TimedRequests && format >= RecordFormat::TimedRequests {
+        super::dedup::switching_to_timed_keys(state, now_ms)?;
+    }
+    if format != was {
         state.put(
             keys::record_format(),
             u64::from(format.number()).to_be_bytes().to_vec(),
@@ -127,7 +138,7 @@ mod tests {
     use crate::domain::MemoryState;
 
     fn set(state: &mut MemoryState, format: u32) -> Result<u32, StateError> {
-        match apply(&SetRecordFormat { format }, state)? {
+        match apply(&SetRecordFormat { format }, 0, state)? {
             command_result::Kind::SetRecordFormat(r) => Ok(r.format),
             other => panic!("unexpected result {other:?}"),
         }
@@ -149,14 +160,16 @@ mod tests {
         assert_eq!(current(&state).unwrap(), RecordFormat::CompactRotations);
         assert_eq!(set(&mut state, 4).unwrap(), 4);
         assert_eq!(current(&state).unwrap(), RecordFormat::ChainedRetirements);
+        assert_eq!(set(&mut state, 5).unwrap(), 5);
+        assert_eq!(current(&state).unwrap(), RecordFormat::TimedRequests);
     }
 
     #[test]
     fn an_unknown_format_is_refused_by_name_and_changes_nothing() {
         let mut state = MemoryState::new();
-        match set(&mut state, 5) {
+        match set(&mut state, 6) {
             Err(StateError::Unsupported(message)) => {
-                assert!(message.starts_with("record format 5"), "{message}")
+                assert!(message.starts_with("record format 6"), "{message}")
             }
             other => panic!("expected Unsupported, got {other:?}"),
         }

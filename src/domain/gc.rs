@@ -1,11 +1,17 @@
 //! CollectGarbage: deterministic removal of what has outlived its use, oldest first and
 //! bounded per command: sessions past their expiry (with their token hashes and index
-//! entries; revoked ones too, since every token of theirs has expired by then), expired
-//! access tokens, old idempotency records and revocation events past their retention.
+//! entries; revoked ones too, since every token of theirs has expired by then; a session
+//! with more token records than the command may delete goes over several commands), expired
+//! access tokens, old idempotency records (and the marker of untimed ones, once none is
+//! left) and revocation events past their retention.
 
-use super::sessions;
+use super::{dedup, sessions};
 use super::{events, keys, StateEntry, StateError, StateWrite};
 use crate::proto::internal::{command_result, CollectGarbage, GarbageResult};
+
+/// Refresh-token records a command may delete per session of its limit: a session rotated
+/// more often than the sessions collected with it is removed over several commands.
+const TOKENS_PER_SESSION: usize = 8;
 
 /// Applies a CollectGarbage command stamped `now_ms`.
 pub fn apply(
@@ -15,10 +21,17 @@ pub fn apply(
 ) -> Result<command_result::Kind, StateError> {
     let limit = command.limit as usize;
     let mut removed = 0;
+    let mut more = false;
+    let mut token_budget = limit.saturating_mul(TOKENS_PER_SESSION);
     for (key, _) in expired(state, &keys::session_expiry_prefix(), now_ms, limit)? {
         let session_id = &key[9..];
         match sessions::load(state, session_id)? {
-            Some(session) => sessions::remove(state, &session)?,
+            Some(session) => {
+                if !sessions::remove(state, &session, &mut token_budget)? {
+                    more = true;
+                    break;
+                }
+            }
             None => state.delete(&key),
         }
         removed += 1;
@@ -44,12 +57,18 @@ pub fn apply(
         state.delete(&key);
         removed += 1;
     }
+    if let Some(until) = dedup::untimed_until(state)? {
+        if expired(state, &keys::dedup_expiry_prefix(), until, 1)?.is_empty() {
+            dedup::untimed_collected(state);
+        }
+    }
     if command.event_retention_ms > 0 {
         let horizon = now_ms.saturating_sub(command.event_retention_ms);
         removed += events::compact(state, horizon, limit - removed)?;
     }
     Ok(command_result::Kind::CollectGarbage(GarbageResult {
         removed: removed as u64,
+        more,
     }))
 }
 

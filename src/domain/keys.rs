@@ -17,8 +17,9 @@
 //! | `n` | tenant | u64: sessions neither revoked nor collected |
 //! | `c` | tenant | u64: replays detected in the tenant |
 //! | `C` | tenant, user | u64: replays detected for the user |
-//! | `d` | request key | `DedupRecord` |
-//! | `D` | applied at, request key | empty (dedup expiry index) |
+//! | `d` | request time, request key (formats 1–4: request key) | `DedupRecord` |
+//! | `D` | applied at, the `d` key's rest | empty (dedup expiry index) |
+//! | `L` | | i64: the latest time a dedup record was stored under an untimed key, while one may remain (format 5) |
 //! | `e` | revision, sequence | `RevocationEvent` (retained for stream subscribers) |
 //! | `E` | | u64: the highest revision whose events were compacted |
 //! | `K` | | u64: sessions ever created (the last `created_seq` given) |
@@ -56,6 +57,8 @@ const USER_REPLAYS: u8 = b'C';
 const DEDUP: u8 = b'd';
 /// Tag of the dedup expiry index.
 const DEDUP_EXPIRY: u8 = b'D';
+/// Tag of the marker of dedup records stored under untimed keys.
+const UNTIMED_DEDUP: u8 = b'L';
 /// Tag of retained revocation events.
 const EVENT: u8 = b'e';
 /// Tag of the event compaction watermark.
@@ -258,9 +261,9 @@ pub fn user_replays(tenant: &str, user_id: &str) -> Vec<u8> {
         .done()
 }
 
-/// A dedup record.
-pub fn dedup(request_key: &[u8]) -> Vec<u8> {
-    Key::new(DEDUP).raw(request_key).done()
+/// A dedup record, by its key's rest after the tag ([`super::dedup`]).
+pub fn dedup(stored_key: &[u8]) -> Vec<u8> {
+    Key::new(DEDUP).raw(stored_key).done()
 }
 
 /// Prefix of the dedup expiry index.
@@ -269,11 +272,16 @@ pub fn dedup_expiry_prefix() -> Vec<u8> {
 }
 
 /// A dedup record's entry in the expiry index.
-pub fn dedup_expiry(applied_at_ms: i64, request_key: &[u8]) -> Vec<u8> {
+pub fn dedup_expiry(applied_at_ms: i64, stored_key: &[u8]) -> Vec<u8> {
     Key::new(DEDUP_EXPIRY)
         .time(applied_at_ms)
-        .raw(request_key)
+        .raw(stored_key)
         .done()
+}
+
+/// The marker of dedup records stored under untimed keys.
+pub fn untimed_dedup_until() -> Vec<u8> {
+    vec![UNTIMED_DEDUP]
 }
 
 /// Prefix of the retained revocation events, in revision order.
@@ -411,6 +419,7 @@ mod tests {
             user_replays("", ""),
             dedup(&[0; 32]),
             dedup_expiry(0, &[0; 32]),
+            untimed_dedup_until(),
             event(0, 0),
             events_compacted(),
             created(),

@@ -8,6 +8,7 @@
 
 pub mod absence;
 mod create;
+mod dedup;
 pub mod events;
 pub mod format;
 mod gc;
@@ -72,10 +73,10 @@ fn apply_numbering_events(
     if let Some(command::Kind::Batch(batch)) = &command.kind {
         return apply_batch(batch, revision, next_event, state);
     }
-    let dedup_key = (!command.request_key.is_empty()).then(|| keys::dedup(&command.request_key));
-    let mut remember = dedup_key.is_some();
-    if let Some(key) = &dedup_key {
-        if let Some(first) = records::load::<DedupRecord>(state, key)? {
+    let mut slot = None;
+    if let Some((found_slot, first)) = dedup::find(command, state)? {
+        slot = Some(found_slot);
+        if let Some(first) = first {
             if first.request_fingerprint != command.request_fingerprint {
                 return Ok(CommandResult {
                     schema_version: SCHEMA_VERSION,
@@ -87,7 +88,7 @@ fn apply_numbering_events(
             if let Some(result) = first_result(command, first, state)? {
                 return Ok(result);
             }
-            remember = false;
+            slot = None;
         }
     }
     let now = command.now_ms.max(time::applied(state)?);
@@ -110,7 +111,7 @@ fn apply_numbering_events(
         Some(command::Kind::Touch(c)) => touch::apply(c, now, state)?,
         Some(command::Kind::Revoke(c)) => revoke::apply(c, now, state, &mut events)?,
         Some(command::Kind::CollectGarbage(c)) => gc::apply(c, now, state)?,
-        Some(command::Kind::SetRecordFormat(c)) => format::apply(c, state)?,
+        Some(command::Kind::SetRecordFormat(c)) => format::apply(c, now, state)?,
         Some(command::Kind::Batch(_)) => unreachable!("batches are applied above"),
     };
     events::retain(state, revision, *next_event, &events);
@@ -122,10 +123,11 @@ fn apply_numbering_events(
         kind: Some(kind),
         ..Default::default()
     };
-    if let Some(key) = dedup_key.filter(|_| remember) {
-        records::store(
+    if let Some(slot) = slot {
+        dedup::remember(
             state,
-            key,
+            slot,
+            now,
             &DedupRecord {
                 schema_version: SCHEMA_VERSION,
                 applied_at_ms: now,
@@ -134,7 +136,6 @@ fn apply_numbering_events(
                 request_fingerprint: command.request_fingerprint.clone(),
             },
         );
-        state.put(keys::dedup_expiry(now, &command.request_key), Vec::new());
     }
     Ok(result)
 }

@@ -68,16 +68,19 @@ pub fn store<M: Message>(state: &mut impl StateWrite, key: Vec<u8>, record: &M) 
 
 /// The counter stored at `key` (0 when absent).
 pub fn counter(state: &impl StateRead, key: &[u8]) -> Result<u64, StateError> {
-    match state.get(key)? {
-        None => Ok(0),
-        Some(bytes) => {
-            let bytes: [u8; 8] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| StateError::Corrupt("counter is not 8 bytes".into()))?;
-            Ok(u64::from_be_bytes(bytes))
-        }
-    }
+    Ok(stored_counter(state, key)?.unwrap_or(0))
+}
+
+/// The counter stored at `key`, if there is one.
+pub fn stored_counter(state: &impl StateRead, key: &[u8]) -> Result<Option<u64>, StateError> {
+    let Some(bytes) = state.get(key)? else {
+        return Ok(None);
+    };
+    let bytes: [u8; 8] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| StateError::Corrupt("counter is not 8 bytes".into()))?;
+    Ok(Some(u64::from_be_bytes(bytes)))
 }
 
 /// Adds `delta` to the counter at `key`, saturating at 0 and at `u64::MAX`.

@@ -477,30 +477,65 @@ pub fn revoke_family(
 
 /// Deletes the refresh-token record of `hash`, a token of `session_id`, and those of the
 /// predecessors it names one after another (format 4; a record written by an older format
-/// names none, and the retired-token index holds the rest).
+/// names none, and the retired-token index holds the rest), at most `budget` of them (the
+/// budget shrinks by those deleted). The hash of the newest record left, if any is.
 fn remove_token_chain(
     state: &mut impl StateWrite,
     session_id: &str,
     hash: &[u8],
-) -> Result<(), StateError> {
-    let mut key = keys::refresh(hash);
-    while let Some(token) = load_record::<RefreshTokenRecord>(state, &key)? {
+    budget: &mut usize,
+) -> Result<Option<Vec<u8>>, StateError> {
+    let mut hash = hash.to_vec();
+    loop {
+        let key = keys::refresh(&hash);
+        let Some(token) = load_record::<RefreshTokenRecord>(state, &key)? else {
+            return Ok(None);
+        };
         if token.session_id != session_id {
-            break;
+            return Ok(None);
+        }
+        if *budget == 0 {
+            return Ok(Some(hash));
         }
         state.delete(&key);
+        *budget -= 1;
         if token.predecessor_hash.is_empty() {
-            break;
+            return Ok(None);
         }
-        key = keys::refresh(&token.predecessor_hash);
+        hash = token.predecessor_hash;
     }
-    Ok(())
 }
 
 /// Deletes a session (as read by [`load`]) with everything that points to it; deletes its
-/// family with its last member.
-pub fn remove(state: &mut impl StateWrite, session: &SessionRecord) -> Result<(), StateError> {
+/// family with its last member. At most `budget` of its refresh-token records go in one call
+/// (the budget shrinks by those deleted), so that a session rotated many times does not make
+/// one command's work unbounded: with more left, the session stays, its record naming the
+/// newest token left as its current one (it is expired: its tokens redeem nothing either
+/// way), and a later call goes on. True when the session is gone.
+pub fn remove(
+    state: &mut impl StateWrite,
+    session: &SessionRecord,
+    budget: &mut usize,
+) -> Result<bool, StateError> {
     let id = &session.session_id;
+    if let Some(left) = remove_token_chain(state, id, &session.current_refresh_hash, budget)? {
+        let trimmed = SessionRecord {
+            current_refresh_hash: left,
+            ..session.clone()
+        };
+        put(state, &trimmed)?;
+        return Ok(false);
+    }
+    let retired = state.scan_prefix(&keys::retired_of(id), None, budget.saturating_add(1))?;
+    let more = retired.len() > *budget;
+    for (key, hash) in retired.into_iter().take(*budget) {
+        state.delete(&keys::refresh(&hash));
+        state.delete(&key);
+        *budget -= 1;
+    }
+    if more {
+        return Ok(false);
+    }
     state.delete(&keys::session(id));
     state.delete(&keys::user_session(
         &session.tenant,
@@ -509,11 +544,6 @@ pub fn remove(state: &mut impl StateWrite, session: &SessionRecord) -> Result<()
         id,
     ));
     state.delete(&keys::session_expiry(effective_expiry(session), id));
-    remove_token_chain(state, id, &session.current_refresh_hash)?;
-    for (key, hash) in state.scan_prefix(&keys::retired_of(id), None, usize::MAX)? {
-        state.delete(&keys::refresh(&hash));
-        state.delete(&key);
-    }
     state.delete(&keys::family_member(&session.family_id, id));
     let members = keys::family_members(&session.family_id);
     if state.scan_prefix(&members, None, 1)?.is_empty()
@@ -524,5 +554,5 @@ pub fn remove(state: &mut impl StateWrite, session: &SessionRecord) -> Result<()
     if !session.revoked {
         add_live(state, session, -1)?;
     }
-    Ok(())
+    Ok(true)
 }

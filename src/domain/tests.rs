@@ -8,8 +8,9 @@ use super::*;
 use crate::domain::events::Position;
 use crate::domain::format::RecordFormat;
 use crate::proto::internal::{
-    command, command_result, AcquireLease, CollectGarbage, CreateSession, LeaseResult,
-    RefreshTokenRecord, RevocationEvent, Revoke, Rotate, RotateResult, SessionRecord, Touch,
+    command, command_result, AcquireLease, CollectGarbage, CreateSession, GarbageResult,
+    LeaseResult, RefreshTokenRecord, RevocationEvent, Revoke, Rotate, RotateResult, SessionRecord,
+    Touch,
 };
 use crate::proto::v1::{
     CreateSessionOutcome, LeaseOutcome, RevocationReason, RevokeScope, RotateOutcome,
@@ -26,12 +27,14 @@ fn state_in(format: RecordFormat) -> MemoryState {
     state
 }
 
-/// Moves `state` to `format` as a SetRecordFormat command would, without using a revision.
+/// Moves `state` to `format` as a SetRecordFormat command applied at the state's latest
+/// time would, without using a revision.
 fn set_format(state: &mut MemoryState, format: RecordFormat) {
     let command = crate::proto::internal::SetRecordFormat {
         format: format.number(),
     };
-    format::apply(&command, state).unwrap();
+    let now = crate::domain::time::applied(state).unwrap();
+    format::apply(&command, now, state).unwrap();
 }
 
 /// The format a property test runs in.
@@ -40,7 +43,8 @@ fn any_format() -> impl Strategy<Value = RecordFormat> {
         Just(RecordFormat::Legacy),
         Just(RecordFormat::Compact),
         Just(RecordFormat::CompactRotations),
-        Just(RecordFormat::ChainedRetirements)
+        Just(RecordFormat::ChainedRetirements),
+        Just(RecordFormat::TimedRequests)
     ]
 }
 
@@ -189,13 +193,17 @@ impl World {
     }
 
     fn collect(&mut self, now: i64, limit: u32) -> u64 {
+        self.collect_result(now, limit).removed
+    }
+
+    fn collect_result(&mut self, now: i64, limit: u32) -> GarbageResult {
         let kind = command::Kind::CollectGarbage(CollectGarbage {
             limit,
             dedup_retention_ms: 60_000,
             event_retention_ms: HOUR,
         });
         match self.run(now, b"", kind).kind {
-            Some(command_result::Kind::CollectGarbage(r)) => r.removed,
+            Some(command_result::Kind::CollectGarbage(r)) => r,
             other => panic!("not a gc result: {other:?}"),
         }
     }
@@ -1003,6 +1011,7 @@ impl Workload {
         let n = self.minted;
         let pick = |v: &Vec<(String, String)>, i: u8| v.get(i as usize % v.len().max(1)).cloned();
         let mut request_key = Vec::new();
+        let mut request_time_ms = 0;
         let kind = match step {
             Step::Wait { ms } => {
                 self.now += i64::from(*ms);
@@ -1040,6 +1049,8 @@ impl Workload {
                     .clone();
                 if let Some(request) = request {
                     request_key = Sha256::digest([&presented[..], &[*request]].concat()).to_vec();
+                    // What a request id tells of its time: the same for every retry.
+                    request_time_ms = u64::from(request_key[0]);
                 }
                 self.tokens.push(hash(n));
                 command::Kind::Rotate(Rotate {
@@ -1095,6 +1106,7 @@ impl Workload {
             schema_version: SCHEMA_VERSION,
             now_ms: self.now,
             request_key,
+            request_time_ms,
             kind: Some(kind),
             ..Default::default()
         })
@@ -1170,6 +1182,7 @@ proptest! {
             RecordFormat::Compact,
             RecordFormat::CompactRotations,
             RecordFormat::ChainedRetirements,
+            RecordFormat::TimedRequests,
         ]
         .into_iter()
         .map(state_in)
@@ -1558,6 +1571,7 @@ fn the_session_limit_reads_a_bounded_part_of_the_users_index() {
         now_ms: 1,
         request_key: Vec::new(),
         request_fingerprint: Vec::new(),
+        request_time_ms: 0,
         kind: Some(command::Kind::CreateSession(CreateSession {
             session_id: format!("sid_{:022}", 999_999),
             family_id: format!("fam_{:022}", 999_999),
@@ -1611,6 +1625,7 @@ fn commands_this_binary_does_not_understand_stop_apply() {
         now_ms: 1,
         request_key: Vec::new(),
         request_fingerprint: Vec::new(),
+        request_time_ms: 0,
         kind: None,
     };
     let newer = Command {
@@ -1743,18 +1758,69 @@ fn chained_retirements_write_one_key_less_per_rotation_and_remove_the_whole_chai
     let removed = sessions::load(&w.state, session.session_id.as_bytes())
         .unwrap()
         .unwrap();
-    sessions::remove(&mut w.state, &removed).unwrap();
+    let mut unbounded = usize::MAX;
+    assert!(sessions::remove(&mut w.state, &removed, &mut unbounded).unwrap());
     for token in &tokens {
         assert!(
             w.state.get(&keys::refresh(token)).unwrap().is_none(),
             "a token record outlived its session"
         );
     }
+    assert_only_the_other_is_left(&w, &session, &other, &other_token);
+}
+
+/// No retired-token entry of `removed` is left, and `other` keeps its record and token.
+fn assert_only_the_other_is_left(
+    w: &World,
+    removed: &SessionRecord,
+    other: &SessionRecord,
+    other_token: &[u8],
+) {
     assert!(w
         .state
-        .scan_prefix(&keys::retired_of(&session.session_id), None, 10)
+        .scan_prefix(&keys::retired_of(&removed.session_id), None, 10)
         .unwrap()
         .is_empty());
     assert!(w.session(&other.session_id).is_some());
-    assert!(w.state.get(&keys::refresh(&other_token)).unwrap().is_some());
+    assert!(w.state.get(&keys::refresh(other_token)).unwrap().is_some());
+}
+
+#[test]
+fn a_session_rotated_many_times_is_collected_over_several_bounded_commands() {
+    for format in [
+        RecordFormat::CompactRotations,
+        RecordFormat::ChainedRetirements,
+    ] {
+        let mut w = World::in_format(format);
+        let (session, first) = w.create(0);
+        let mut tokens = vec![first];
+        for i in 0..20 {
+            let (_, next) = w.rotate(1 + i, tokens.last().unwrap(), "");
+            tokens.push(next);
+        }
+        let (other, other_token) = w.create(HOUR);
+        let after_idle_expiry = HOUR + HOUR / 2;
+        let left = |w: &World| {
+            tokens
+                .iter()
+                .filter(|t| w.state.get(&keys::refresh(t)).unwrap().is_some())
+                .count()
+        };
+        // One session per command: 8 token records each, so 21 take three commands.
+        for expected_left in [13, 5] {
+            let r = w.collect_result(after_idle_expiry, 1);
+            assert!(r.more, "{format:?}: a bounded command says it left work");
+            assert_eq!(left(&w), expected_left, "{format:?}");
+            assert!(w.session(&session.session_id).is_some());
+        }
+        let r = w.collect_result(after_idle_expiry, 1);
+        assert!(!r.more, "{format:?}");
+        assert_eq!(
+            left(&w),
+            0,
+            "{format:?}: a token record outlived its session"
+        );
+        assert!(w.session(&session.session_id).is_none());
+        assert_only_the_other_is_left(&w, &session, &other, &other_token);
+    }
 }

@@ -235,6 +235,7 @@ impl RaftNode {
             };
             if node_keyed && command.request_key.is_empty() {
                 command.request_key = rand::random::<[u8; 32]>().to_vec();
+                command.request_time_ms = command.now_ms.max(0) as u64;
             }
             match self
                 .inner

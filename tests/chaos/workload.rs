@@ -122,9 +122,19 @@ impl Presented {
     }
 }
 
-/// A fresh request id for an operation of `kind` (random, within the 16..=128 bytes allowed).
+/// A fresh request id for an operation of `kind` (random, within the 16..=128 bytes allowed):
+/// half of them UUIDv7s of the current time, whose dedup records the cluster keys by that
+/// time (record format 5), half opaque, keyed at time 0.
 fn request_id(kind: &str, rng: &mut StdRng) -> String {
-    format!("chaos-{kind}-{:016x}", rng.random::<u64>())
+    if rng.random_bool(0.5) {
+        return format!("chaos-{kind}-{:016x}", rng.random::<u64>());
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64);
+    uuid::Builder::from_unix_timestamp_millis(now_ms, &rng.random::<[u8; 10]>())
+        .into_uuid()
+        .to_string()
 }
 
 fn read_outcome(r: Result<Ret, String>) -> Outcome {

@@ -1,6 +1,9 @@
 """The session calls against a real node, and stock reflection (grpcio-reflection speaks
 v1alpha)."""
 
+import time
+import uuid
+
 import grpc
 import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -8,6 +11,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from sessiond_client import SessionClient, Unavailable, pb
+from sessiond_client.client import new_request_id
 
 
 def test_create_rotate_lookup_revoke_list_count(node):
@@ -76,3 +80,14 @@ def test_stock_reflection_client_lists_and_describes_services(node):
         described = db.FindFileContainingSymbol("sessiond.v1.SessionAuthority")
         methods = {m.name for s in described.service for m in s.method}
         assert {"CreateSession", "Rotate", "WatchRevocations"} <= methods
+
+
+def test_fresh_request_ids_are_uuid_v7_carrying_the_time():
+    before = time.time_ns() // 1_000_000
+    ids = [new_request_id() for _ in range(100)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        value = uuid.UUID(text)
+        assert value.version == 7 and value.variant == uuid.RFC_4122
+        assert before <= value.int >> 80 <= after
