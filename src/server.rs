@@ -404,12 +404,14 @@ async fn wait_for_leader(node: &RaftNode) {
     }
 }
 
-/// While this node leads, proposes a bounded garbage collection every interval (at once
-/// again while a batch comes back full), until `stopped` turns true.
+/// While this node leads, proposes a bounded garbage collection every interval, the first
+/// one interval after start (at once again while a batch comes back with work left), until
+/// `stopped` turns true.
 async fn collect_garbage_periodically(authority: Authority, mut stopped: watch::Receiver<bool>) {
     let gc = authority.config().gc.clone();
     let retention = authority.config().sessions.dedup_retention_ms;
-    let mut ticker = tokio::time::interval(Duration::from_millis(gc.interval_ms.max(1)));
+    let period = Duration::from_millis(gc.interval_ms.max(1));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
